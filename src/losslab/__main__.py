@@ -1,0 +1,5 @@
+"""``python -m losslab`` runs the ``losslab`` command."""
+
+from losslab.cli import main
+
+main()

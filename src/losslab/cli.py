@@ -1,0 +1,316 @@
+"""The ``losslab`` command: parses, calls the library, prints (Typer + Rich).
+
+Every error a user can cause prints one line (what was wrong, what to do) and exits
+with status 1; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from losslab import __version__
+from losslab.errors import LosslabError
+
+app = typer.Typer(
+    name="losslab",
+    help="Global optima, critical points and fixed points of neural networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Built-in datasets and your own files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+class Preset(StrEnum):
+    quick = "quick"
+    full = "full"
+
+
+class StatusFilter(StrEnum):
+    done = "done"
+    failed = "failed"
+
+
+StoreOption = Annotated[Path, typer.Option("--store", help="SQLite results store.")]
+DEFAULT_STORE = Path("results/losslab.sqlite")
+DEFAULT_OUT = Path("results/report")
+
+
+def _out() -> Console:
+    return Console()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        _out().print(f"losslab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Show the version."),
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    """losslab: global optima, critical points and fixed points of neural networks."""
+
+
+@app.command()
+def info() -> None:
+    """Versions of losslab and its engines, threads and devices."""
+    from losslab.engine import machine_info
+
+    table = Table(title="losslab info", show_header=False)
+    for key, value in machine_info().items():
+        text = ", ".join(value) if isinstance(value, list) else str(value)
+        table.add_row(key, text)
+    _out().print(table)
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """The built-in datasets with their shapes."""
+    from losslab.data import BUILTIN_DATASETS
+
+    table = Table(title="built-in datasets")
+    for column in ("name", "source", "samples", "features", "task", "description"):
+        table.add_column(column)
+    for name, spec in BUILTIN_DATASETS.items():
+        dataset = spec.make()
+        table.add_row(
+            name,
+            spec.source,
+            str(dataset.n_samples),
+            str(dataset.n_features),
+            dataset.task,
+            spec.description,
+        )
+    _out().print(table)
+
+
+@data_app.command("show")
+def data_show(
+    name: Annotated[str, typer.Argument(help="A built-in name or a .csv/.npz/.parquet path.")],
+    target: Annotated[str | None, typer.Option(help="Target column of a CSV/Parquet file.")] = None,
+    standardize: Annotated[bool, typer.Option(help="Standardise features first.")] = False,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="Generator parameter KEY=VALUE (synthetic sets)."),
+    ] = None,
+) -> None:
+    """Shape, target type and summary statistics of a dataset."""
+    from losslab.data import load
+
+    dataset = load(name, target=target, standardize=standardize, **_parse_params(param or []))
+    summary = dataset.describe()
+    console = _out()
+    console.print(
+        f"[bold]{summary.name}[/]: {summary.n_samples} samples x {summary.n_features} "
+        f"features, task [bold]{summary.task}[/]"
+    )
+    if summary.class_counts is not None:
+        counts = ", ".join(f"{label:g}: {n}" for label, n in summary.class_counts.items())
+        console.print(f"classes (label: count): {counts}")
+    table = Table()
+    for column in ("column", "mean", "std", "min", "max"):
+        table.add_column(column, justify="left" if column == "column" else "right")
+    shown = summary.features[:20]
+    for stats in [*shown, summary.target]:
+        is_target = stats is summary.target
+        table.add_row(
+            f"[bold]{stats.name} (target)[/]" if is_target else stats.name,
+            *(f"{getattr(stats, k):.4g}" for k in ("mean", "std", "min", "max")),
+        )
+    console.print(table)
+    if len(summary.features) > len(shown):
+        console.print(f"... and {len(summary.features) - len(shown)} more feature columns")
+
+
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--param")
+        try:
+            params[key] = json.loads(text)
+        except json.JSONDecodeError:
+            params[key] = text
+    return params
+
+
+@app.command()
+def reproduce(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Registered experiment names or FILE.py:OBJECT; default: all."),
+    ] = None,
+    preset: Annotated[Preset, typer.Option(help="Grid size.")] = Preset.quick,
+    store: StoreOption = DEFAULT_STORE,
+    out: Annotated[Path, typer.Option(help="Folder of the HTML report.")] = DEFAULT_OUT,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=0, help="Local Dask worker processes (0: run in this process)."),
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Address of a running Dask scheduler, tcp://HOST:PORT.")
+    ] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Run cells stored as failed again.")] = False,
+    report: Annotated[bool, typer.Option(help="Write the HTML report at the end.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run experiments' grids (skipping stored cells) and write the report."""
+    from losslab.engine import run_sweep
+    from losslab.experiments import LoadedExperiment, load_experiment, registered_experiments
+    from losslab.store import ResultStore
+
+    console = _out()
+    if names:
+        loaded = [load_experiment(name) for name in names]
+    else:
+        loaded = [LoadedExperiment(e, n) for n, e in registered_experiments().items()]
+    if not loaded:
+        console.print(
+            "No experiments are registered yet; pass your own as FILE.py:OBJECT (see the README)."
+        )
+        return
+    summaries = []
+    with ResultStore(store) as results:
+        for item in loaded:
+            summaries.append(
+                run_sweep(
+                    item.experiment,
+                    preset=preset.value,
+                    store=results,
+                    workers=workers,
+                    scheduler=scheduler,
+                    retry_failed=retry_failed,
+                    progress=progress,
+                    source=item.source,
+                )
+            )
+        table = Table(title=f"sweep summary (preset {preset.value}, store {store})")
+        for column in ("experiment", "cells", "done", "skipped", "failed", "seconds"):
+            table.add_column(column, justify="left" if column == "experiment" else "right")
+        for s in summaries:
+            failed = f"[red]{s.failed}[/]" if s.failed else "0"
+            table.add_row(
+                s.experiment, str(s.total), str(s.done), str(s.skipped), failed, f"{s.seconds:.1f}"
+            )
+        console.print(table)
+        if report:
+            _write_report(results, out, {i.experiment.name: i.experiment for i in loaded})
+    n_failed = sum(s.failed for s in summaries)
+    if n_failed:
+        console.print(
+            f"[red]{n_failed} cell(s) failed[/]: see `losslab results --store {store} "
+            "--status failed`; rerun with --retry-failed"
+        )
+        raise typer.Exit(1)
+
+
+@app.command()
+def results(
+    store: StoreOption = DEFAULT_STORE,
+    experiment: Annotated[str | None, typer.Option(help="Only this experiment.")] = None,
+    status: Annotated[StatusFilter | None, typer.Option(help="Only cells of this status.")] = None,
+    csv: Annotated[Path | None, typer.Option(help="Also write the rows to this CSV file.")] = None,
+) -> None:
+    """A table of stored cells; --csv exports them."""
+    from losslab.store import ResultStore
+
+    with ResultStore(store, create=False) as results:
+        frame = results.frame(experiment, status=status.value if status else None)
+    console = _out()
+    if frame.empty:
+        console.print("No stored cells match.")
+        return
+    if csv is not None:
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(csv, index=False)
+        console.print(f"Wrote {len(frame)} rows to {csv}")
+    hidden = {"error", "started_at", "finished_at", "host"}
+    columns = [c for c in frame.columns if c not in hidden]
+    table = Table(title=f"{len(frame)} cells in {store}")
+    for column in columns:
+        table.add_column(str(column), overflow="fold")
+    for row in frame[columns].itertuples(index=False):
+        table.add_row(*(_cell_text(c, value) for c, value in zip(columns, row, strict=True)))
+    console.print(table)
+
+
+def _cell_text(column: str, value: Any) -> str:
+    if column == "key":
+        return str(value)[:10]
+    if column == "status" and value == "failed":
+        return "[red]failed[/]"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@app.command()
+def report(
+    store: StoreOption = DEFAULT_STORE,
+    out: Annotated[Path, typer.Option(help="Folder of the HTML report.")] = DEFAULT_OUT,
+) -> None:
+    """Write the static HTML report of every experiment in the store."""
+    from losslab.store import ResultStore
+
+    with ResultStore(store, create=False) as results:
+        _write_report(results, out, None)
+
+
+def _write_report(results: Any, out: Path, experiments: dict[str, Any] | None) -> None:
+    from losslab.report import write_report
+
+    written = write_report(results, out, experiments=experiments)
+    console = _out()
+    if written.sections:
+        table = Table(title="claims")
+        for column in ("experiment", "cells done", "failed", "claims passed"):
+            table.add_column(column)
+        for s in written.sections:
+            ok = s.claims_passed == len(s.claims)
+            passed = f"[{'green' if ok else 'red'}]{s.claims_passed} / {len(s.claims)}[/]"
+            table.add_row(s.name, str(s.done), str(s.failed), passed)
+        console.print(table)
+    console.print(f"Report: {written.index.resolve()}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``losslab`` command."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    err = Console(stderr=True)
+    try:
+        app(args=args, prog_name="losslab")
+    except LosslabError as error:
+        if debug:
+            raise
+        err.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted: finished cells are stored; run the same command to go on")
+        sys.exit(130)
+    except Exception as error:
+        if debug:
+            raise
+        err.print(
+            f"[red]internal error:[/] {type(error).__name__}: {error} "
+            "(rerun with --debug for the traceback, and please report it)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)

@@ -1,0 +1,259 @@
+"""Running an experiment's grid: skip what is stored, run the rest, store as they finish.
+
+The driver (this process) is the only writer of the store. Each finished cell is
+committed in its own transaction the moment its result arrives, so killing the driver
+at any point loses at most the cells that were running; the next sweep over the same
+store runs exactly the cells that are missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+import dask
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from losslab.engine.cell import failed_record, run_cell, run_pickled_cell
+from losslab.engine.keys import cell_key
+from losslab.errors import EngineError, ExperimentError
+from losslab.experiments.protocol import Experiment, check_experiment
+from losslab.store import DEFAULT_STORE_PATH, CellRecord, ExperimentRecord, ResultStore
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+#: Environment of local Dask worker processes: one thread each, so that N workers on
+#: N cores do not each start N BLAS / OpenMP threads.
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    key: str
+    cell: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """What a sweep did: ``done`` and ``failed`` count cells run now; ``skipped`` counts
+    cells found in the store (done, or failed and not retried)."""
+
+    experiment: str
+    preset: str
+    total: int
+    done: int
+    skipped: int
+    failed: int
+    seconds: float
+    failed_keys: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_cells(experiment: Experiment, preset: str) -> list[PlannedCell]:
+    """The experiment's grid for ``preset`` with a key per cell; repeated cells once."""
+    grid = experiment.grid(preset)
+    if not isinstance(grid, list) or not all(isinstance(cell, dict) for cell in grid):
+        raise ExperimentError(f"{experiment.name}.grid({preset!r}) must return a list of dicts")
+    planned: dict[str, PlannedCell] = {}
+    for cell in grid:
+        key = cell_key(experiment.name, experiment.version, cell)
+        planned.setdefault(key, PlannedCell(key, cell))
+    return list(planned.values())
+
+
+def default_workers() -> int:
+    """Worker processes for a local cluster: the CPU cores this process may use."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+def run_sweep(
+    experiment: Experiment,
+    *,
+    preset: str = "quick",
+    store: ResultStore | str | Path = DEFAULT_STORE_PATH,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    source: str | None = None,
+) -> SweepSummary:
+    """Run every cell of ``experiment.grid(preset)`` that the store does not hold yet.
+
+    Args:
+        experiment: any object following :class:`~losslab.experiments.Experiment`.
+        preset: passed to ``experiment.grid``; ``"quick"`` or ``"full"`` for the
+            registered experiments.
+        store: a :class:`~losslab.store.ResultStore` or the path of one.
+        workers: size of the local Dask cluster (worker processes of one thread each);
+            ``None`` sizes it to the machine, ``0`` runs the cells in this process.
+        scheduler: address of a running Dask scheduler (``"tcp://host:8786"``) to use
+            instead of a local cluster; its workers need losslab installed.
+        retry_failed: run again the cells stored as failed (else they are skipped).
+        progress: show a Rich progress bar (counts, failures, ETA) on stderr.
+        source: how to find the experiment again (registered name or ``FILE.py:OBJECT``),
+            stored so that ``losslab report`` can rebuild figures and claims.
+
+    Returns:
+        A :class:`SweepSummary`. Failed cells are stored with their traceback and do
+        not stop the sweep.
+    """
+    check_experiment(experiment)
+    if workers is not None and workers < 0:
+        raise EngineError(f"workers must be >= 0 (0 runs in this process); got {workers}")
+    if workers is not None and scheduler is not None:
+        raise EngineError("give either workers (a local cluster) or scheduler, not both")
+    start = time.perf_counter()
+    planned = plan_cells(experiment, preset)
+    owned = not isinstance(store, ResultStore)
+    results = ResultStore(store) if not isinstance(store, ResultStore) else store
+    try:
+        results.record_experiment(
+            ExperimentRecord(experiment.name, experiment.version, experiment.paper, source or "")
+        )
+        stored = results.statuses([p.key for p in planned])
+        pending = [
+            p
+            for p in planned
+            if p.key not in stored or (retry_failed and stored[p.key] == "failed")
+        ]
+        failed_keys: list[str] = []
+
+        with _progress_bar(progress, experiment.name, len(pending)) as advance:
+
+            def finish(record: CellRecord) -> None:
+                results.put(record)
+                if record.status == "failed":
+                    failed_keys.append(record.key)
+                advance(record.status == "failed")
+
+            if not pending:
+                pass
+            elif workers == 0:
+                for p in pending:
+                    finish(run_cell(experiment, p.cell, p.key))
+            else:
+                _run_on_dask(experiment, pending, finish, workers, scheduler)
+    finally:
+        if owned:
+            results.close()
+    return SweepSummary(
+        experiment=experiment.name,
+        preset=preset,
+        total=len(planned),
+        done=len(pending) - len(failed_keys),
+        skipped=len(planned) - len(pending),
+        failed=len(failed_keys),
+        seconds=time.perf_counter() - start,
+        failed_keys=tuple(failed_keys),
+    )
+
+
+def _run_on_dask(
+    experiment: Experiment,
+    pending: list[PlannedCell],
+    finish: Callable[[CellRecord], None],
+    workers: int | None,
+    scheduler: str | None,
+) -> None:
+    from distributed import as_completed
+
+    try:
+        payload = cloudpickle.dumps(experiment)
+    except Exception as error:
+        raise EngineError(
+            f"experiment {experiment.name!r} cannot be sent to Dask workers ({error}); "
+            "run it in-process with workers=0 (--workers 0)"
+        ) from None
+    with _dask_client(workers, scheduler, len(pending)) as client:
+        # The payload travels inside each task rather than scattered once: scattered
+        # data held by a worker that dies is lost, and every task needing it with it.
+        futures = {
+            client.submit(run_pickled_cell, payload, p.cell, p.key, pure=False): p for p in pending
+        }
+        try:
+            for future in as_completed(futures):
+                p = futures[future]
+                try:
+                    record = future.result()
+                except Exception:
+                    record = failed_record(experiment, p.cell, p.key, traceback.format_exc())
+                finish(record)
+        finally:
+            client.cancel(list(futures))
+
+
+@contextmanager
+def _dask_client(workers: int | None, scheduler: str | None, n_tasks: int) -> Iterator[Client]:
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as error:
+            raise EngineError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
+        with client:
+            yield client
+        return
+    n_workers = max(1, min(workers or default_workers(), n_tasks))
+    with (
+        # One cell per worker thread at a time: cells are long, and a cell that kills
+        # its worker process then takes no queued neighbour down with it.
+        dask.config.set({"distributed.scheduler.worker-saturation": 1.0}),
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+            env=SINGLE_THREAD_ENV,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+@contextmanager
+def _progress_bar(enabled: bool, name: str, total: int) -> Iterator[Callable[[bool], None]]:
+    if not enabled or total == 0:
+        yield lambda failed: None
+        return
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    with bar:
+        task = bar.add_task(name, total=total, failed=0)
+        n_failed = 0
+
+        def advance(failed: bool) -> None:
+            nonlocal n_failed
+            n_failed += failed
+            bar.update(task, advance=1, failed=n_failed)
+
+        yield advance

@@ -1,0 +1,27 @@
+"""The exceptions losslab raises for input a user can fix.
+
+Every error a user can cause is a :class:`LosslabError` subclass whose message says
+what was wrong and what to do. The command line prints that message as one line.
+"""
+
+from __future__ import annotations
+
+
+class LosslabError(Exception):
+    """Base class of every error a user of losslab can cause and fix."""
+
+
+class DatasetError(LosslabError, ValueError):
+    """A dataset could not be found, read or validated."""
+
+
+class ExperimentError(LosslabError, ValueError):
+    """An experiment could not be found, loaded, or does not follow the protocol."""
+
+
+class StoreError(LosslabError):
+    """The results store could not be opened or holds something unexpected."""
+
+
+class EngineError(LosslabError):
+    """A sweep could not be started: bad arguments, or no Dask scheduler to reach."""

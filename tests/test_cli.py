@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from losslab import __version__
+from losslab.cli import main
+from losslab.store import ResultStore
+from tests.conftest import sample_spec
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    code = exit_info.value.code
+    return (code if isinstance(code, int) else 1 if code else 0), captured.out, captured.err
+
+
+def test_version(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert (code, out.strip()) == (0, f"losslab {__version__}")
+
+
+def test_info_lists_versions_and_devices(capsys):
+    code, out, _ = run(capsys, "info")
+    assert code == 0
+    assert "torch" in out
+    assert "devices" in out
+    assert "cpu" in out
+
+
+def test_data_list_shows_every_builtin(capsys):
+    code, out, _ = run(capsys, "data", "list")
+    assert code == 0
+    for name in ("iris", "digits", "lfw_faces", "teacher_relu"):
+        assert name in out
+    assert "1797" in out
+    assert "625" in out
+
+
+def test_data_show_builtin_with_parameters(capsys):
+    code, out, _ = run(capsys, "data", "show", "teacher_relu", "-p", "n=37", "-p", "d=2")
+    assert code == 0
+    assert "37 samples x 2 features" in out
+    assert "regression" in out
+
+
+def test_data_show_file(capsys, tmp_path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"a": [1.0, 3.0], "y": [0, 1]}).to_csv(path, index=False)
+    code, out, _ = run(capsys, "data", "show", path)
+    assert code == 0
+    assert "2 samples x 1 features" in out
+    assert "0: 1, 1: 1" in out
+
+
+def test_user_error_prints_one_line_and_exits_1(capsys):
+    code, out, err = run(capsys, "data", "show", "nope")
+    assert code == 1
+    assert err.count("\n") == 1
+    assert err.startswith("error: unknown dataset 'nope'")
+    assert "Traceback" not in err + out
+
+
+def test_debug_shows_the_traceback():
+    from losslab.errors import DatasetError
+
+    with pytest.raises(DatasetError):
+        main(["--debug", "data", "show", "nope"])
+
+
+def test_bad_param_syntax_is_a_usage_error(capsys):
+    code, _, err = run(capsys, "data", "show", "teacher_relu", "-p", "n37")
+    assert code == 2
+    assert "KEY=VALUE" in err
+
+
+def test_reproduce_with_nothing_registered(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("losslab.experiments.registry.REGISTERED_MODULES", ())
+    code, out, _ = run(capsys, "reproduce", "--store", tmp_path / "r.sqlite")
+    assert code == 0
+    assert "No experiments are registered" in out
+
+
+def test_reproduce_results_report_roundtrip(capsys, tmp_path):
+    store, site = tmp_path / "r.sqlite", tmp_path / "site"
+    code, out, _ = run(
+        capsys, "reproduce", sample_spec("CLEAN"), "--store", store, "--out", site,
+        "--workers", "0", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, out
+    assert "clean-squares" in out
+    assert (site / "index.html").exists()
+    assert "1 / 2" in out  # claims passed
+
+    code, out, _ = run(capsys, "results", "--store", store, "--csv", tmp_path / "cells.csv")
+    assert code == 0
+    assert "6 cells" in out
+    exported = pd.read_csv(tmp_path / "cells.csv")
+    assert sorted(exported["square"]) == [0, 1, 4, 9, 16, 25]
+    np.testing.assert_allclose(sorted(exported["root"]), np.sqrt(np.arange(6)))
+
+    code, out, _ = run(capsys, "report", "--store", store, "--out", tmp_path / "again")
+    assert code == 0
+    assert (tmp_path / "again" / "figures" / "clean-squares-1.png").exists()
+
+
+def test_reproduce_exits_1_when_cells_fail_and_retry_reruns_them(capsys, tmp_path):
+    store = tmp_path / "r.sqlite"
+    args = ["reproduce", sample_spec("SQUARES"), "--store", store, "--workers", "0", "--no-report"]
+    code, out, _ = run(capsys, *args, "--no-progress")
+    assert code == 1
+    assert "1 cell(s) failed" in out
+    assert "--retry-failed" in out
+    code, out, _ = run(capsys, "results", "--store", store, "--status", "failed")
+    assert "1 cells" in out
+    code, out, _ = run(capsys, *args, "--retry-failed", "--no-progress")
+    assert code == 1
+    with ResultStore(store) as results:
+        assert len(results.records()) == 6
+
+
+def test_results_of_a_missing_store(capsys, tmp_path):
+    code, _, err = run(capsys, "results", "--store", tmp_path / "none.sqlite")
+    assert code == 1
+    assert "no results store" in err
+    assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_unknown_experiment(capsys, tmp_path):
+    code, _, err = run(capsys, "reproduce", "nope", "--store", tmp_path / "r.sqlite")
+    assert code == 1
+    assert "unknown experiment 'nope'" in err
+
+
+def test_negative_workers_is_a_usage_error(capsys, tmp_path):
+    code, _, _ = run(capsys, "reproduce", "--workers", "-1", "--store", tmp_path / "r.sqlite")
+    assert code == 2

@@ -1,0 +1,230 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask
+import pytest
+
+from losslab.engine import cell_key, plan_cells, run_sweep
+from losslab.errors import EngineError, ExperimentError
+from losslab.store import ResultStore
+from tests.conftest import sample_spec
+
+BIN = Path(sys.executable).parent
+
+
+def test_in_process_sweep_stores_done_and_failed_cells(sample, tmp_path):
+    loaded = sample("SQUARES")
+    store = tmp_path / "r.sqlite"
+    summary = run_sweep(loaded.experiment, store=store, workers=0, progress=False)
+    assert (summary.total, summary.done, summary.failed, summary.skipped) == (6, 5, 1, 0)
+    with ResultStore(store) as results:
+        frame = results.frame("squares")
+        done = frame[frame.status == "done"]
+        assert sorted(done["x"]) == [0, 1, 2, 4, 5]
+        assert (done["square"] == done["x"] ** 2).all()
+        (failed,) = results.records(status="failed")
+        assert failed.config == {"x": 3}
+        assert "ValueError: cell 3 fails on purpose" in failed.error
+        assert failed.key == cell_key("squares", 1, {"x": 3}) == summary.failed_keys[0]
+        assert failed.versions["losslab"]
+
+
+def test_rerun_skips_stored_cells_and_retries_failed_on_request(sample, tmp_path):
+    experiment = sample("SQUARES").experiment
+    store = tmp_path / "r.sqlite"
+    run_sweep(experiment, store=store, workers=0, progress=False)
+    again = run_sweep(experiment, store=store, workers=0, progress=False)
+    assert (again.done, again.failed, again.skipped) == (0, 0, 6)
+    retried = run_sweep(experiment, store=store, workers=0, progress=False, retry_failed=True)
+    assert (retried.done, retried.failed, retried.skipped) == (0, 1, 5)
+    full = run_sweep(experiment, preset="full", store=store, workers=0, progress=False)
+    assert (full.total, full.done, full.skipped) == (10, 4, 6)
+
+
+def test_bad_results_become_failed_cells(sample, tmp_path):
+    summary = run_sweep(
+        sample("BAD").experiment, store=tmp_path / "r.sqlite", workers=0, progress=False
+    )
+    assert summary.failed == 2
+    with ResultStore(tmp_path / "r.sqlite") as results:
+        errors = {r.config["x"]: r.error for r in results.records(status="failed")}
+    assert "must return a dict of metrics; got list" in errors[0]
+    assert "object is not JSON-serialisable" in errors[1]
+
+
+def test_repeated_cells_run_once(sample):
+    experiment = sample("CLEAN").experiment
+
+    class Twice:
+        name, paper, version = "twice", "t", 1
+        run, figures, claims = experiment.run, experiment.figures, experiment.claims
+
+        def grid(self, preset):
+            return [{"x": 1}, {"x": 2}, {"x": 1}]
+
+    assert len(plan_cells(Twice(), "quick")) == 2
+
+
+def test_grid_must_be_a_list_of_dicts(sample):
+    class BadGrid:
+        name, paper, version = "bad", "t", 1
+        run = figures = claims = staticmethod(lambda *a: None)
+
+        def grid(self, preset):
+            return {"x": 1}
+
+    with pytest.raises(ExperimentError, match="must return a list of dicts"):
+        plan_cells(BadGrid(), "quick")
+
+
+def test_bad_engine_arguments(sample, tmp_path):
+    experiment = sample("CLEAN").experiment
+    with pytest.raises(EngineError, match="workers must be >= 0"):
+        run_sweep(experiment, store=tmp_path / "r.sqlite", workers=-1)
+    with pytest.raises(EngineError, match="not both"):
+        run_sweep(experiment, store=tmp_path / "r.sqlite", workers=2, scheduler="tcp://x:1")
+
+
+@pytest.mark.slow
+def test_local_cluster_sweep_matches_in_process(sample, tmp_path):
+    experiment = sample("SQUARES").experiment
+    summary = run_sweep(
+        experiment, preset="full", store=tmp_path / "d.sqlite", workers=2, progress=False
+    )
+    run_sweep(experiment, preset="full", store=tmp_path / "p.sqlite", workers=0, progress=False)
+    assert (summary.done, summary.failed) == (9, 1)
+    with (
+        ResultStore(tmp_path / "d.sqlite") as dask_store,
+        ResultStore(tmp_path / "p.sqlite") as plain,
+    ):
+        on_dask = {r.key: (r.status, r.metrics) for r in dask_store.records()}
+        in_process = {r.key: (r.status, r.metrics) for r in plain.records()}
+        assert on_dask == in_process
+        assert len({r.arrays["powers"].tobytes() for r in dask_store.records(status="done")}) == 9
+
+
+@pytest.mark.slow
+def test_a_dead_worker_fails_its_cell_and_the_sweep_goes_on(sample, tmp_path):
+    # Dask retries a task whose worker died (allowed-failures times), then gives up.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        summary = run_sweep(
+            sample("KILLER").experiment, store=tmp_path / "r.sqlite", workers=2, progress=False
+        )
+    assert (summary.done, summary.failed) == (5, 1)
+    with ResultStore(tmp_path / "r.sqlite") as results:
+        (failed,) = results.records(status="failed")
+    assert failed.config == {"x": 1}
+    assert "KilledWorker" in failed.error
+
+
+@pytest.mark.slow
+def test_sweep_on_a_real_scheduler_and_two_workers(sample, tmp_path):
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    common = ["--no-dashboard"]
+    scheduler = subprocess.Popen(
+        [BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+         "--scheduler-file", scheduler_file, *common],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    workers = subprocess.Popen(
+        [BIN / "dask", "worker", "--scheduler-file", scheduler_file, "--nworkers", "2",
+         "--nthreads", "1", "--host", "127.0.0.1", *common],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        address = _wait_for_scheduler(scheduler_file)
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+            n_workers = len(client.scheduler_info()["workers"])
+        summary = run_sweep(
+            sample("SQUARES").experiment,
+            preset="full",
+            store=tmp_path / "r.sqlite",
+            scheduler=address,
+            progress=False,
+        )
+        assert n_workers == 2
+        assert (summary.done, summary.failed) == (9, 1)
+        with ResultStore(tmp_path / "r.sqlite") as results:
+            assert sorted(results.frame("squares", status="done")["square"]) == [
+                x * x for x in range(10) if x != 3
+            ]
+    finally:
+        for process in (workers, scheduler):
+            process.terminate()
+        for process in (workers, scheduler):
+            process.wait(timeout=30)
+
+
+def _wait_for_scheduler(path: Path, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            try:
+                return json.loads(path.read_text())["address"]
+            except (json.JSONDecodeError, KeyError):
+                pass
+        time.sleep(0.1)
+    raise TimeoutError("the dask scheduler did not start")
+
+
+def _count_done(path: Path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=5) as db:
+            return db.execute("SELECT count(*) FROM cells WHERE status = 'done'").fetchone()[0]
+    except sqlite3.OperationalError:  # the table is not created yet
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_sigkill_mid_sweep_then_rerun_finishes_exactly_the_missing_cells(workers, sample, tmp_path):
+    store, log = tmp_path / "r.sqlite", tmp_path / "runs.log"
+    env = {**os.environ, "LOSSLAB_TEST_LOG": str(log)}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "losslab", "reproduce", sample_spec("SLOW"), "--store", store,
+         "--workers", workers, "--no-report", "--no-progress"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while _count_done(store) < 4 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert driver.poll() is None, driver.stderr.read().decode() if driver.stderr else ""
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its worker processes, at once
+    driver.wait(timeout=30)
+
+    with ResultStore(store) as results:
+        assert results.integrity_ok()
+        stored_before = set(results.completed_keys("slow-logged"))
+    assert 4 <= len(stored_before) < 16
+    runs_before = len(log.read_text().split())
+
+    os.environ["LOSSLAB_TEST_LOG"] = str(log)
+    try:
+        summary = run_sweep(sample("SLOW").experiment, store=store, workers=0, progress=False)
+    finally:
+        del os.environ["LOSSLAB_TEST_LOG"]
+    rerun = [int(x) for x in log.read_text().split()[runs_before:]]
+    experiment = sample("SLOW").experiment
+    rerun_keys = {
+        cell_key("slow-logged", 1, {"x": x, "log": str(log), "sleep": 0.3}) for x in rerun
+    }
+    assert len(rerun) == len(set(rerun)) == 16 - len(stored_before)
+    assert rerun_keys.isdisjoint(stored_before)
+    assert (summary.skipped, summary.done, summary.failed) == (len(stored_before), len(rerun), 0)
+    with ResultStore(store) as results:
+        assert len(results.completed_keys(experiment.name)) == 16
+        assert results.integrity_ok()

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import math
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+
+from losslab.errors import StoreError
+from losslab.store import CellRecord, ExperimentRecord, ResultStore, to_json
+
+
+def record(key: str, x: int, *, status: str = "done", **metrics) -> CellRecord:
+    return CellRecord(
+        key=key,
+        experiment="exp",
+        version=1,
+        config={"x": x, "lr": 0.1},
+        status=status,  # type: ignore[arg-type]
+        metrics=metrics,
+        arrays={"w": np.arange(x + 1.0)} if status == "done" else {},
+        error="Traceback...\nValueError: boom" if status == "failed" else None,
+        seconds=0.5,
+        versions={"losslab": "0.1.0"},
+        host="here",
+        started_at="2026-01-01T00:00:00.000+00:00",
+        finished_at=f"2026-01-01T00:00:0{x}.000+00:00",
+    )
+
+
+def test_roundtrip_of_records_and_arrays(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with ResultStore(path) as store:
+        store.put(record("a", 1, loss=0.25, history=[1.0, 0.5]))
+        store.put(record("b", 2, status="failed"))
+    with ResultStore(path, create=False) as store:
+        (a,) = store.records(status="done")
+        assert a.config == {"x": 1, "lr": 0.1}
+        assert a.metrics == {"loss": 0.25, "history": [1.0, 0.5]}
+        np.testing.assert_array_equal(a.arrays["w"], [0.0, 1.0])
+        (b,) = store.records(status="failed")
+        assert b.error.endswith("ValueError: boom")
+        assert store.statuses() == {"a": "done", "b": "failed"}
+        assert store.completed_keys("exp") == {"a"}
+        assert store.integrity_ok()
+
+
+def test_put_replaces_a_failed_cell(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.put(record("a", 1, status="failed"))
+        store.put(record("a", 1, loss=1.0))
+        rows = store.records()
+        assert len(rows) == 1
+        assert rows[0].status == "done"
+
+
+def test_frame_has_config_and_metric_columns(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.put(record("a", 1, loss=0.25, lr=99))
+        store.put(record("b", 2, loss=0.5))
+        frame = store.frame("exp", arrays=True)
+    assert list(frame["x"]) == [1, 2]
+    assert list(frame["loss"]) == [0.25, 0.5]
+    assert frame["metric_lr"].iloc[0] == 99  # a metric that collides with a config key
+    np.testing.assert_array_equal(frame["arrays"].iloc[1]["w"], [0.0, 1.0, 2.0])
+    assert {"key", "status", "seconds", "host"} <= set(frame.columns)
+
+
+def test_empty_frame_has_base_columns(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        frame = store.frame("nothing")
+    assert frame.empty
+    assert "status" in frame.columns
+
+
+def test_statuses_of_many_keys(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        for i in range(1200):
+            store.put(record(f"k{i}", i % 9))
+        found = store.statuses([f"k{i}" for i in range(0, 2400, 2)])
+    assert set(found) == {f"k{i}" for i in range(0, 1200, 2)}
+
+
+def test_experiment_records(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.record_experiment(ExperimentRecord("exp", 1, "P", "exp"))
+        store.record_experiment(ExperimentRecord("exp", 2, "P", "/x.py:E"))
+        assert [r.version for r in store.experiments()] == [1, 2]
+
+
+def test_missing_store_is_an_error_when_reading(tmp_path):
+    with pytest.raises(StoreError, match="no results store"):
+        ResultStore(tmp_path / "absent.sqlite", create=False)
+    assert not (tmp_path / "absent.sqlite").exists()
+
+
+def test_not_a_database(tmp_path):
+    path = tmp_path / "junk.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open results store"):
+        ResultStore(path)
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "r.sqlite"
+    ResultStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    with pytest.raises(StoreError, match="schema 99"):
+        ResultStore(path)
+
+
+def test_json_of_numpy_and_torch_values():
+    text = to_json(
+        {"a": np.float32(1.5), "b": torch.tensor([1, 2]), "c": np.arange(2), "d": math.nan}
+    )
+    assert text == '{"a": 1.5, "b": [1, 2], "c": [0, 1], "d": NaN}'
+    with pytest.raises(TypeError, match="object is not JSON-serialisable"):
+        to_json({"x": object()})
+
+
+def test_torch_arrays_are_stored(tmp_path):
+    rec = record("a", 1)
+    rec = CellRecord(**{**rec.to_dict(), "arrays": {"t": torch.eye(2)}})
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.put(rec)
+        np.testing.assert_array_equal(store.records()[0].arrays["t"], np.eye(2))
