@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from losslab.errors import (
+    ConvexProblemError,
     DatasetError,
     EngineError,
     ExperimentError,
@@ -23,6 +24,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "ConvexProblemError",
     "DatasetError",
     "EngineError",
     "ExperimentError",

@@ -25,3 +25,7 @@ class StoreError(LosslabError):
 
 class EngineError(LosslabError):
     """A sweep could not be started: bad arguments, or no Dask scheduler to reach."""
+
+
+class ConvexProblemError(LosslabError, ValueError):
+    """A convex ReLU problem is malformed: bad shapes, NaN, lam <= 0, too many patterns."""

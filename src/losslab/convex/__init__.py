@@ -1,0 +1,52 @@
+"""Convex reformulation of two-layer ReLU networks (Mishkin & Pilanci 2023, P3).
+
+Activation patterns (sampled or exactly enumerated), solvers of the gated and ReLU
+(cone-constrained) convex programs with duality-gap certificates, the global-optimality
+check over every pattern, and recovery of the ReLU network.
+"""
+
+from losslab.convex.certificate import Certificate, certify
+from losslab.convex.operator import PatternOperator
+from losslab.convex.patterns import (
+    PatternCount,
+    activation_patterns,
+    count_bound,
+    enumerate_patterns,
+    network_patterns,
+    sample_gates,
+    unique_patterns,
+)
+from losslab.convex.program import ConvexReLUProgram, DualBound, project_onto_cone
+from losslab.convex.recovery import (
+    ReLUNetwork,
+    interior_point,
+    neurons_from_blocks,
+    split_gated_block,
+)
+from losslab.convex.solvers import SolveResult, solve
+from losslab.convex.validation import as_features, as_target, check_lam
+
+__all__ = [
+    "Certificate",
+    "ConvexReLUProgram",
+    "DualBound",
+    "PatternCount",
+    "PatternOperator",
+    "ReLUNetwork",
+    "SolveResult",
+    "activation_patterns",
+    "as_features",
+    "as_target",
+    "certify",
+    "check_lam",
+    "count_bound",
+    "enumerate_patterns",
+    "interior_point",
+    "network_patterns",
+    "neurons_from_blocks",
+    "project_onto_cone",
+    "sample_gates",
+    "solve",
+    "split_gated_block",
+    "unique_patterns",
+]

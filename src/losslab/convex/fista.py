@@ -1,0 +1,98 @@
+r"""Accelerated proximal gradient (FISTA) for ``min_U h(X U^T) + lam sum_b ||u_b||``.
+
+The smooth part ``h`` is a function of the pre-activations ``Z = X U^T``, so one
+iteration costs one product ``X U^T`` (per backtracking step) and one ``G^T X``: the
+momentum point's ``Z`` is the same combination of the iterates' ``Z`` as the point is of
+the iterates (linearity). Step sizes by backtracking (Beck & Teboulle 2009), momentum
+restarted whenever it points uphill (O'Donoghue & Candes 2015). The proximal step of
+``lam ||u||`` is the group soft-threshold ``u * max(0, 1 - step lam / ||u||)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+#: ``Z -> (h(Z), dh/dZ)`` and ``Z -> h(Z)``.
+SmoothFunction = Callable[[torch.Tensor], tuple[float, torch.Tensor]]
+SmoothValue = Callable[[torch.Tensor], float]
+#: ``(U, Z, iteration, gradient_mapping_norm) -> stop?``, asked after every step.
+StopRule = Callable[[torch.Tensor, torch.Tensor, int, float], bool]
+#: ``(V, step) -> prox_{step * g}(V)`` for the non-smooth part ``g``.
+Prox = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FistaResult:
+    U: torch.Tensor
+    Z: torch.Tensor
+    iterations: int
+    lipschitz: float
+    stopped: bool
+
+
+def gradient_mapping_below(limit: float) -> StopRule:
+    """Stop once the gradient mapping ``L ||U_new - U_y||`` (a KKT residual) is <= limit."""
+
+    def stop(U: torch.Tensor, Z: torch.Tensor, iteration: int, mapping: float) -> bool:
+        return mapping <= limit
+
+    return stop
+
+
+def group_soft_threshold(U: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Rows ``u`` to ``u * max(0, 1 - threshold / ||u||)``: the prox of ``threshold ||.||``."""
+    norms = U.norm(dim=1, keepdim=True)
+    return U * (1 - threshold / norms.clamp(min=1e-300)).clamp(min=0)
+
+
+def fista(
+    X: torch.Tensor,
+    smooth: SmoothFunction,
+    smooth_value: SmoothValue,
+    lam: float,
+    U0: torch.Tensor,
+    *,
+    lipschitz: float,
+    max_iter: int,
+    stop: StopRule,
+    prox: Prox | None = None,
+) -> FistaResult:
+    """Minimise ``h(X U^T) + lam sum_b ||u_b||`` from ``U0`` until ``stop`` or ``max_iter``.
+
+    ``prox`` replaces the group soft-threshold for another non-smooth part (the ReLU
+    form's ``lam ||u|| + indicator(cone)``)."""
+    if prox is None:
+
+        def prox(V: torch.Tensor, step: float) -> torch.Tensor:
+            return group_soft_threshold(V, step * lam)
+
+    U, Z = U0, X @ U0.T
+    U_y, Z_y = U, Z
+    t, L = 1.0, lipschitz
+    value_y, dZ_y = smooth(Z_y)
+    for iteration in range(1, max_iter + 1):
+        gradient = dZ_y.T @ X
+        L *= 0.9  # let the step grow back; backtracking shrinks it when needed
+        while True:
+            U_new = prox(U_y - gradient / L, 1.0 / L)
+            Z_new = X @ U_new.T
+            step = U_new - U_y
+            bound = value_y + float((gradient * step).sum()) + 0.5 * L * float(step.square().sum())
+            if smooth_value(Z_new) <= bound + 1e-12 * abs(value_y):
+                break
+            L *= 2.0
+        gradient_mapping = L * float(step.norm())
+        if float(((U_y - U_new) * (U_new - U)).sum()) > 0:
+            t = 1.0  # restart: the momentum pointed uphill
+        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        beta = (t - 1) / t_next
+        U_y, Z_y = U_new + beta * (U_new - U), Z_new + beta * (Z_new - Z)
+        U, Z, t = U_new, Z_new, t_next
+        if stop(U, Z, iteration, gradient_mapping):
+            return FistaResult(U, Z, iteration, L, True)
+        value_y, dZ_y = smooth(Z_y)
+    return FistaResult(U, Z, max_iter, L, False)

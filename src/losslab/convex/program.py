@@ -1,0 +1,198 @@
+r"""The convex programs of two-layer ReLU networks (P3), their objectives and duals.
+
+With ``X`` (n, d) (a column of ones appended for a bias), target ``y`` (n,), patterns
+``D_1..D_P`` and ``lam > 0``:
+
+- gated form:  ``min_U 1/(2n) ||sum_i D_i X u_i - y||^2 + lam sum_i ||u_i||``;
+- ReLU form:   ``min_{V,W} 1/(2n) ||sum_i D_i X (v_i - w_i) - y||^2
+  + lam sum_i (||v_i|| + ||w_i||)``  s.t. ``(2 D_i - I) X v_i >= 0``, ``(2 D_i - I) X w_i >= 0``.
+
+Both are ``min_U f(A U) + sum_b g_b(u_b)`` with ``f(z) = ||z - y||^2 / (2n)``, whose
+Fenchel dual is ``max_q  q . y - n/2 ||q||^2`` subject to, for every block ``b``,
+``||Pi_{K_b}(A_b^T q)|| <= lam`` (``K_b`` the block's cone, all of R^d when gated). For
+any ``rho >= 0``, ``||Pi_K(z)|| <= ||z + X^T ((2D-I) rho)||``, so the residual
+``q = (y - A U) / n`` with the augmented-Lagrangian multipliers ``rho``, shrunk by the
+best factor that makes it feasible, gives a lower bound on the optimum: the duality gap
+``P(U) - D(q)`` bounds how far ``U`` is from optimal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal
+
+import torch
+
+from losslab.convex.operator import PatternOperator
+from losslab.convex.validation import check_lam
+from losslab.errors import ConvexProblemError
+
+Formulation = Literal["gated", "relu"]
+
+
+@dataclass(frozen=True)
+class DualBound:
+    """A dual-feasible point's objective, and how feasible the unshrunk residual was.
+
+    ``max_ratio = max_b ||A_b^T q + ...|| / lam`` for the unshrunk residual ``q``; at an
+    optimum it is at most 1 (up to the solver's tolerance).
+    """
+
+    objective: float
+    scale: float
+    max_ratio: float
+
+
+@dataclass(frozen=True)
+class ConvexReLUProgram:
+    """One convex program: data, patterns (boolean, (n, P)), ``lam`` and the form."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+    patterns: torch.Tensor
+    lam: float
+    formulation: Formulation = "gated"
+
+    def __post_init__(self) -> None:
+        check_lam(self.lam)
+        if self.formulation not in ("gated", "relu"):
+            raise ConvexProblemError(
+                f"formulation must be 'gated' or 'relu'; got {self.formulation!r}"
+            )
+        if self.patterns.ndim != 2 or self.patterns.shape[0] != self.X.shape[0]:
+            raise ConvexProblemError(
+                f"patterns must have shape (n, P) = ({self.X.shape[0]}, P); "
+                f"got {tuple(self.patterns.shape)}"
+            )
+        if self.patterns.shape[1] == 0:
+            raise ConvexProblemError("there are no activation patterns to fit with")
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    @cached_property
+    def operator(self) -> PatternOperator:
+        return PatternOperator(self.X, self.patterns.to(self.X.device), self.formulation == "relu")
+
+    def zeros(self) -> torch.Tensor:
+        """The all-zero blocks (B, d)."""
+        return self.X.new_zeros(self.operator.n_blocks, self.X.shape[1])
+
+    def objective(self, U: torch.Tensor) -> float:
+        """``1/(2n) ||A U - y||^2 + lam sum_b ||u_b||``."""
+        residual = self.operator.fit(U) - self.y
+        return float(residual.square().sum() / (2 * self.n) + self.lam * U.norm(dim=1).sum())
+
+    def constraint_violation(self, U: torch.Tensor) -> float:
+        """Largest ``-(2 D_b - I) X u_b`` entry (0 when feasible, and for the gated form)."""
+        if self.formulation == "gated":
+            return 0.0
+        values = self.operator.preactivations(U) * self.operator.cone_signs
+        return float((-values).clamp(min=0).max())
+
+    def dual_bound(self, U: torch.Tensor, multipliers: torch.Tensor | None = None) -> DualBound:
+        """The dual objective at the best feasible multiple of ``q = (y - A U) / n``.
+
+        For the ReLU form the cone projections are bounded with ``multipliers`` (n, B)
+        when given, and computed exactly (non-negative least squares) otherwise.
+        """
+        op = self.operator
+        q = (self.y - op.fit(U)) / self.n
+        if self.formulation == "relu" and multipliers is None:
+            return self._bound(q, self.max_dual_ratio(q, self.patterns))
+        weights = op.weights * q[:, None]
+        if multipliers is not None:
+            weights = weights + op.cone_signs * multipliers
+        ratio = float(op.adjoint_of_weights(weights).norm(dim=1).max()) / self.lam
+        return self._bound(q, ratio)
+
+    def max_dual_ratio(self, q: torch.Tensor, patterns: torch.Tensor) -> float:
+        """``max`` of :meth:`dual_ratios`, projecting only the patterns whose cheap upper
+        bound ``||X^T D q|| / lam`` exceeds the largest exact ratio found so far."""
+        if patterns.shape[1] == 0:
+            return 0.0
+        masks = patterns.to(self.X.dtype)
+        correlations = (masks * q[:, None]).T @ self.X
+        bounds = correlations.norm(dim=1) / self.lam
+        if self.formulation == "gated":
+            return float(bounds.max())
+        signs = masks * 2 - 1
+        best = 0.0
+        for p in torch.argsort(bounds, descending=True).tolist():
+            if float(bounds[p]) <= max(best, 1.0):
+                # Below 1 the exact value changes no dual bound: 1 is what counts there.
+                return max(best, float(bounds[p]))
+            z = correlations[p]
+            plus = float(project_onto_cone(z, self.X, signs[:, p]).norm())
+            minus = float(project_onto_cone(-z, self.X, signs[:, p]).norm())
+            best = max(best, plus / self.lam, minus / self.lam)
+        return best
+
+    def dual_ratios(self, q: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
+        """``max(||Pi_K(X^T D q)||, ||Pi_K(-X^T D q)||) / lam`` for each pattern ``D``
+        (column of ``patterns``), ``K = K_D``; for the gated form ``||X^T D q|| / lam``."""
+        masks = patterns.to(self.X.dtype)
+        correlations = (masks * q[:, None]).T @ self.X  # (P, d): X^T D q per pattern
+        ratios = correlations.norm(dim=1) / self.lam
+        if self.formulation == "gated":
+            return ratios
+        signs = masks * 2 - 1
+        # ||Pi_K(z)|| <= ||z||: only the patterns whose plain norm exceeds lam need projecting.
+        for p in torch.nonzero(ratios > 1).flatten().tolist():
+            z = correlations[p]
+            plus = float(project_onto_cone(z, self.X, signs[:, p]).norm())
+            minus = float(project_onto_cone(-z, self.X, signs[:, p]).norm())
+            ratios[p] = max(plus, minus) / self.lam
+        return ratios
+
+    def _bound(self, q: torch.Tensor, ratio: float) -> DualBound:
+        linear, quadratic = float(q @ self.y), float(q @ q) * self.n
+        scale = 1.0 / max(ratio, 1.0)
+        if quadratic > 0:
+            scale = min(scale, max(linear / quadratic, 0.0))
+        return DualBound(scale * linear - 0.5 * scale**2 * quadratic, scale, ratio)
+
+    def lam_max(self) -> float:
+        """The smallest ``lam`` for which ``U = 0`` is optimal over these patterns:
+        ``max_b ||Pi_{K_b}(A_b^T y)|| / n``."""
+        op = self.operator
+        blocks = op.adjoint(self.y) / self.n
+        if self.formulation == "gated":
+            return float(blocks.norm(dim=1).max())
+        return max(float(project_onto_cone(blocks[b], op.X, op.cone_signs[:, b]).norm())
+                   for b in range(blocks.shape[0]))  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "d": int(self.X.shape[1]),
+            "n_patterns": int(self.patterns.shape[1]),
+            "lam": self.lam,
+            "formulation": self.formulation,
+        }
+
+
+def project_onto_cone(z: torch.Tensor, X: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of ``z`` on the cone ``{v : signs * (X v) >= 0}``.
+
+    By Moreau's decomposition ``Pi_K(z) = z + G^T rho*`` with ``G = diag(signs) X`` and
+    ``rho* = argmin_{rho >= 0} ||z + G^T rho||`` (non-negative least squares, SciPy).
+    """
+    return cone_projection(z, X, signs)[0]
+
+
+def cone_projection(
+    z: torch.Tensor, X: torch.Tensor, signs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Pi_K(z), rho*)`` of :func:`project_onto_cone`; ``rho*`` (n,) certifies the
+    projection's norm: ``||Pi_K(z')|| <= ||z' + G^T rho*||`` for every ``z'``."""
+    from scipy.optimize import nnls
+
+    if bool(((X @ z) * signs >= 0).all()):
+        return z.clone(), torch.zeros_like(signs)
+    G = (signs[:, None] * X).double().cpu().numpy()
+    rho, _ = nnls(G.T, -z.double().cpu().numpy(), maxiter=50 * G.shape[0])
+    projection = z + torch.as_tensor(G.T @ rho, dtype=z.dtype, device=z.device)
+    return projection, torch.as_tensor(rho, dtype=z.dtype, device=z.device)

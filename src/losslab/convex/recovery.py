@@ -1,0 +1,109 @@
+r"""From convex solutions to two-layer ReLU networks, and back to the non-convex objective.
+
+A ReLU-form block ``z`` in its cone (``(2D - I) X z >= 0``) with sign ``s`` is the neuron
+``w = z / sqrt(||z||)``, ``alpha = s sqrt(||z||)``: then ``(X w)_+ alpha = s D X z`` and
+``lam/2 (||w||^2 + alpha^2) = lam ||z||``, so the network's non-convex objective
+
+    ``1/(2n) ||sum_j (X w_j)_+ alpha_j - y||^2 + lam/2 sum_j (||w_j||^2 + alpha_j^2)``
+
+equals the convex objective (P3). A gated block ``u`` is first split as ``u = v - w``
+with ``v, w`` in the cone: ``w = t g`` along an interior point ``g`` of the cone, ``t``
+the smallest step that puts ``u + t g`` in the cone. The split reproduces the gated fit
+exactly; its objective is the ReLU form's at ``(v, w)``, at least the gated one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linprog
+from torch import nn
+
+from losslab.errors import ConvexProblemError
+
+
+@dataclass(frozen=True)
+class ReLUNetwork:
+    """Neurons of a two-layer ReLU network: ``weights`` (m, d) (the bias last when the
+    data carry a column of ones), ``alphas`` (m,)."""
+
+    weights: torch.Tensor
+    alphas: torch.Tensor
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.weights.shape[0])
+
+    def predict(self, X: torch.Tensor) -> torch.Tensor:
+        """``sum_j (X w_j)_+ alpha_j`` for features ``X`` (n, d) (bias column included)."""
+        return torch.relu(X @ self.weights.T) @ self.alphas
+
+    def objective(self, X: torch.Tensor, y: torch.Tensor, lam: float) -> float:
+        """The non-convex objective (module docstring)."""
+        residual = self.predict(X) - y
+        penalty = self.weights.square().sum() + self.alphas.square().sum()
+        return float(residual.square().sum() / (2 * X.shape[0]) + lam / 2 * penalty)
+
+    def to_torch(self, bias: bool) -> nn.Sequential:
+        """``Sequential(Linear(d, m, bias), ReLU(), Linear(m, 1, bias=False))`` in float64."""
+        d = self.weights.shape[1] - (1 if bias else 0)
+        m = max(self.n_neurons, 1)
+        first, second = (
+            nn.Linear(d, m, bias=bias, dtype=torch.float64),
+            nn.Linear(m, 1, bias=False, dtype=torch.float64),
+        )
+        with torch.no_grad():
+            first.weight.zero_()
+            second.weight.zero_()
+            if self.n_neurons:
+                first.weight.copy_(self.weights[:, :d])
+                if bias:
+                    first.bias.copy_(self.weights[:, d])
+                second.weight.copy_(self.alphas[None, :])
+            elif bias:
+                first.bias.zero_()
+        return nn.Sequential(first, nn.ReLU(), second)
+
+
+def neurons_from_blocks(blocks: torch.Tensor, signs: torch.Tensor) -> ReLUNetwork:
+    """One neuron per non-zero block (rows of ``blocks``) with output sign ``signs``."""
+    norms = blocks.norm(dim=1)
+    active = norms > 0
+    roots = norms[active].sqrt()
+    return ReLUNetwork(blocks[active] / roots[:, None], signs[active].to(blocks) * roots)
+
+
+def interior_point(X: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """A ``g`` with ``(2D - I) X g >= 1`` on every non-zero row: inside the pattern's cone.
+
+    Raises :class:`ConvexProblemError` when the cone has no interior (a pattern that no
+    open region of the arrangement realises).
+    """
+    signs = (pattern.to(X.dtype) * 2 - 1).cpu().numpy()
+    X_np = X.detach().cpu().numpy().astype(np.float64)
+    rows = np.linalg.norm(X_np, axis=1) > 0
+    result = linprog(
+        c=np.zeros(X_np.shape[1]),
+        A_ub=-(signs[rows, None] * X_np[rows]),
+        b_ub=-np.ones(int(rows.sum())),
+        bounds=[(None, None)] * X_np.shape[1],
+        method="highs",
+    )
+    if result.status != 0:
+        raise ConvexProblemError("this activation pattern's cone has no interior point")
+    return torch.as_tensor(result.x, dtype=X.dtype, device=X.device)
+
+
+def split_gated_block(
+    X: torch.Tensor, pattern: torch.Tensor, u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(v, w)`` in the pattern's cone with ``v - w = u`` (module docstring)."""
+    g = interior_point(X, pattern)
+    signs = pattern.to(X.dtype) * 2 - 1
+    along_u, along_g = signs * (X @ u), signs * (X @ g)
+    rows = along_g > 0
+    t = float((-along_u[rows] / along_g[rows]).clamp(min=0).max()) if bool(rows.any()) else 0.0
+    w = t * g
+    return u + w, w

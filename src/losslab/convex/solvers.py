@@ -1,0 +1,291 @@
+r"""Solvers of the convex ReLU programs (:mod:`losslab.convex.program`), in torch.
+
+- Gated form: FISTA with backtracking and restarts (:mod:`losslab.convex.fista`).
+- ReLU form: an augmented Lagrangian on the cone constraints ``C(U) >= 0``,
+  ``L_delta(U, rho) = f(AU) + 1/(2 delta) ||(rho - delta C(U))_+||^2 + lam sum ||u_b||``,
+  minimised in ``U`` by FISTA, then ``rho <- (rho - delta C(U))_+``; ``delta`` grows when
+  the constraint violation stalls. At the end every active block is projected on its cone
+  (non-negative least squares), so the returned point is feasible.
+
+Both stop on the relative duality gap ``(P(U) - D(q)) / |P(U)| <= tol``, with ``q`` the
+dual point of :meth:`ConvexReLUProgram.dual_bound` (for the ReLU form built with the
+multipliers ``rho``), checked every ``check_every`` iterations; at ``max_iter`` they
+return the best point with ``converged=False`` and the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from losslab.convex.fista import (
+    StopRule,
+    fista,
+    gradient_mapping_below,
+    group_soft_threshold,
+)
+from losslab.convex.program import ConvexReLUProgram, cone_projection, project_onto_cone
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """A solved convex program and its certificate over the program's own patterns.
+
+    ``blocks`` is (B, d): the ``u_i`` of the gated form, or ``[v_1..v_P, w_1..w_P]`` of
+    the ReLU form. ``duality_gap`` is ``objective - dual_objective`` (>= 0), an upper bound
+    on the distance to the optimum; ``relative_gap`` divides it by ``|objective|``.
+    """
+
+    program: ConvexReLUProgram
+    blocks: torch.Tensor
+    objective: float
+    dual_objective: float
+    duality_gap: float
+    relative_gap: float
+    constraint_violation: float
+    iterations: int
+    seconds: float
+    converged: bool
+    reason: str
+    gap_history: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.program.to_dict(),
+            "objective": self.objective,
+            "dual_objective": self.dual_objective,
+            "duality_gap": self.duality_gap,
+            "relative_gap": self.relative_gap,
+            "constraint_violation": self.constraint_violation,
+            "iterations": self.iterations,
+            "seconds": self.seconds,
+            "converged": self.converged,
+            "reason": self.reason,
+        }
+
+
+def solve(
+    program: ConvexReLUProgram,
+    *,
+    tol: float = 1e-8,
+    max_iter: int = 20_000,
+    init: torch.Tensor | None = None,
+    check_every: int = 10,
+) -> SolveResult:
+    """Solve ``program`` to relative duality gap ``tol`` (see the module docstring).
+
+    ``init`` warm-starts from blocks of shape (B, d) (e.g. the solution at a nearby
+    ``lam``); ``max_iter`` counts FISTA iterations, over all outer steps for the ReLU form.
+    """
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0; got {tol}")
+    U0 = program.zeros() if init is None else init.to(program.zeros())
+    if U0.shape != program.zeros().shape:
+        raise ValueError(f"init must have shape {tuple(program.zeros().shape)}")
+    start = time.perf_counter()
+    if program.formulation == "gated":
+        return _solve_gated(program, U0, tol, max_iter, check_every, start)
+    return _solve_relu(program, U0, tol, max_iter, check_every, start)
+
+
+def _result(
+    program: ConvexReLUProgram,
+    U: torch.Tensor,
+    multipliers: torch.Tensor | None,
+    iterations: int,
+    start: float,
+    tol: float,
+    history: list[float],
+    reason: str,
+) -> SolveResult:
+    objective = program.objective(U)
+    dual = program.dual_bound(U, multipliers).objective
+    gap = max(objective - dual, 0.0)
+    relative = gap / max(abs(objective), 1e-300)
+    converged = relative <= tol
+    return SolveResult(
+        program=program,
+        blocks=U,
+        objective=objective,
+        dual_objective=dual,
+        duality_gap=gap,
+        relative_gap=relative,
+        constraint_violation=program.constraint_violation(U),
+        iterations=iterations,
+        seconds=time.perf_counter() - start,
+        converged=converged,
+        reason=f"relative duality gap {relative:.2e} <= tol {tol:.0e}" if converged else reason,
+        gap_history=history,
+    )
+
+
+def _solve_gated(
+    program: ConvexReLUProgram,
+    U0: torch.Tensor,
+    tol: float,
+    max_iter: int,
+    check_every: int,
+    start: float,
+) -> SolveResult:
+    history: list[float] = []
+    fit_term = _LeastSquares(program.operator.weights, program.y)
+    stop = _gap_below(program, tol, check_every, history)
+    lipschitz = program.operator.squared_norm() / program.n
+    run = fista(program.X, fit_term.smooth, fit_term.value, program.lam, U0,
+                lipschitz=lipschitz, max_iter=max_iter, stop=stop)  # fmt: skip
+    reason = f"reached max_iter={max_iter} before the duality gap fell below tol"
+    return _result(program, run.U, None, run.iterations, start, tol, history, reason)
+
+
+def _solve_relu(
+    program: ConvexReLUProgram,
+    U0: torch.Tensor,
+    tol: float,
+    max_iter: int,
+    check_every: int,
+    start: float,
+) -> SolveResult:
+    weights, y, n = program.operator.weights, program.y, program.n
+    signs = program.operator.cone_signs
+    multipliers = torch.zeros_like(signs)
+    # The penalty starts 100 times stiffer than the fit (both scale with ||X||^2 / n).
+    delta = 100.0 / n
+    U, used, history = U0, 0, []
+    lipschitz_fit = program.operator.squared_norm() / n
+    lipschitz_cone = float(torch.linalg.matrix_norm(program.X, ord=2)) ** 2
+    # Inner tolerance on the gradient mapping, relative to the gradient scale at U = 0;
+    # the duality gap follows it at about 3 * inner_tol / scale.
+    scale = float(program.operator.adjoint(y).norm(dim=1).max()) / n
+    inner_tol, floor = 1e-2 * scale, 1e-2 * tol * scale
+    violation, feasible = float("inf"), U
+    # Stage 1, the augmented Lagrangian, to a coarse gap; stage 2, FISTA with the exact
+    # prox of lam ||u|| + indicator(cone), whose iterates stay feasible.
+    coarse = max(tol, 1e-2)
+    budget = max_iter // 2
+    while used < budget:
+        subproblem = _AugmentedLagrangian(weights, signs, y, multipliers, delta)
+        run = fista(program.X, subproblem.smooth, subproblem.value, program.lam, U,
+                    lipschitz=lipschitz_fit + delta * lipschitz_cone,
+                    max_iter=budget - used, stop=gradient_mapping_below(inner_tol))  # fmt: skip
+        U, used = run.U, used + run.iterations
+        multipliers = (multipliers - delta * run.Z * signs).clamp(min=0)
+        feasible = _project_blocks(program, U)
+        objective = program.objective(feasible)
+        gap = objective - program.dual_bound(feasible, multipliers).objective
+        history.append(gap / max(abs(objective), 1e-300))
+        if history[-1] <= coarse:
+            break
+        # Stiffen the penalty only while the violation is material and not falling fast.
+        new_violation = program.constraint_violation(U)
+        material = new_violation > tol * float(run.Z.abs().max())
+        if material and new_violation > 0.25 * violation:
+            delta *= 2.0
+        violation, inner_tol = new_violation, max(0.1 * inner_tol, floor)
+    if history and history[-1] <= tol:
+        return _result(program, feasible, multipliers, used, start, tol, history, "")
+    fit_term = _LeastSquares(weights, y)
+    run = fista(program.X, fit_term.smooth, fit_term.value, program.lam, feasible,
+                lipschitz=lipschitz_fit, max_iter=max(max_iter - used, 1),
+                stop=_gap_below(program, tol, check_every, history),
+                prox=_ConeProx(program.X, signs, program.lam))  # fmt: skip
+    reason = f"reached max_iter={max_iter} before the duality gap fell below tol"
+    return _result(program, run.U, None, used + run.iterations, start, tol, history, reason)
+
+
+def _gap_below(
+    program: ConvexReLUProgram, tol: float, check_every: int, history: list[float]
+) -> StopRule:
+    """Every ``check_every`` iterations, record the relative duality gap; stop at ``tol``."""
+
+    def stop(U: torch.Tensor, Z: torch.Tensor, iteration: int, mapping: float) -> bool:
+        if iteration % check_every:
+            return False
+        objective = program.objective(U)
+        gap = objective - program.dual_bound(U).objective
+        history.append(gap / max(abs(objective), 1e-300))
+        return history[-1] <= tol
+
+    return stop
+
+
+@dataclass(frozen=True)
+class _LeastSquares:
+    """``||A U - y||^2 / (2n)`` as a function of ``Z = X U^T`` (``A U = (Z * weights).sum(1)``)."""
+
+    weights: torch.Tensor
+    y: torch.Tensor
+
+    def value(self, Z: torch.Tensor) -> float:
+        residual = (Z * self.weights).sum(dim=1) - self.y
+        return float(residual.square().sum()) / (2 * self.y.shape[0])
+
+    def smooth(self, Z: torch.Tensor) -> tuple[float, torch.Tensor]:
+        n = self.y.shape[0]
+        residual = (Z * self.weights).sum(dim=1) - self.y
+        return float(residual.square().sum()) / (2 * n), self.weights * (residual / n)[:, None]
+
+
+class _ConeProx:
+    """``prox_{step (lam ||.|| + indicator(K_b))}`` per block: the group soft-threshold of the
+    projection on the block's cone. A block needs no projection when it is below the
+    threshold by the bound ``||Pi_K(z)|| <= ||z + G^T rho||`` with the ``rho`` of its last
+    projection (kept per block: between iterations ``z`` moves little), or when it is
+    already in its cone; the rest take one NNLS each."""
+
+    def __init__(self, X: torch.Tensor, signs: torch.Tensor, lam: float) -> None:
+        self.X, self.signs, self.lam = X, signs, lam
+        self.rho = torch.zeros_like(signs)  # (n, B): last NNLS multipliers per block
+
+    def __call__(self, V: torch.Tensor, step: float) -> torch.Tensor:
+        threshold = step * self.lam
+        bound = (V + (self.signs * self.rho).T @ self.X).norm(dim=1)
+        candidates = torch.nonzero((V.norm(dim=1) > threshold) & (bound > threshold)).flatten()
+        out = torch.zeros_like(V)
+        if candidates.numel() == 0:
+            return out
+        blocks = V[candidates].clone()
+        inside = ((self.X @ blocks.T) * self.signs[:, candidates] >= 0).all(dim=0)
+        for j in torch.nonzero(~inside).flatten().tolist():
+            b = int(candidates[j])
+            blocks[j], self.rho[:, b] = cone_projection(V[b], self.X, self.signs[:, b])
+        out[candidates] = group_soft_threshold(blocks, threshold)
+        return out
+
+
+@dataclass(frozen=True)
+class _AugmentedLagrangian:
+    """The smooth part of ``L_delta(U, rho)`` as a function of ``Z = X U^T``:
+    ``||A U - y||^2 / (2n) + ||(rho - delta C)_+||^2 / (2 delta)``, ``C = Z * signs``."""
+
+    weights: torch.Tensor
+    signs: torch.Tensor
+    y: torch.Tensor
+    rho: torch.Tensor
+    delta: float
+
+    def _terms(self, Z: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+        residual = (Z * self.weights).sum(dim=1) - self.y
+        active = (self.rho - self.delta * Z * self.signs).clamp(min=0)
+        n = self.y.shape[0]
+        value = float(residual.square().sum()) / (2 * n)
+        return value + float(active.square().sum()) / (2 * self.delta), residual, active
+
+    def value(self, Z: torch.Tensor) -> float:
+        return self._terms(Z)[0]
+
+    def smooth(self, Z: torch.Tensor) -> tuple[float, torch.Tensor]:
+        value, residual, active = self._terms(Z)
+        n = self.y.shape[0]
+        return value, self.weights * (residual / n)[:, None] - self.signs * active
+
+
+def _project_blocks(program: ConvexReLUProgram, U: torch.Tensor) -> torch.Tensor:
+    """Each non-zero block projected on its cone: a feasible point near ``U``."""
+    signs = program.operator.cone_signs
+    projected = U.clone()
+    for b in torch.nonzero(U.norm(dim=1) > 0).flatten().tolist():
+        projected[b] = project_onto_cone(U[b], program.X, signs[:, b])
+    return projected

@@ -1,0 +1,63 @@
+"""Checks at the boundary of the convex ReLU tools: shapes, finiteness, parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from losslab.errors import ConvexProblemError
+
+
+def as_features(X: Any, *, bias: bool = False, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``X`` as a 2-D floating tensor (float64 unless ``dtype`` or a float tensor says
+    otherwise), with a column of ones appended when ``bias``. Rejects empty, NaN and
+    constant (all-equal) data."""
+    tensor = _as_tensor(X, dtype)
+    if tensor.ndim != 2:
+        raise ConvexProblemError(f"X must be 2-D (n, d); got shape {tuple(tensor.shape)}")
+    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise ConvexProblemError(f"X is empty: shape {tuple(tensor.shape)}")
+    if not torch.isfinite(tensor).all():
+        rows = torch.nonzero(~torch.isfinite(tensor).all(dim=1)).flatten()[:5].tolist()
+        raise ConvexProblemError(f"X has NaN or inf (rows {rows}, 0-based); clean the data first")
+    if bool((tensor == tensor[0]).all()):
+        raise ConvexProblemError("X is constant (every entry equal): there is nothing to fit")
+    if bias:
+        ones = torch.ones(tensor.shape[0], 1, dtype=tensor.dtype, device=tensor.device)
+        tensor = torch.cat([tensor, ones], dim=1)
+    return tensor
+
+
+def as_target(y: Any, X: torch.Tensor) -> torch.Tensor:
+    """``y`` as a 1-D tensor of X's dtype and device, with one entry per row of ``X``."""
+    tensor = _as_tensor(y, X.dtype).to(X.device)
+    if tensor.ndim == 2 and tensor.shape[1] == 1:
+        tensor = tensor[:, 0]
+    if tensor.ndim != 1 or tensor.shape[0] != X.shape[0]:
+        raise ConvexProblemError(
+            f"y must have shape ({X.shape[0]},) to match X; got {tuple(tensor.shape)}"
+        )
+    if not torch.isfinite(tensor).all():
+        raise ConvexProblemError("y has NaN or inf; clean the data first")
+    return tensor
+
+
+def check_lam(lam: float) -> float:
+    if not isinstance(lam, int | float) or not np.isfinite(lam) or lam <= 0:
+        raise ConvexProblemError(f"lam must be a finite number > 0; got {lam!r}")
+    return float(lam)
+
+
+def _as_tensor(values: Any, dtype: torch.dtype | None) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        target = dtype or (values.dtype if values.is_floating_point() else torch.float64)
+        return values.detach().to(target)
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ConvexProblemError(
+            f"expected numbers, got {type(values).__name__}: {error}"
+        ) from None
+    return torch.as_tensor(array, dtype=dtype or torch.float64)

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from math import comb
+
+import numpy as np
+import pytest
+import torch
+
+from losslab.convex import (
+    activation_patterns,
+    count_bound,
+    enumerate_patterns,
+    network_patterns,
+    sample_gates,
+)
+from losslab.errors import ConvexProblemError
+from tests.convex_reference import brute_force_patterns
+
+
+def as_set(patterns: torch.Tensor) -> set[tuple[bool, ...]]:
+    return {tuple(bool(v) for v in column) for column in patterns.T}
+
+
+@pytest.mark.parametrize(("n", "d", "seed"), [(6, 2, 0), (7, 3, 1), (8, 3, 2), (6, 4, 3)])
+def test_enumeration_matches_brute_force(n, d, seed):
+    X = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    patterns = enumerate_patterns(X)
+    assert as_set(patterns) == brute_force_patterns(X.numpy())
+    assert patterns.shape[1] == len(as_set(patterns))  # no repeats
+
+
+def test_degenerate_data_matches_brute_force():
+    rng = np.random.default_rng(4)
+    X = rng.integers(-2, 3, size=(9, 3)).astype(float)
+    X[3] = 2 * X[1]  # parallel rows
+    X[5] = -X[2]  # opposite rows
+    X[7] = 0.0  # a zero row is active in every pattern
+    patterns = enumerate_patterns(torch.as_tensor(X))
+    expected = brute_force_patterns(X)
+    assert as_set(patterns) == expected
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_integer_grid_data_matches_brute_force(seed):
+    X = np.random.default_rng(seed).integers(-1, 2, size=(8, 3)).astype(float)
+    assert as_set(enumerate_patterns(torch.as_tensor(X))) == brute_force_patterns(X)
+
+
+def test_count_in_general_position_is_covers_formula():
+    X = torch.randn(30, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    patterns = enumerate_patterns(X)
+    cover = 2 * sum(comb(29, k) for k in range(3))
+    all_negative_exists = False  # 30 Gaussian rows: no g has X g < 0 everywhere
+    assert patterns.shape[1] == cover - all_negative_exists
+    assert count_bound(X).bound == cover
+
+
+def test_sampled_patterns_are_a_subset_of_all_patterns():
+    X = torch.randn(12, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    sampled = activation_patterns(X, sample_gates(3, 200, seed=1))
+    assert as_set(sampled) <= as_set(enumerate_patterns(X))
+    expected = {tuple(bool(v) for v in (X @ g >= 0)) for g in sample_gates(3, 200, seed=1).T}
+    assert as_set(sampled) == {p for p in expected if any(p)}
+
+
+def test_network_patterns_are_the_neurons_patterns():
+    X = torch.randn(10, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    weights = torch.randn(4, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    weights = torch.cat([weights, weights[:1]])  # a repeated neuron gives one pattern
+    patterns = network_patterns(X, weights)
+    assert patterns.shape[1] == 4
+    assert torch.equal(patterns[:, 0], X @ weights[0] >= 0)
+
+
+def test_too_many_patterns_is_refused_with_the_bound():
+    X = torch.randn(200, 8, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    with pytest.raises(ConvexProblemError, match=r"may have up to [\d,]+ activation patterns"):
+        enumerate_patterns(X)
+
+
+def test_bad_gate_arguments():
+    with pytest.raises(ConvexProblemError, match="n_gates must be an integer >= 1"):
+        sample_gates(3, 0)
+    X = torch.ones(4, 3, dtype=torch.float64)
+    with pytest.raises(ConvexProblemError, match=r"gates must have shape \(d, n_gates\)"):
+        activation_patterns(X, torch.ones(2, 5, dtype=torch.float64))

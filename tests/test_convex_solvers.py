@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from losslab.convex import (
+    ConvexReLUProgram,
+    activation_patterns,
+    as_features,
+    certify,
+    enumerate_patterns,
+    neurons_from_blocks,
+    sample_gates,
+    solve,
+    split_gated_block,
+)
+from losslab.errors import ConvexProblemError
+from tests.convex_reference import clarabel_objective, relu_teacher
+
+
+def program(formulation: str, *, bias: bool, lam: float, n=30, d=3, gates=20, seed=0):
+    X, y = relu_teacher(n, d, seed)
+    X = as_features(X, bias=bias)
+    patterns = activation_patterns(X, sample_gates(X.shape[1], gates, seed=seed + 1))
+    return ConvexReLUProgram(X, y, patterns, lam, formulation)
+
+
+@pytest.mark.parametrize("formulation", ["gated", "relu"])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("lam", [0.02, 0.1])
+def test_objective_matches_clarabel(formulation, bias, lam):
+    prog = program(formulation, bias=bias, lam=lam)
+    result = solve(prog, tol=1e-7, max_iter=40_000)
+    assert result.converged, result.reason
+    reference = clarabel_objective(prog.X, prog.y, prog.patterns, lam, formulation)
+    assert result.objective == pytest.approx(reference, rel=1e-6)
+    # The certified interval [dual, primal] contains the reference optimum.
+    assert result.dual_objective <= reference * (1 + 1e-7)
+    assert result.objective >= reference * (1 - 1e-7)
+    assert result.constraint_violation <= 1e-10
+
+
+def test_gap_history_and_convergence_report():
+    result = solve(program("gated", bias=False, lam=0.05), tol=1e-8)
+    assert result.converged
+    assert result.relative_gap <= 1e-8
+    assert result.gap_history[-1] <= 1e-8
+    assert "relative duality gap" in result.reason
+
+
+def test_max_iter_returns_best_point_not_converged():
+    result = solve(program("relu", bias=False, lam=0.02), tol=1e-12, max_iter=50)
+    assert not result.converged
+    assert "max_iter=50" in result.reason
+    assert result.iterations == 50
+    assert result.constraint_violation <= 1e-10  # still a feasible point
+
+
+def test_warm_start_from_the_solution_stops_at_once():
+    prog = program("gated", bias=True, lam=0.05)
+    first = solve(prog, tol=1e-9)
+    again = solve(prog, tol=1e-9, init=first.blocks)
+    assert again.iterations <= 10
+    assert again.objective == pytest.approx(first.objective, rel=1e-9)
+
+
+@pytest.mark.parametrize("formulation", ["gated", "relu"])
+def test_zero_is_optimal_above_lam_max(formulation):
+    prog = program(formulation, bias=False, lam=0.05)
+    lam_max = prog.lam_max()
+    zero_objective = float(prog.y.square().sum()) / (2 * prog.n)
+    above = solve(ConvexReLUProgram(prog.X, prog.y, prog.patterns, 1.01 * lam_max, formulation))
+    assert above.objective == pytest.approx(zero_objective, rel=1e-7)
+    below = solve(ConvexReLUProgram(prog.X, prog.y, prog.patterns, 0.9 * lam_max, formulation))
+    assert below.objective < zero_objective * (1 - 1e-4)
+    if formulation == "gated":  # the group soft-threshold gives exact zeros
+        assert float(above.blocks.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("formulation", ["gated", "relu"])
+def test_global_certificate_on_an_enumerable_problem(formulation):
+    X, y = relu_teacher(12, 2, seed=3)
+    all_patterns = enumerate_patterns(X)
+    full = solve(
+        ConvexReLUProgram(X, y, all_patterns, 0.05, formulation), tol=1e-9, max_iter=50_000
+    )
+    certificate = certify(full, tol=1e-6)
+    assert certificate.global_check == "enumerated"
+    assert certificate.n_patterns_checked == all_patterns.shape[1]
+    assert certificate.is_global, certificate.message
+    assert certificate.max_dual_ratio <= 1 + 1e-5
+
+
+def test_too_few_patterns_are_not_certified_global():
+    X, y = relu_teacher(12, 2, seed=3)
+    few = activation_patterns(X, sample_gates(2, 2, seed=0))
+    result = solve(ConvexReLUProgram(X, y, few, 0.05, "gated"), tol=1e-10)
+    certificate = certify(result, tol=1e-6)
+    assert result.converged  # optimal for its own two patterns ...
+    assert not certificate.is_global  # ... but not over all of them
+    assert certificate.max_dual_ratio > 1.01
+    assert "not certified" in certificate.message
+
+
+def test_sampled_certificate_when_enumeration_is_too_large():
+    prog = program("gated", bias=False, lam=0.05, n=200, d=10, gates=50)
+    certificate = certify(solve(prog, tol=1e-8), n_check_gates=2000)
+    assert certificate.global_check == "sampled"
+    assert not certificate.is_global
+    assert "sampled patterns only" in certificate.message
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_recovered_network_has_the_convex_objective(bias):
+    prog = program("relu", bias=bias, lam=0.05)
+    result = solve(prog, tol=1e-8)
+    signs = torch.cat([torch.ones(prog.patterns.shape[1]), -torch.ones(prog.patterns.shape[1])])
+    network = neurons_from_blocks(result.blocks, signs)
+    assert network.objective(prog.X, prog.y, prog.lam) == pytest.approx(result.objective, rel=1e-9)
+    model = network.to_torch(bias=bias)
+    features = prog.X[:, :-1] if bias else prog.X
+    torch.testing.assert_close(
+        model(features)[:, 0], prog.operator.fit(result.blocks), rtol=1e-10, atol=1e-12
+    )
+    assert model[0].weight.dtype == torch.float64
+
+
+def test_split_gated_block_reproduces_the_gated_fit():
+    prog = program("gated", bias=False, lam=0.05)
+    result = solve(prog, tol=1e-8)
+    for b in torch.nonzero(result.blocks.norm(dim=1) > 0).flatten().tolist():
+        pattern, u = prog.patterns[:, b], result.blocks[b]
+        v, w = split_gated_block(prog.X, pattern, u)
+        signs = pattern.double() * 2 - 1
+        assert bool((signs * (prog.X @ v) >= -1e-12).all())
+        assert bool((signs * (prog.X @ w) >= -1e-12).all())
+        torch.testing.assert_close(
+            torch.relu(prog.X @ v) - torch.relu(prog.X @ w), pattern.double() * (prog.X @ u)
+        )
+
+
+def test_bad_programs():
+    X, y = relu_teacher(10, 2, seed=0)
+    patterns = enumerate_patterns(X)
+    with pytest.raises(ConvexProblemError, match="lam must be a finite number > 0"):
+        ConvexReLUProgram(X, y, patterns, 0.0)
+    with pytest.raises(ConvexProblemError, match="formulation must be"):
+        ConvexReLUProgram(X, y, patterns, 0.1, "cone")  # type: ignore[arg-type]
+    with pytest.raises(ConvexProblemError, match="patterns must have shape"):
+        ConvexReLUProgram(X, y, patterns[:5], 0.1)
+    with pytest.raises(ConvexProblemError, match="NaN or inf"):
+        as_features(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+    with pytest.raises(ConvexProblemError, match="constant"):
+        as_features(torch.ones(5, 2))
+    with pytest.raises(ConvexProblemError, match="empty"):
+        as_features(torch.ones(0, 2))
