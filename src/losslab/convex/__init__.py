@@ -6,6 +6,7 @@ check over every pattern, and recovery of the ReLU network.
 """
 
 from losslab.convex.certificate import Certificate, certify
+from losslab.convex.estimator import ConvexReLU
 from losslab.convex.operator import PatternOperator
 from losslab.convex.patterns import (
     PatternCount,
@@ -14,6 +15,7 @@ from losslab.convex.patterns import (
     enumerate_patterns,
     network_patterns,
     sample_gates,
+    unique_pattern_columns,
     unique_patterns,
 )
 from losslab.convex.program import ConvexReLUProgram, DualBound, project_onto_cone
@@ -28,6 +30,7 @@ from losslab.convex.validation import as_features, as_target, check_lam
 
 __all__ = [
     "Certificate",
+    "ConvexReLU",
     "ConvexReLUProgram",
     "DualBound",
     "PatternCount",
@@ -48,5 +51,6 @@ __all__ = [
     "sample_gates",
     "solve",
     "split_gated_block",
+    "unique_pattern_columns",
     "unique_patterns",
 ]

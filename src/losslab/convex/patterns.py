@@ -60,14 +60,18 @@ def activation_patterns(X: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
 def unique_patterns(X: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Distinct columns of the boolean ``masks`` (n, k) in first-seen order, without the
     ones that activate no non-zero row of ``X``."""
+    return masks[:, unique_pattern_columns(X, masks)]
+
+
+def unique_pattern_columns(X: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Indices of the columns :func:`unique_patterns` keeps (each pattern's first column)."""
     nonzero_rows = (X != 0).any(dim=1)
-    useful = (masks & nonzero_rows[:, None]).any(dim=0)
-    masks = masks[:, useful]
-    if masks.shape[1] == 0:
-        return masks
-    columns = masks.T.cpu().numpy()
+    useful = torch.nonzero((masks & nonzero_rows[:, None]).any(dim=0)).flatten()
+    if useful.numel() == 0:
+        return useful
+    columns = masks[:, useful].T.cpu().numpy()
     _, first = np.unique(np.packbits(columns, axis=1), axis=0, return_index=True)
-    return masks[:, torch.as_tensor(np.sort(first), device=masks.device)]
+    return useful[torch.as_tensor(np.sort(first), device=useful.device)]
 
 
 def network_patterns(X: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,175 @@
+r"""``ConvexReLU``: a two-layer ReLU network trained to the certified global optimum.
+
+A scikit-learn regressor. ``fit`` samples gate vectors, builds the convex program over
+their activation patterns (:mod:`losslab.convex.program`), solves it to a duality-gap
+tolerance and certifies the solution (:mod:`losslab.convex.certificate`). The fitted
+model is the ReLU network recovered from the solution (``formulation="relu"``), or the
+gated network ``x -> sum_i 1[x . g_i >= 0] (x . u_i)`` (``formulation="gated"``).
+
+Conventions (P3): the objective is ``1/(2n) ||f(X) - y||^2 + lam/2 sum_j (||w_j||^2 +
+alpha_j^2)``; ``bias=True`` appends a column of ones to ``X``, so the bias is part of
+each neuron and penalised with it. Targets are real numbers; for binary classification
+pass labels as -1/+1 and threshold the prediction at 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import nn
+
+from losslab.convex.certificate import Certificate, certify
+from losslab.convex.patterns import sample_gates, unique_pattern_columns
+from losslab.convex.program import ConvexReLUProgram
+from losslab.convex.recovery import ReLUNetwork, neurons_from_blocks, split_gated_block
+from losslab.convex.solvers import SolveResult, solve
+from losslab.convex.validation import as_features, check_lam
+from losslab.errors import ConvexProblemError
+
+
+class ConvexReLU(RegressorMixin, BaseEstimator):
+    """Two-layer ReLU regression by its convex reformulation, with a certificate.
+
+    Args:
+        lam: weight decay ``lam > 0``.
+        formulation: ``"relu"`` (the exact ReLU network; cone-constrained program) or
+            ``"gated"`` (the gated-ReLU relaxation; faster).
+        n_gates: number of Gaussian gate vectors sampled for the patterns.
+        gates: explicit gates, shape ``(d, k)`` (``(d + 1, k)`` with ``bias``); overrides
+            ``n_gates``.
+        bias: append a column of ones to ``X`` (a penalised bias per neuron).
+        tol: relative duality gap at which the solver stops.
+        max_iter: iteration budget; past it the result is marked not converged.
+        seed: seed of the gate sample (and of the certificate's check sample).
+        check_global: certify the solution over all patterns (enumerated when the data
+            allow, else a large fresh sample); off saves time.
+
+    Attributes:
+        objective_: the convex objective at the solution.
+        certificate_: a :class:`~losslab.convex.Certificate` (``None`` without
+            ``check_global``).
+        solution_: the :class:`~losslab.convex.SolveResult`.
+        network_: the recovered :class:`~losslab.convex.ReLUNetwork` (features with the
+            bias column when ``bias``).
+        n_neurons_: its number of neurons.
+        patterns_: boolean array (n, P) of the activation patterns used.
+        gates_: array (d or d + 1, P), one gate per pattern.
+        n_features_in_: number of input features.
+        n_iter_: solver iterations.
+
+    Example:
+        >>> from losslab.convex import ConvexReLU
+        >>> from losslab.data import load
+        >>> data = load("teacher_relu", n=100, d=3, seed=0)
+        >>> model = ConvexReLU(lam=1e-2, n_gates=50).fit(data.X.numpy(), data.y.numpy())
+        >>> model.solution_.converged
+        True
+    """
+
+    def __init__(
+        self,
+        lam: float = 1e-3,
+        formulation: Literal["relu", "gated"] = "relu",
+        n_gates: int = 500,
+        gates: Any = None,
+        bias: bool = False,
+        tol: float = 1e-6,
+        max_iter: int = 20_000,
+        seed: int = 0,
+        check_global: bool = True,
+    ) -> None:
+        self.lam = lam
+        self.formulation = formulation
+        self.n_gates = n_gates
+        self.gates = gates
+        self.bias = bias
+        self.tol = tol
+        self.max_iter = max_iter
+        self.seed = seed
+        self.check_global = check_global
+
+    def fit(self, X: Any, y: Any) -> ConvexReLU:
+        """Solve the convex program on ``X`` (n, d) and ``y`` (n,); returns ``self``."""
+        X_np, y_np = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
+        check_lam(self.lam)
+        if X_np.shape[0] < 2:
+            raise ConvexProblemError(
+                f"ConvexReLU needs at least 2 samples; got n_samples={X_np.shape[0]}"
+            )
+        features = as_features(torch.tensor(X_np), bias=self.bias)
+        target = torch.tensor(y_np, dtype=torch.float64)
+        gates = self._gates(features.shape[1])
+        masks = features @ gates >= 0
+        kept = unique_pattern_columns(features, masks)
+        if kept.numel() == 0:
+            raise ConvexProblemError("no gate activates any sample; sample more gates")
+        program = ConvexReLUProgram(features, target, masks[:, kept], self.lam, self.formulation)
+        self.solution_: SolveResult = solve(program, tol=self.tol, max_iter=self.max_iter)
+        self.certificate_: Certificate | None = (
+            certify(self.solution_, tol=max(10 * self.tol, 1e-6), seed=self.seed)
+            if self.check_global
+            else None
+        )
+        self.gates_ = gates[:, kept].numpy()
+        self.patterns_ = masks[:, kept].numpy()
+        self.network_ = self._network(program)
+        self.objective_ = self.solution_.objective
+        self.n_neurons_ = self.network_.n_neurons
+        self.n_iter_ = self.solution_.iterations
+        return self
+
+    def _gates(self, d: int) -> torch.Tensor:
+        if self.gates is None:
+            if not isinstance(self.n_gates, int | np.integer) or self.n_gates < 1:
+                raise ConvexProblemError(f"n_gates must be an integer >= 1; got {self.n_gates!r}")
+            return sample_gates(d, int(self.n_gates), seed=self.seed)
+        gates = torch.as_tensor(np.asarray(self.gates, dtype=np.float64))
+        if gates.ndim != 2 or gates.shape[0] != d:
+            extra = " (d + 1 rows with bias=True)" if self.bias else ""
+            raise ConvexProblemError(
+                f"gates must have shape ({d}, n_gates){extra}; got {tuple(gates.shape)}"
+            )
+        return gates
+
+    def _network(self, program: ConvexReLUProgram) -> ReLUNetwork:
+        blocks, P = self.solution_.blocks, program.patterns.shape[1]
+        if self.formulation == "relu":
+            return neurons_from_blocks(blocks, torch.cat([torch.ones(P), -torch.ones(P)]))
+        # The gated blocks' ReLU network: each u_i split into cone members v_i - w_i.
+        v_blocks, w_blocks = torch.zeros_like(blocks), torch.zeros_like(blocks)
+        for i in torch.nonzero(blocks.norm(dim=1) > 0).flatten().tolist():
+            v_blocks[i], w_blocks[i] = split_gated_block(
+                program.X, program.patterns[:, i], blocks[i]
+            )
+        signs = torch.cat([torch.ones(P), -torch.ones(P)])
+        return neurons_from_blocks(torch.cat([v_blocks, w_blocks]), signs)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The fitted network's output on ``X`` (n, d)."""
+        check_is_fitted(self, "solution_")
+        X_np = validate_data(self, X, reset=False, dtype=np.float64)
+        features = torch.tensor(X_np)
+        if self.bias:
+            features = torch.cat(
+                [features, torch.ones(features.shape[0], 1, dtype=features.dtype)], 1
+            )
+        if self.formulation == "relu":
+            return self.network_.predict(features).numpy()
+        gates = torch.as_tensor(self.gates_)
+        active = (features @ gates >= 0).to(features.dtype)
+        return ((features @ self.solution_.blocks.T) * active).sum(dim=1).numpy()
+
+    def to_torch(self) -> nn.Sequential:
+        """``Sequential(Linear(d, m, bias), ReLU(), Linear(m, 1, bias=False))`` in float64.
+
+        For ``formulation="relu"`` its non-convex objective equals ``objective_``. For
+        ``"gated"`` it is the ReLU network of the cone split of each gated block: the same
+        fit on the training data, with the ReLU form's objective at that split (at least
+        ``objective_``); on new data it differs from the gated model's ``predict``.
+        """
+        check_is_fitted(self, "solution_")
+        return self.network_.to_torch(self.bias)

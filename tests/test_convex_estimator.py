@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+
+from losslab.convex import ConvexReLU
+from losslab.errors import ConvexProblemError
+from tests.convex_reference import clarabel_objective, relu_teacher
+
+
+def data(n=40, d=3, seed=0):
+    X, y = relu_teacher(n, d, seed)
+    return X.numpy(), y.numpy()
+
+
+@pytest.mark.parametrize("formulation", ["relu", "gated"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fit_matches_clarabel_and_recovers_the_network(formulation, bias):
+    X, y = data()
+    model = ConvexReLU(lam=0.05, formulation=formulation, n_gates=20, bias=bias, tol=1e-8).fit(X, y)
+    features = torch.as_tensor(np.c_[X, np.ones(len(X))] if bias else X)
+    reference = clarabel_objective(
+        features, torch.as_tensor(y), torch.as_tensor(model.patterns_), 0.05, formulation
+    )
+    assert model.objective_ == pytest.approx(reference, rel=1e-6)
+    assert model.solution_.converged
+    assert model.n_neurons_ == model.network_.n_neurons > 0
+    net = model.to_torch()
+    with torch.no_grad():
+        output = net(torch.as_tensor(X))[:, 0].numpy()
+    penalty = sum(float(p.square().sum()) for p in net.parameters())
+    nonconvex = float(np.square(output - y).sum()) / (2 * len(y)) + 0.05 / 2 * penalty
+    if formulation == "relu":
+        assert nonconvex == pytest.approx(model.objective_, rel=1e-9)
+        np.testing.assert_allclose(model.predict(X), output, rtol=1e-10, atol=1e-12)
+    else:  # the cone split keeps the training fit; its objective is the ReLU form's
+        np.testing.assert_allclose(output, model.predict(X), rtol=1e-9, atol=1e-10)
+        assert nonconvex >= model.objective_ * (1 - 1e-9)
+
+
+def test_certificate_is_global_on_enumerable_data():
+    X, y = data(n=12, d=2, seed=3)
+    model = ConvexReLU(lam=0.05, n_gates=2000, tol=1e-9, max_iter=50_000).fit(X, y)
+    assert model.certificate_.global_check == "enumerated"
+    assert model.certificate_.is_global, model.certificate_.message
+
+
+def test_explicit_gates_and_their_shape():
+    X, y = data()
+    gates = np.random.default_rng(0).standard_normal((3, 15))
+    model = ConvexReLU(lam=0.05, gates=gates, check_global=False).fit(X, y)
+    assert model.gates_.shape[1] == model.patterns_.shape[1] <= 15
+    np.testing.assert_array_equal(model.patterns_, X @ model.gates_ >= 0)
+    with pytest.raises(
+        ConvexProblemError, match=r"gates must have shape \(4, n_gates\) \(d \+ 1 rows"
+    ):
+        ConvexReLU(gates=gates, bias=True).fit(X, y)
+
+
+def test_params_clone_and_score():
+    X, y = data()
+    model = ConvexReLU(lam=0.01, n_gates=30, check_global=False)
+    assert clone(model).get_params() == model.get_params()
+    model.set_params(lam=0.02)
+    assert model.fit(X, y).lam == 0.02
+    assert model.score(X, y) > 0.9  # the teacher is a small ReLU network
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"lam": 0.0}, "lam must be"),
+        ({"lam": -1.0}, "lam must be"),
+        ({"n_gates": 0}, "n_gates must be"),
+    ],
+)
+def test_bad_parameters(params, match):
+    X, y = data()
+    with pytest.raises(ConvexProblemError, match=match):
+        ConvexReLU(**params).fit(X, y)
+
+
+def test_bad_data():
+    X, y = data()
+    with pytest.raises(ValueError, match="NaN"):
+        ConvexReLU().fit(np.where(X > 2, np.nan, X), y)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        ConvexReLU().fit(X, y[:-1])
+    with pytest.raises(ConvexProblemError, match="constant"):
+        ConvexReLU().fit(np.ones((10, 2)), np.arange(10.0))
+
+
+def test_max_iter_marks_not_converged():
+    X, y = data()
+    model = ConvexReLU(lam=0.01, max_iter=5, tol=1e-12, check_global=False).fit(X, y)
+    assert not model.solution_.converged
+    assert "max_iter=5" in model.solution_.reason
