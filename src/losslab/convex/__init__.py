@@ -19,6 +19,7 @@ from losslab.convex.patterns import (
     unique_patterns,
 )
 from losslab.convex.program import ConvexReLUProgram, DualBound, project_onto_cone
+from losslab.convex.pruning import PruneResult, block_fits, prune_blocks
 from losslab.convex.recovery import (
     ReLUNetwork,
     interior_point,
@@ -35,11 +36,13 @@ __all__ = [
     "DualBound",
     "PatternCount",
     "PatternOperator",
+    "PruneResult",
     "ReLUNetwork",
     "SolveResult",
     "activation_patterns",
     "as_features",
     "as_target",
+    "block_fits",
     "certify",
     "check_lam",
     "count_bound",
@@ -48,6 +51,7 @@ __all__ = [
     "network_patterns",
     "neurons_from_blocks",
     "project_onto_cone",
+    "prune_blocks",
     "sample_gates",
     "solve",
     "split_gated_block",

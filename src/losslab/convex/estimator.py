@@ -14,6 +14,8 @@ pass labels as -1/+1 and threshold the prediction at 0.
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -25,6 +27,7 @@ from torch import nn
 from losslab.convex.certificate import Certificate, certify
 from losslab.convex.patterns import sample_gates, unique_pattern_columns
 from losslab.convex.program import ConvexReLUProgram
+from losslab.convex.pruning import prune_blocks
 from losslab.convex.recovery import ReLUNetwork, neurons_from_blocks, split_gated_block
 from losslab.convex.solvers import SolveResult, solve
 from losslab.convex.validation import as_features, check_lam
@@ -162,6 +165,32 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         gates = torch.as_tensor(self.gates_)
         active = (features @ gates >= 0).to(features.dtype)
         return ((features @ self.solution_.blocks.T) * active).sum(dim=1).numpy()
+
+    def prune(self) -> ConvexReLU:
+        """A copy holding the optimally pruned network: the same objective (up to
+        rounding), with linearly independent neuron fits, hence at most n neurons.
+
+        The copy's ``pruned_`` is the :class:`~losslab.convex.pruning.PruneResult`
+        (indices of the blocks removed, objective before and after).
+        """
+        check_is_fitted(self, "solution_")
+        program = self.solution_.program
+        result = prune_blocks(program, self.solution_.blocks)
+        pruned = copy.deepcopy(self)
+        objective = result.objective_after
+        gap = max(objective - self.solution_.dual_objective, 0.0)
+        pruned.solution_ = replace(
+            self.solution_,
+            blocks=result.blocks,
+            objective=objective,
+            duality_gap=gap,
+            relative_gap=gap / max(abs(objective), 1e-300),
+        )
+        pruned.pruned_ = result
+        pruned.network_ = pruned._network(program)
+        pruned.objective_ = objective
+        pruned.n_neurons_ = pruned.network_.n_neurons
+        return pruned
 
     def to_torch(self) -> nn.Sequential:
         """``Sequential(Linear(d, m, bias), ReLU(), Linear(m, 1, bias=False))`` in float64.
