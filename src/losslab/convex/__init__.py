@@ -7,7 +7,9 @@ check over every pattern, and recovery of the ReLU network.
 
 from losslab.convex.certificate import Certificate, certify
 from losslab.convex.estimator import ConvexReLU
+from losslab.convex.network import NetworkCertificate, certify_network, network_parameters
 from losslab.convex.operator import PatternOperator
+from losslab.convex.path import PathPoint, RegularizationPath, regularization_path
 from losslab.convex.patterns import (
     PatternCount,
     activation_patterns,
@@ -34,24 +36,30 @@ __all__ = [
     "ConvexReLU",
     "ConvexReLUProgram",
     "DualBound",
+    "NetworkCertificate",
+    "PathPoint",
     "PatternCount",
     "PatternOperator",
     "PruneResult",
     "ReLUNetwork",
+    "RegularizationPath",
     "SolveResult",
     "activation_patterns",
     "as_features",
     "as_target",
     "block_fits",
     "certify",
+    "certify_network",
     "check_lam",
     "count_bound",
     "enumerate_patterns",
     "interior_point",
+    "network_parameters",
     "network_patterns",
     "neurons_from_blocks",
     "project_onto_cone",
     "prune_blocks",
+    "regularization_path",
     "sample_gates",
     "solve",
     "split_gated_block",

@@ -1,0 +1,166 @@
+r"""Certify a trained two-layer ReLU network against the convex program (P3).
+
+For a network ``Sequential(Linear(d, m, bias), ReLU(), Linear(m, 1, bias=False))`` and
+``lam``, with objective ``1/(2n) ||f(X) - y||^2 + lam/2 sum_j (||w_j||^2 + alpha_j^2)``:
+
+- stationarity: the norm of the objective's gradient in all the weights;
+- the optimum over the network's *own* patterns ``D_j = 1[X w_j >= 0]``: every
+  stationary point of the training problem is optimal for this sub-sampled ReLU-form
+  program (Mishkin & Pilanci 2023), so a trained network that converged attains it;
+- the global optimum: the program over every pattern (enumerated when the data allow;
+  otherwise the network's and a large sample of patterns). Its dual objective is a
+  rigorous lower bound on the global optimum when enumerated, and the network's gap to it
+  bounds how far the network is from globally optimal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from losslab.convex.patterns import (
+    activation_patterns,
+    count_bound,
+    enumerate_patterns,
+    network_patterns,
+    sample_gates,
+    unique_patterns,
+)
+from losslab.convex.program import ConvexReLUProgram
+from losslab.convex.recovery import ReLUNetwork
+from losslab.convex.solvers import solve
+from losslab.convex.validation import as_features, as_target, check_lam
+from losslab.errors import ConvexProblemError
+
+
+@dataclass(frozen=True)
+class NetworkCertificate:
+    """What is known about a trained network (module docstring). Gaps are relative to
+    the network's objective; ``global_gap`` is rigorous when ``global_check`` is
+    ``"enumerated"``."""
+
+    objective: float
+    gradient_norm: float
+    is_stationary: bool
+    n_neurons: int
+    own_patterns: int
+    own_optimum: float
+    own_gap: float
+    global_check: Literal["enumerated", "sampled"]
+    global_lower_bound: float
+    global_optimum: float
+    global_gap: float
+    is_global: bool
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def network_parameters(net: nn.Module) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(W, alpha, bias)`` of ``Sequential(Linear, ReLU, Linear(m, 1, bias=False))``;
+    ``W`` (m, d) or (m, d + 1) with the first layer's bias as its last column."""
+    layers = list(net.children()) if isinstance(net, nn.Sequential) else []
+    first, middle, second = layers if len(layers) == 3 else (None, None, None)
+    if not (
+        isinstance(first, nn.Linear)
+        and isinstance(middle, nn.ReLU)
+        and isinstance(second, nn.Linear)
+        and second.out_features == 1
+        and second.bias is None
+    ):
+        raise ConvexProblemError(
+            "expected Sequential(Linear(d, m), ReLU(), Linear(m, 1, bias=False)); "
+            f"got {net.__class__.__name__}"
+        )
+    W = first.weight.detach().to(torch.float64)
+    if first.bias is not None:
+        W = torch.cat([W, first.bias.detach().to(torch.float64)[:, None]], dim=1)
+    return W, second.weight.detach().to(torch.float64)[0], first.bias is not None
+
+
+def certify_network(
+    net: nn.Module,
+    X: Any,
+    y: Any,
+    lam: float,
+    *,
+    tol: float = 1e-6,
+    stationarity_tol: float = 1e-6,
+    max_iter: int = 20_000,
+    max_enumerated: int = 20_000,
+    n_gates: int = 2000,
+    seed: int = 0,
+) -> NetworkCertificate:
+    """Certificate of a trained network (module docstring); ``tol`` is the relative gap
+    at which the convex programs stop and under which a gap counts as zero."""
+    check_lam(lam)
+    W, alpha, bias = network_parameters(net)
+    features = as_features(X, bias=bias)
+    target = as_target(y, features)
+    if W.shape[1] != features.shape[1]:
+        raise ConvexProblemError(f"the network takes {W.shape[1] - bias} features; X has "
+                                 f"{features.shape[1] - bias}")  # fmt: skip
+    objective, gradient_norm = _objective_and_gradient(W, alpha, features, target, lam)
+    live = (W.norm(dim=1) > 0) & (alpha != 0)
+    own = network_patterns(features, W[live])
+    zero_objective = float(target.square().sum()) / (2 * target.shape[0])
+    own_optimum = zero_objective
+    if own.shape[1]:
+        own_result = solve(
+            ConvexReLUProgram(features, target, own, lam, "relu"), tol=tol, max_iter=max_iter
+        )
+        own_optimum = own_result.objective
+    check: Literal["enumerated", "sampled"]
+    if count_bound(features).bound <= max_enumerated:
+        check, patterns = "enumerated", enumerate_patterns(features, max_patterns=max_enumerated)
+    else:
+        sampled = activation_patterns(features, sample_gates(features.shape[1], n_gates, seed=seed))
+        check, patterns = "sampled", unique_patterns(features, torch.cat([own, sampled], dim=1))
+    full = solve(
+        ConvexReLUProgram(features, target, patterns, lam, "relu"), tol=tol, max_iter=max_iter
+    )
+    scale = max(abs(objective), 1e-300)
+    own_gap = max(objective - own_optimum, 0.0) / scale
+    global_gap = max(objective - full.dual_objective, 0.0) / scale
+    is_global = check == "enumerated" and global_gap <= 10 * tol
+    is_stationary = gradient_norm <= stationarity_tol
+    state = "stationary" if is_stationary else "not stationary"
+    message = (
+        f"{state} (gradient norm {gradient_norm:.1e}); "
+        f"{own_gap:.1e} above the optimum over its own {own.shape[1]} patterns; "
+        + (f"{global_gap:.1e} above the global optimum (all {patterns.shape[1]} patterns)"
+           if check == "enumerated" else
+           f"{global_gap:.1e} above the optimum over {patterns.shape[1]} sampled patterns")
+    )  # fmt: skip
+    return NetworkCertificate(
+        objective=objective,
+        gradient_norm=gradient_norm,
+        is_stationary=is_stationary,
+        n_neurons=int(live.sum()),
+        own_patterns=int(own.shape[1]),
+        own_optimum=own_optimum,
+        own_gap=own_gap,
+        global_check=check,
+        global_lower_bound=full.dual_objective,
+        global_optimum=full.objective,
+        global_gap=global_gap,
+        is_global=is_global,
+        message=message,
+    )
+
+
+def _objective_and_gradient(
+    W: torch.Tensor, alpha: torch.Tensor, X: torch.Tensor, y: torch.Tensor, lam: float
+) -> tuple[float, float]:
+    W, alpha = W.clone().requires_grad_(True), alpha.clone().requires_grad_(True)
+    network = ReLUNetwork(W, alpha)
+    residual = network.predict(X) - y
+    value = residual.square().sum() / (2 * X.shape[0]) + lam / 2 * (
+        W.square().sum() + alpha.square().sum()
+    )
+    grad_W, grad_alpha = torch.autograd.grad(value, (W, alpha))
+    return float(value), float(torch.cat([grad_W.flatten(), grad_alpha]).norm())

@@ -1,0 +1,148 @@
+r"""Regularization paths of the convex ReLU programs (P3): ``lam -> solution``.
+
+From ``lam_max`` (the smallest ``lam`` at which ``U = 0`` is optimal) down a log grid,
+each point warm-started from the previous one, each with its duality-gap certificate.
+The optimal *fit* ``A U*(lam)`` is unique (the loss is strictly convex in the fit), so
+it moves continuously with ``lam``; where it moves much faster per unit of ``log lam``
+than along the rest of the path, the grid is too coarse to follow it and the interval
+is flagged. Changes of the active set (the neurons) are listed, and the sensitivity
+``||d fit / d lam||`` is estimated by central differences along the path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from losslab.convex.patterns import activation_patterns, sample_gates
+from losslab.convex.program import ConvexReLUProgram
+from losslab.convex.solvers import SolveResult, solve
+from losslab.convex.validation import as_features, as_target
+from losslab.errors import ConvexProblemError
+
+
+@dataclass(frozen=True)
+class PathPoint:
+    """One solved point of the path."""
+
+    lam: float
+    result: SolveResult
+    fit: torch.Tensor
+    active: frozenset[int]
+
+    @property
+    def n_neurons(self) -> int:
+        return len(self.active)
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "lam": self.lam,
+            "objective": r.objective,
+            "relative_gap": r.relative_gap,
+            "converged": r.converged,
+            "n_neurons": self.n_neurons,
+            "iterations": r.iterations,
+        }
+
+
+@dataclass(frozen=True)
+class RegularizationPath:
+    """Points in decreasing ``lam``, ``lam_max``, and what changes between neighbours.
+
+    ``fit_change[i]`` is ``||fit_{i+1} - fit_i|| / ||fit_i||`` (0 when both are zero);
+    ``jumps`` the indices ``i`` whose change per unit of ``log lam`` exceeds
+    ``jump_factor`` times the path's median; ``active_set_changes`` the ``(i, added,
+    removed)`` block indices; ``sensitivity[i]`` estimates ``||d fit / d lam||`` at point i.
+    """
+
+    points: list[PathPoint]
+    lam_max: float
+    fit_change: list[float] = field(default_factory=list)
+    jumps: list[int] = field(default_factory=list)
+    active_set_changes: list[tuple[int, list[int], list[int]]] = field(default_factory=list)
+    sensitivity: list[float] = field(default_factory=list)
+
+    @property
+    def lams(self) -> list[float]:
+        return [p.lam for p in self.points]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lam_max": self.lam_max,
+            "points": [p.to_dict() for p in self.points],
+            "fit_change": self.fit_change,
+            "jumps": self.jumps,
+            "sensitivity": self.sensitivity,
+        }
+
+
+def regularization_path(
+    X: Any,
+    y: Any,
+    lams: Any = None,
+    n_lams: int = 50,
+    *,
+    lam_min_ratio: float = 1e-3,
+    formulation: Literal["gated", "relu"] = "gated",
+    n_gates: int = 500,
+    gates: Any = None,
+    bias: bool = False,
+    tol: float = 1e-6,
+    max_iter: int = 20_000,
+    seed: int = 0,
+    jump_factor: float = 10.0,
+) -> RegularizationPath:
+    """Solve along ``lams`` (default: ``n_lams`` log-spaced values from ``lam_max`` down to
+    ``lam_min_ratio * lam_max``), warm-starting each point from the previous one.
+
+    The patterns are sampled once (``n_gates`` Gaussian gates, or ``gates``) and shared
+    by every point, so the points are solutions of one family of programs.
+    """
+    features = as_features(X, bias=bias)
+    target = as_target(y, features)
+    if gates is None:
+        gates = sample_gates(features.shape[1], n_gates, seed=seed).to(features)
+    patterns = activation_patterns(features, torch.as_tensor(gates).to(features))
+    probe = ConvexReLUProgram(features, target, patterns, 1.0, formulation)
+    lam_max = probe.lam_max()
+    if lams is None:
+        if not (n_lams >= 2 and 0 < lam_min_ratio < 1):
+            raise ConvexProblemError("need n_lams >= 2 and 0 < lam_min_ratio < 1")
+        grid = lam_max * np.geomspace(1.0, lam_min_ratio, n_lams)
+    else:
+        grid = np.sort(np.asarray(lams, dtype=np.float64))[::-1]
+        if grid.size == 0 or not np.all(np.isfinite(grid)) or grid[-1] <= 0:
+            raise ConvexProblemError("lams must be a non-empty list of finite values > 0")
+    points: list[PathPoint] = []
+    init = None
+    for lam in grid:
+        program = ConvexReLUProgram(features, target, patterns, float(lam), formulation)
+        result = solve(program, tol=tol, max_iter=max_iter, init=init)
+        init = result.blocks
+        active = frozenset(torch.nonzero(result.blocks.norm(dim=1) > 0).flatten().tolist())
+        points.append(PathPoint(float(lam), result, program.operator.fit(result.blocks), active))
+    return _describe(points, lam_max, jump_factor)
+
+
+def _describe(points: list[PathPoint], lam_max: float, jump_factor: float) -> RegularizationPath:
+    changes, rates, active_changes = [], [], []
+    for i, (a, b) in enumerate(pairwise(points)):
+        scale = max(float(a.fit.norm()), float(b.fit.norm()), 1e-300)
+        change = float((b.fit - a.fit).norm()) / scale if scale > 1e-300 else 0.0
+        changes.append(change)
+        rates.append(change / abs(np.log(a.lam / b.lam)))
+        if a.active != b.active:
+            active_changes.append((i, sorted(b.active - a.active), sorted(a.active - b.active)))
+    median = float(np.median(rates)) if rates else 0.0
+    jumps = [i for i, r in enumerate(rates) if r > jump_factor * median and changes[i] > 1e-3]
+    sensitivity = []
+    for i in range(len(points)):
+        lo, hi = points[max(i - 1, 0)], points[min(i + 1, len(points) - 1)]
+        spread = abs(hi.lam - lo.lam)
+        sensitivity.append(float((hi.fit - lo.fit).norm()) / spread if spread > 0 else 0.0)
+    return RegularizationPath(points, lam_max, changes, jumps, active_changes, sensitivity)

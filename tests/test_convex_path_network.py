@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from losslab.convex import (
+    ConvexReLU,
+    ConvexReLUProgram,
+    activation_patterns,
+    certify_network,
+    regularization_path,
+    sample_gates,
+    solve,
+)
+from losslab.convex.path import PathPoint, _describe
+from losslab.errors import ConvexProblemError
+from tests.convex_reference import relu_teacher
+
+
+def test_path_starts_at_lam_max_and_matches_cold_solves():
+    X, y = relu_teacher(40, 3, seed=1)
+    path = regularization_path(X, y, n_lams=8, lam_min_ratio=1e-2, n_gates=30, tol=1e-8)
+    assert path.lams[0] == pytest.approx(path.lam_max)
+    assert path.lams == sorted(path.lams, reverse=True)
+    # Zero is optimal at lam_max: the fit vanishes there (to rounding).
+    assert float(path.points[0].fit.norm()) <= 1e-12 * float(y.norm())
+    assert path.points[-1].n_neurons > 0
+    patterns = activation_patterns(X, sample_gates(3, 30, seed=0))
+    for point in path.points[1::3]:
+        assert point.result.converged
+        cold = solve(ConvexReLUProgram(X, y, patterns, point.lam, "gated"), tol=1e-8)
+        assert point.result.objective == pytest.approx(cold.objective, rel=1e-6)
+    for i, added, removed in path.active_set_changes:
+        assert set(added) == path.points[i + 1].active - path.points[i].active
+        assert set(removed) == path.points[i].active - path.points[i + 1].active
+    assert len(path.fit_change) == len(path.points) - 1
+    assert len(path.sensitivity) == len(path.points)
+
+
+def test_path_given_lams_relu_form():
+    X, y = relu_teacher(30, 2, seed=2)
+    path = regularization_path(
+        X, y, lams=[0.01, 0.1, 0.05], formulation="relu", n_gates=20, tol=1e-7
+    )
+    assert path.lams == [0.1, 0.05, 0.01]
+    assert all(p.result.constraint_violation <= 1e-10 for p in path.points)
+
+
+def test_fast_moving_fit_is_flagged():
+    def point(lam, fit):
+        return PathPoint(lam, None, torch.tensor(fit, dtype=torch.float64), frozenset())  # type: ignore[arg-type]
+
+    lams = np.geomspace(1.0, 0.01, 6)
+    fits = [[1.0, 0.0], [1.01, 0.0], [1.02, 0.0], [3.0, 2.0], [3.01, 2.0], [3.02, 2.0]]
+    described = _describe([point(lam, f) for lam, f in zip(lams, fits, strict=True)], 1.0, 10.0)
+    assert described.jumps == [2]
+
+
+def test_bad_path_arguments():
+    X, y = relu_teacher(10, 2, seed=0)
+    with pytest.raises(ConvexProblemError, match="lams must be"):
+        regularization_path(X, y, lams=[0.1, -1.0])
+    with pytest.raises(ConvexProblemError, match="n_lams >= 2"):
+        regularization_path(X, y, n_lams=1)
+
+
+def test_optimal_network_is_certified_global():
+    X, y = relu_teacher(12, 2, seed=3)
+    model = ConvexReLU(lam=0.05, n_gates=2000, tol=1e-10, max_iter=50_000, check_global=False)
+    net = model.fit(X.numpy(), y.numpy()).to_torch()
+    certificate = certify_network(net, X, y, 0.05, tol=1e-9)
+    assert certificate.objective == pytest.approx(model.objective_, rel=1e-9)
+    assert certificate.global_check == "enumerated"
+    assert certificate.is_global, certificate.message
+    assert certificate.own_gap <= 1e-6
+    assert certificate.global_lower_bound <= certificate.objective
+
+
+def test_a_random_network_is_neither_stationary_nor_global():
+    X, y = relu_teacher(12, 2, seed=3)
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(2, 5, dtype=torch.float64),
+        nn.ReLU(),
+        nn.Linear(5, 1, bias=False, dtype=torch.float64),
+    )
+    certificate = certify_network(net, X, y, 0.05)
+    assert not certificate.is_stationary
+    assert not certificate.is_global
+    assert certificate.global_gap > 0.1
+    assert certificate.own_optimum < certificate.objective
+    assert "not stationary" in certificate.message
+
+
+def test_wrong_architecture_is_refused():
+    X, y = relu_teacher(12, 2, seed=3)
+    net = nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.Linear(5, 1, bias=False))
+    with pytest.raises(ConvexProblemError, match=r"expected Sequential\(Linear"):
+        certify_network(net, X, y, 0.05)
