@@ -1,9 +1,10 @@
-r"""Accelerated proximal gradient (FISTA) for ``min_U h(X U^T) + lam sum_b ||u_b||``.
+r"""Accelerated proximal gradient (FISTA) for ``min_U h(L(U)) + g(U)``.
 
-The smooth part ``h`` is a function of the pre-activations ``Z = X U^T``, so one
-iteration costs one product ``X U^T`` (per backtracking step) and one ``G^T X``: the
-momentum point's ``Z`` is the same combination of the iterates' ``Z`` as the point is of
-the iterates (linearity). Step sizes by backtracking (Beck & Teboulle 2009), momentum
+The smooth part ``h`` is a function of a linear image ``L(U)`` of the blocks (the fit
+vector for the gated form, the pre-activations ``Z = X U^T`` for the augmented
+Lagrangian), so one iteration costs one image (per backtracking step) and one gradient:
+the momentum point's image is the same combination of the iterates' images as the point
+is of the iterates (linearity). Step sizes by backtracking (Beck & Teboulle 2009), momentum
 restarted whenever it points uphill (O'Donoghue & Candes 2015). The proximal step of
 ``lam ||u||`` is the group soft-threshold ``u * max(0, 1 - step lam / ||u||)``.
 """
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-#: ``Z -> (h(Z), dh/dZ)`` and ``Z -> h(Z)``.
+#: ``image -> (h(image), dh/dU)`` and ``image -> h(image)``; ``U -> L(U)``.
 SmoothFunction = Callable[[torch.Tensor], tuple[float, torch.Tensor]]
 SmoothValue = Callable[[torch.Tensor], float]
+LinearImage = Callable[[torch.Tensor], torch.Tensor]
 #: ``(U, Z, iteration, gradient_mapping_norm) -> stop?``, asked after every step.
 StopRule = Callable[[torch.Tensor, torch.Tensor, int, float], bool]
 #: ``(V, step) -> prox_{step * g}(V)`` for the non-smooth part ``g``.
@@ -50,7 +52,7 @@ def group_soft_threshold(U: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def fista(
-    X: torch.Tensor,
+    image: LinearImage,
     smooth: SmoothFunction,
     smooth_value: SmoothValue,
     lam: float,
@@ -61,7 +63,7 @@ def fista(
     stop: StopRule,
     prox: Prox | None = None,
 ) -> FistaResult:
-    """Minimise ``h(X U^T) + lam sum_b ||u_b||`` from ``U0`` until ``stop`` or ``max_iter``.
+    """Minimise ``h(image(U)) + lam sum_b ||u_b||`` from ``U0`` until ``stop`` or ``max_iter``.
 
     ``prox`` replaces the group soft-threshold for another non-smooth part (the ReLU
     form's ``lam ||u|| + indicator(cone)``)."""
@@ -70,16 +72,15 @@ def fista(
         def prox(V: torch.Tensor, step: float) -> torch.Tensor:
             return group_soft_threshold(V, step * lam)
 
-    U, Z = U0, X @ U0.T
+    U, Z = U0, image(U0)
     U_y, Z_y = U, Z
     t, L = 1.0, lipschitz
-    value_y, dZ_y = smooth(Z_y)
+    value_y, gradient = smooth(Z_y)
     for iteration in range(1, max_iter + 1):
-        gradient = dZ_y.T @ X
         L *= 0.9  # let the step grow back; backtracking shrinks it when needed
         while True:
             U_new = prox(U_y - gradient / L, 1.0 / L)
-            Z_new = X @ U_new.T
+            Z_new = image(U_new)
             step = U_new - U_y
             bound = value_y + float((gradient * step).sum()) + 0.5 * L * float(step.square().sum())
             if smooth_value(Z_new) <= bound + 1e-12 * abs(value_y):
@@ -94,5 +95,5 @@ def fista(
         U, Z, t = U_new, Z_new, t_next
         if stop(U, Z, iteration, gradient_mapping):
             return FistaResult(U, Z, iteration, L, True)
-        value_y, dZ_y = smooth(Z_y)
+        value_y, gradient = smooth(Z_y)
     return FistaResult(U, Z, max_iter, L, False)

@@ -4,9 +4,9 @@ Blocks ``U`` (B, d) act through ``Z = X U^T`` (n, B), the pre-activations of eve
 block at every sample. Block ``b`` has a pattern (a column of ``masks``) and a sign
 ``s_b`` (+1 for the ``v`` blocks of the ReLU form and for gated blocks, -1 for ``w``):
 
-- fit: ``A(U) = sum_b s_b D_b X u_b = (Z * masks * s).sum(1)``,
+- fit: ``A(U) = sum_b s_b D_b X u_b = (Z * masks * s).sum(1) = rowdot((masks * s) U, X)``,
 - cone constraints of the ReLU form: ``(2 D_b - I) X u_b = Z[:, b] * cone_signs[:, b] >= 0``,
-- adjoint: ``A^T r = ((masks * s) * r[:, None])^T X``.
+- adjoint: ``A^T r = (masks * s)^T (r * X)``.
 
 Each costs O(n d B); the (n, d, B) tensor of all ``D_b X`` is never formed.
 """
@@ -14,6 +14,7 @@ Each costs O(n d B); the (n, d, B) tensor of all ``D_b X`` is never formed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -31,13 +32,13 @@ class PatternOperator:
     def n_blocks(self) -> int:
         return self.patterns.shape[1] * (2 if self.signed else 1)
 
-    @property
+    @cached_property
     def weights(self) -> torch.Tensor:
         """``masks * s`` (n, B): the factor of each pre-activation in the fit."""
         masks = self.patterns.to(self.X.dtype)
         return torch.cat([masks, -masks], dim=1) if self.signed else masks
 
-    @property
+    @cached_property
     def cone_signs(self) -> torch.Tensor:
         """``2 D_b - I`` (n, B): the rows' signs in the cone constraints."""
         signs = self.patterns.to(self.X.dtype) * 2 - 1
@@ -48,16 +49,17 @@ class PatternOperator:
         return self.X @ U.T
 
     def fit(self, U: torch.Tensor) -> torch.Tensor:
-        """``A(U)`` (n,)."""
-        return (self.preactivations(U) * self.weights).sum(dim=1)
+        """``A(U) = rowdot(weights @ U, X)`` (n,): one (n, B) x (B, d) product, no (n, B)
+        intermediate."""
+        return ((self.weights @ U) * self.X).sum(dim=1)
 
     def adjoint_of_weights(self, G: torch.Tensor) -> torch.Tensor:
         """``G^T X`` (B, d) for a matrix ``G`` (n, B) of per-block sample weights."""
         return G.T @ self.X
 
     def adjoint(self, r: torch.Tensor) -> torch.Tensor:
-        """``A^T r`` (B, d)."""
-        return self.adjoint_of_weights(self.weights * r[:, None])
+        """``A^T r = weights^T (r * X)`` (B, d)."""
+        return self.weights.T @ (r[:, None] * self.X)
 
     def squared_norm(self, n_iter: int = 30, seed: int = 0) -> float:
         """An estimate (power iteration, from above after a 5% margin) of ``||A||^2``."""

@@ -27,6 +27,7 @@ from losslab.convex.fista import (
     gradient_mapping_below,
     group_soft_threshold,
 )
+from losslab.convex.operator import PatternOperator
 from losslab.convex.program import ConvexReLUProgram, cone_projection, project_onto_cone
 
 
@@ -131,10 +132,10 @@ def _solve_gated(
     start: float,
 ) -> SolveResult:
     history: list[float] = []
-    fit_term = _LeastSquares(program.operator.weights, program.y)
+    fit_term = _LeastSquares(program.operator, program.y)
     stop = _gap_below(program, tol, check_every, history)
     lipschitz = program.operator.squared_norm() / program.n
-    run = fista(program.X, fit_term.smooth, fit_term.value, program.lam, U0,
+    run = fista(program.operator.fit, fit_term.smooth, fit_term.value, program.lam, U0,
                 lipschitz=lipschitz, max_iter=max_iter, stop=stop)  # fmt: skip
     reason = f"reached max_iter={max_iter} before the duality gap fell below tol"
     return _result(program, run.U, None, run.iterations, start, tol, history, reason)
@@ -166,10 +167,17 @@ def _solve_relu(
     coarse = max(tol, 1e-2)
     budget = max_iter // 2
     while used < budget:
-        subproblem = _AugmentedLagrangian(weights, signs, y, multipliers, delta)
-        run = fista(program.X, subproblem.smooth, subproblem.value, program.lam, U,
-                    lipschitz=lipschitz_fit + delta * lipschitz_cone,
-                    max_iter=budget - used, stop=gradient_mapping_below(inner_tol))  # fmt: skip
+        subproblem = _AugmentedLagrangian(program.X, weights, signs, y, multipliers, delta)
+        run = fista(
+            program.operator.preactivations,
+            subproblem.smooth,
+            subproblem.value,
+            program.lam,
+            U,
+            lipschitz=lipschitz_fit + delta * lipschitz_cone,
+            max_iter=budget - used,
+            stop=gradient_mapping_below(inner_tol),
+        )
         U, used = run.U, used + run.iterations
         multipliers = (multipliers - delta * run.Z * signs).clamp(min=0)
         feasible = _project_blocks(program, U)
@@ -186,8 +194,8 @@ def _solve_relu(
         violation, inner_tol = new_violation, max(0.1 * inner_tol, floor)
     if history and history[-1] <= tol:
         return _result(program, feasible, multipliers, used, start, tol, history, "")
-    fit_term = _LeastSquares(weights, y)
-    run = fista(program.X, fit_term.smooth, fit_term.value, program.lam, feasible,
+    fit_term = _LeastSquares(program.operator, y)
+    run = fista(program.operator.fit, fit_term.smooth, fit_term.value, program.lam, feasible,
                 lipschitz=lipschitz_fit, max_iter=max(max_iter - used, 1),
                 stop=_gap_below(program, tol, check_every, history),
                 prox=_ConeProx(program.X, signs, program.lam))  # fmt: skip
@@ -213,19 +221,19 @@ def _gap_below(
 
 @dataclass(frozen=True)
 class _LeastSquares:
-    """``||A U - y||^2 / (2n)`` as a function of ``Z = X U^T`` (``A U = (Z * weights).sum(1)``)."""
+    """``||A U - y||^2 / (2n)`` as a function of the fit ``A U`` (the image
+    ``operator.fit``); its gradient in ``U`` is ``A^T (A U - y) / n``."""
 
-    weights: torch.Tensor
+    operator: PatternOperator
     y: torch.Tensor
 
-    def value(self, Z: torch.Tensor) -> float:
-        residual = (Z * self.weights).sum(dim=1) - self.y
-        return float(residual.square().sum()) / (2 * self.y.shape[0])
+    def value(self, fit: torch.Tensor) -> float:
+        return float((fit - self.y).square().sum()) / (2 * self.y.shape[0])
 
-    def smooth(self, Z: torch.Tensor) -> tuple[float, torch.Tensor]:
+    def smooth(self, fit: torch.Tensor) -> tuple[float, torch.Tensor]:
         n = self.y.shape[0]
-        residual = (Z * self.weights).sum(dim=1) - self.y
-        return float(residual.square().sum()) / (2 * n), self.weights * (residual / n)[:, None]
+        residual = fit - self.y
+        return float(residual.square().sum()) / (2 * n), self.operator.adjoint(residual / n)
 
 
 class _ConeProx:
@@ -257,9 +265,11 @@ class _ConeProx:
 
 @dataclass(frozen=True)
 class _AugmentedLagrangian:
-    """The smooth part of ``L_delta(U, rho)`` as a function of ``Z = X U^T``:
-    ``||A U - y||^2 / (2n) + ||(rho - delta C)_+||^2 / (2 delta)``, ``C = Z * signs``."""
+    """The smooth part of ``L_delta(U, rho)`` as a function of ``Z = X U^T`` (the image
+    ``operator.preactivations``): ``||A U - y||^2 / (2n) + ||(rho - delta C)_+||^2 /
+    (2 delta)`` with ``C = Z * signs``; its gradient in ``U`` is ``dZ^T X``."""
 
+    X: torch.Tensor
     weights: torch.Tensor
     signs: torch.Tensor
     y: torch.Tensor
@@ -279,7 +289,8 @@ class _AugmentedLagrangian:
     def smooth(self, Z: torch.Tensor) -> tuple[float, torch.Tensor]:
         value, residual, active = self._terms(Z)
         n = self.y.shape[0]
-        return value, self.weights * (residual / n)[:, None] - self.signs * active
+        dZ = self.weights * (residual / n)[:, None] - self.signs * active
+        return value, dZ.T @ self.X
 
 
 def _project_blocks(program: ConvexReLUProgram, U: torch.Tensor) -> torch.Tensor:
