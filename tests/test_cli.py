@@ -138,3 +138,35 @@ def test_unknown_experiment(capsys, tmp_path):
 def test_negative_workers_is_a_usage_error(capsys, tmp_path):
     code, _, _ = run(capsys, "reproduce", "--workers", "-1", "--store", tmp_path / "r.sqlite")
     assert code == 2
+
+
+SMALL = ["teacher_relu", "-p", "n=12", "-p", "d=2", "-p", "seed=3"]
+
+
+def test_convex_fit_save_and_certify(capsys, tmp_path):
+    saved = tmp_path / "net.pt"
+    code, out, _ = run(capsys, "convex", "fit", *SMALL, "--lam", "0.05", "--gates", "2000",
+                       "--tol", "1e-9", "--save", saved)  # fmt: skip
+    assert code == 0, out
+    assert "globally optimal" in out
+    assert "yes" in out
+    assert saved.exists()
+    code, out, _ = run(capsys, "convex", "certify", saved, *SMALL, "--lam", "0.05")
+    assert code == 0, out
+    assert "is_global" in out
+    assert "True" in out
+
+
+def test_convex_path_prune_and_bad_data(capsys, tmp_path):
+    figure = tmp_path / "path.png"
+    code, out, _ = run(capsys, "convex", "path", *SMALL, "--n-lams", "5", "--gates", "30",
+                       "--figure", figure)  # fmt: skip
+    assert code == 0, out
+    assert "lam_max" in out
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    code, out, _ = run(capsys, "convex", "prune", *SMALL, "--lam", "0.05", "--gates", "30")
+    assert code == 0, out
+    assert "pruned" in out
+    code, _, err = run(capsys, "convex", "fit", "iris")
+    assert code == 1
+    assert "3 classes" in err

@@ -10,7 +10,7 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -28,11 +28,21 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Built-in datasets and your own files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+convex_app = typer.Typer(
+    help="Two-layer ReLU networks by their convex reformulation (Mishkin & Pilanci).",
+    no_args_is_help=True,
+)
+app.add_typer(convex_app, name="convex")
 
 
 class Preset(StrEnum):
     quick = "quick"
     full = "full"
+
+
+class Formulation(StrEnum):
+    relu = "relu"
+    gated = "gated"
 
 
 class StatusFilter(StrEnum):
@@ -110,9 +120,7 @@ def data_show(
     ] = None,
 ) -> None:
     """Shape, target type and summary statistics of a dataset."""
-    from losslab.data import load
-
-    dataset = load(name, target=target, standardize=standardize, **_parse_params(param or []))
+    dataset = _load_data(name, target, standardize, param)
     summary = dataset.describe()
     console = _out()
     console.print(
@@ -137,6 +145,12 @@ def data_show(
         console.print(f"... and {len(summary.features) - len(shown)} more feature columns")
 
 
+def _load_data(name: str, target: str | None, standardize: bool, param: list[str] | None) -> Any:
+    from losslab.data import load
+
+    return load(name, target=target, standardize=standardize, **_parse_params(param or []))
+
+
 def _parse_params(pairs: list[str]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for pair in pairs:
@@ -148,6 +162,209 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             params[key] = text
     return params
+
+
+DataArgument = Annotated[str, typer.Argument(help="A built-in name or a .csv/.npz/.parquet path.")]
+TargetOption = Annotated[str | None, typer.Option(help="Target column of a CSV/Parquet file.")]
+StandardizeOption = Annotated[bool, typer.Option(help="Standardise the features first.")]
+ParamOption = Annotated[
+    list[str] | None, typer.Option("--param", "-p", help="Generator parameter KEY=VALUE.")
+]
+LamOption = Annotated[float, typer.Option(help="Weight decay lam > 0.")]
+FormulationOption = Annotated[
+    Formulation, typer.Option(help="relu (the exact network) or gated (the relaxation).")
+]
+GatesOption = Annotated[int, typer.Option("--gates", help="Number of sampled gate vectors.")]
+BiasOption = Annotated[bool, typer.Option(help="A penalised bias per neuron.")]
+SeedOption = Annotated[int, typer.Option(help="Seed of the gate sample.")]
+TolOption = Annotated[float, typer.Option(help="Relative duality gap to stop at.")]
+
+
+def _convex_data(name: str, target: str | None, standardize: bool, param: list[str] | None) -> Any:
+    """Features and target for the convex tools: binary labels become -1/+1."""
+    dataset = _load_data(name, target, standardize, param)
+    y = dataset.y
+    if dataset.task == "classification":
+        classes = sorted(set(y.tolist()))
+        if len(classes) > 2:
+            raise LosslabError(
+                f"{dataset.name} has {len(classes)} classes; the convex tools fit one output: "
+                "use a regression or binary target (one-vs-all is available from Python)"
+            )
+        y = (y == classes[-1]).to(y.dtype) * 2 - 1
+    return dataset, dataset.X, y
+
+
+def _fit_convex(X: Any, y: Any, lam: float, formulation: Formulation, gates: int, bias: bool,
+                seed: int, tol: float) -> Any:  # fmt: skip
+    from losslab.convex import ConvexReLU
+
+    form: Literal["relu", "gated"] = "relu" if formulation is Formulation.relu else "gated"
+    model = ConvexReLU(lam=lam, formulation=form, n_gates=gates, bias=bias, seed=seed, tol=tol)
+    return model.fit(X.numpy(), y.numpy())
+
+
+def _solution_table(title: str, model: Any) -> Table:
+    solution, certificate = model.solution_, model.certificate_
+    table = Table(title=title, show_header=False)
+    rows = [
+        ("objective", f"{solution.objective:.10g}"),
+        ("dual objective", f"{solution.dual_objective:.10g}"),
+        ("relative duality gap", f"{solution.relative_gap:.2e}"),
+        ("converged", f"{solution.converged} ({solution.reason})"),
+        ("constraint violation", f"{solution.constraint_violation:.1e}"),
+        ("neurons", str(model.n_neurons_)),
+        ("patterns", str(model.patterns_.shape[1])),
+        ("iterations", str(solution.iterations)),
+        ("seconds", f"{solution.seconds:.2f}"),
+    ]
+    if certificate is not None:
+        verdict = "[green]yes[/]" if certificate.is_global else "[yellow]not proved[/]"
+        rows += [
+            ("globally optimal", f"{verdict} ({certificate.global_check})"),
+            ("largest dual ratio", f"{certificate.max_dual_ratio:.6f}"),
+            ("certificate", certificate.message),
+        ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+@convex_app.command("fit")
+def convex_fit(
+    data: DataArgument,
+    lam: LamOption = 1e-3,
+    formulation: FormulationOption = Formulation.relu,
+    gates: GatesOption = 500,
+    bias: BiasOption = False,
+    seed: SeedOption = 0,
+    tol: TolOption = 1e-6,
+    save: Annotated[Path | None, typer.Option(help="Save the network (.pt) here.")] = None,
+    target: TargetOption = None,
+    standardize: StandardizeOption = False,
+    param: ParamOption = None,
+) -> None:
+    """Fit the convex program, certify it, and show the certificate."""
+    import torch
+
+    dataset, X, y = _convex_data(data, target, standardize, param)
+    model = _fit_convex(X, y, lam, formulation, gates, bias, seed, tol)
+    title = f"convex {formulation.value} fit of {dataset.name}, lam={lam:g}"
+    _out().print(_solution_table(title, model))
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"state_dict": model.to_torch().state_dict(), "bias": bias, "lam": lam,
+             "n_features": X.shape[1], "objective": model.objective_},
+            save,
+        )  # fmt: skip
+        _out().print(f"Saved the network to {save}")
+
+
+@convex_app.command("prune")
+def convex_prune(
+    data: DataArgument,
+    lam: LamOption = 1e-3,
+    formulation: FormulationOption = Formulation.relu,
+    gates: GatesOption = 500,
+    bias: BiasOption = False,
+    seed: SeedOption = 0,
+    tol: TolOption = 1e-6,
+    target: TargetOption = None,
+    standardize: StandardizeOption = False,
+    param: ParamOption = None,
+) -> None:
+    """Fit, then prune optimally to linearly independent neurons (same objective)."""
+    dataset, X, y = _convex_data(data, target, standardize, param)
+    model = _fit_convex(X, y, lam, formulation, gates, bias, seed, tol)
+    pruned = model.prune()
+    table = Table(title=f"optimal pruning of {dataset.name}, lam={lam:g}")
+    for column in ("", "neurons", "objective"):
+        table.add_column(column)
+    table.add_row("fitted", str(model.n_neurons_), f"{model.objective_:.10g}")
+    table.add_row("pruned", str(pruned.n_neurons_), f"{pruned.objective_:.10g}")
+    _out().print(table)
+    _out().print(
+        f"at most n = {X.shape[0]} neurons are needed; removed {len(pruned.pruned_.removed)}"
+    )
+
+
+@convex_app.command("path")
+def convex_path(
+    data: DataArgument,
+    n_lams: Annotated[int, typer.Option(min=2, help="Points on the log grid.")] = 20,
+    lam_min_ratio: Annotated[float, typer.Option(help="Smallest lam / lam_max.")] = 1e-3,
+    formulation: FormulationOption = Formulation.gated,
+    gates: GatesOption = 500,
+    bias: BiasOption = False,
+    seed: SeedOption = 0,
+    tol: TolOption = 1e-6,
+    figure: Annotated[Path | None, typer.Option(help="Write the path figure (PNG) here.")] = None,
+    target: TargetOption = None,
+    standardize: StandardizeOption = False,
+    param: ParamOption = None,
+) -> None:
+    """The regularization path from lam_max down, with a certificate per point."""
+    from losslab.convex import regularization_path
+
+    dataset, X, y = _convex_data(data, target, standardize, param)
+    form: Literal["relu", "gated"] = "relu" if formulation is Formulation.relu else "gated"
+    path = regularization_path(X, y, n_lams=n_lams, lam_min_ratio=lam_min_ratio,
+                               formulation=form, n_gates=gates, bias=bias, tol=tol,
+                               seed=seed)  # fmt: skip
+    table = Table(
+        title=f"{formulation.value} path of {dataset.name} (lam_max = {path.lam_max:.4g})"
+    )
+    for column in ("lam", "objective", "gap", "neurons", "fit change", "flag"):
+        table.add_column(column, justify="right")
+    for i, point in enumerate(path.points):
+        change = f"{path.fit_change[i]:.2e}" if i < len(path.fit_change) else ""
+        flag = "[yellow]fast[/]" if i in path.jumps else ""
+        gap = f"{point.result.relative_gap:.1e}" + ("" if point.result.converged else " [red]![/]")
+        table.add_row(f"{point.lam:.4g}", f"{point.result.objective:.6g}", gap,
+                      str(point.n_neurons), change, flag)  # fmt: skip
+    _out().print(table)
+    if figure is not None:
+        from losslab.report.figures import path_figure
+
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        path_figure(path).savefig(figure, dpi=120, bbox_inches="tight")
+        _out().print(f"Wrote {figure}")
+
+
+@convex_app.command("certify")
+def convex_certify(
+    network: Annotated[
+        Path, typer.Argument(help="A network saved by `losslab convex fit --save`.")
+    ],
+    data: DataArgument,
+    lam: LamOption = 1e-3,
+    target: TargetOption = None,
+    standardize: StandardizeOption = False,
+    param: ParamOption = None,
+) -> None:
+    """Is a saved two-layer ReLU network stationary, optimal for its own patterns, global?"""
+    import torch
+    from torch import nn
+
+    from losslab.convex import certify_network
+
+    if not network.is_file():
+        raise LosslabError(f"no such network file: {str(network)!r}")
+    saved = torch.load(network, weights_only=True)
+    state = saved["state_dict"]
+    m, d = state["0.weight"].shape
+    net = nn.Sequential(nn.Linear(d, m, bias=saved["bias"], dtype=torch.float64), nn.ReLU(),
+                        nn.Linear(m, 1, bias=False, dtype=torch.float64))  # fmt: skip
+    net.load_state_dict(state)
+    dataset, X, y = _convex_data(data, target, standardize, param)
+    certificate = certify_network(net, X, y, lam)
+    table = Table(
+        title=f"certificate of {network.name} on {dataset.name}, lam={lam:g}", show_header=False
+    )
+    for key, value in certificate.to_dict().items():
+        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+    _out().print(table)
 
 
 @app.command()

@@ -163,4 +163,4 @@ def _objective_and_gradient(
         W.square().sum() + alpha.square().sum()
     )
     grad_W, grad_alpha = torch.autograd.grad(value, (W, alpha))
-    return float(value), float(torch.cat([grad_W.flatten(), grad_alpha]).norm())
+    return float(value.detach()), float(torch.cat([grad_W.flatten(), grad_alpha]).norm())
