@@ -189,7 +189,7 @@ def _convex_data(name: str, target: str | None, standardize: bool, param: list[s
         if len(classes) > 2:
             raise LosslabError(
                 f"{dataset.name} has {len(classes)} classes; the convex tools fit one output: "
-                "use a regression or binary target (one-vs-all is available from Python)"
+                "use a regression or a binary target (--target)"
             )
         y = (y == classes[-1]).to(y.dtype) * 2 - 1
     return dataset, dataset.X, y
