@@ -1,16 +1,19 @@
 r"""Solvers of the convex ReLU programs (:mod:`losslab.convex.program`), in torch.
 
-- Gated form: FISTA with backtracking and restarts (:mod:`losslab.convex.fista`).
-- ReLU form: an augmented Lagrangian on the cone constraints ``C(U) >= 0``,
-  ``L_delta(U, rho) = f(AU) + 1/(2 delta) ||(rho - delta C(U))_+||^2 + lam sum ||u_b||``,
-  minimised in ``U`` by FISTA, then ``rho <- (rho - delta C(U))_+``; ``delta`` grows when
-  the constraint violation stalls. At the end every active block is projected on its cone
-  (non-negative least squares), so the returned point is feasible.
+- Gated form: FISTA with backtracking and restarts (:mod:`losslab.convex.fista`),
+  iterating on the fit vector ``A U``.
+- ReLU form, in two stages. (1) An augmented Lagrangian on the cone constraints
+  ``C(U) >= 0``, ``L_delta(U, rho) = f(AU) + 1/(2 delta) ||(rho - delta C(U))_+||^2 +
+  lam sum ||u_b||``, minimised in ``U`` by FISTA, then ``rho <- (rho - delta C(U))_+``
+  (``delta`` grows while the violation stays material), until the gap of the cone-projected
+  point is below ``max(tol, 1e-2)``. (2) FISTA with the exact proximal step of
+  ``lam ||u|| + indicator(cone)``: the group soft-threshold of the projection on each
+  block's cone (non-negative least squares), so every iterate is feasible.
 
 Both stop on the relative duality gap ``(P(U) - D(q)) / |P(U)| <= tol``, with ``q`` the
-dual point of :meth:`ConvexReLUProgram.dual_bound` (for the ReLU form built with the
-multipliers ``rho``), checked every ``check_every`` iterations; at ``max_iter`` they
-return the best point with ``converged=False`` and the reason.
+dual point of :meth:`ConvexReLUProgram.dual_bound` (the ReLU form's cone projections
+computed exactly), checked every ``check_every`` iterations; at ``max_iter`` they
+return the last point with ``converged=False`` and the reason.
 """
 
 from __future__ import annotations
