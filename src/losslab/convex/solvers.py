@@ -13,7 +13,7 @@ r"""Solvers of the convex ReLU programs (:mod:`losslab.convex.program`), in torc
 Both stop on the relative duality gap ``(P(U) - D(q)) / |P(U)| <= tol``, with ``q`` the
 dual point of :meth:`ConvexReLUProgram.dual_bound` (the ReLU form's cone projections
 computed exactly), checked every ``check_every`` iterations; at ``max_iter`` they
-return the last point with ``converged=False`` and the reason.
+return the best point checked (lowest objective) with ``converged=False`` and the reason.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Any
 import torch
 
 from losslab.convex.fista import (
-    StopRule,
     fista,
     gradient_mapping_below,
     group_soft_threshold,
@@ -136,12 +135,13 @@ def _solve_gated(
 ) -> SolveResult:
     history: list[float] = []
     fit_term = _LeastSquares(program.operator, program.y)
-    stop = _gap_below(program, tol, check_every, history)
+    check = _GapCheck(program, tol, check_every, history)
     lipschitz = program.operator.squared_norm() / program.n
     run = fista(program.operator.fit, fit_term.smooth, fit_term.value, program.lam, U0,
-                lipschitz=lipschitz, max_iter=max_iter, stop=stop)  # fmt: skip
+                lipschitz=lipschitz, max_iter=max_iter, stop=check)  # fmt: skip
     reason = f"reached max_iter={max_iter} before the duality gap fell below tol"
-    return _result(program, run.U, None, run.iterations, start, tol, history, reason)
+    U = run.U if run.stopped else check.best_of(run.U)
+    return _result(program, U, None, run.iterations, start, tol, history, reason)
 
 
 def _solve_relu(
@@ -198,28 +198,40 @@ def _solve_relu(
     if history and history[-1] <= tol:
         return _result(program, feasible, multipliers, used, start, tol, history, "")
     fit_term = _LeastSquares(program.operator, y)
+    check = _GapCheck(program, tol, check_every, history)
     run = fista(program.operator.fit, fit_term.smooth, fit_term.value, program.lam, feasible,
-                lipschitz=lipschitz_fit, max_iter=max(max_iter - used, 1),
-                stop=_gap_below(program, tol, check_every, history),
+                lipschitz=lipschitz_fit, max_iter=max(max_iter - used, 1), stop=check,
                 prox=_ConeProx(program.X, signs, program.lam))  # fmt: skip
     reason = f"reached max_iter={max_iter} before the duality gap fell below tol"
-    return _result(program, run.U, None, used + run.iterations, start, tol, history, reason)
+    U = run.U if run.stopped else check.best_of(run.U)
+    return _result(program, U, None, used + run.iterations, start, tol, history, reason)
 
 
-def _gap_below(
-    program: ConvexReLUProgram, tol: float, check_every: int, history: list[float]
-) -> StopRule:
-    """Every ``check_every`` iterations, record the relative duality gap; stop at ``tol``."""
+class _GapCheck:
+    """Stop rule: every ``check_every`` iterations record the relative duality gap, keep
+    the iterate of lowest objective seen at a check, and stop once the gap is <= tol."""
 
-    def stop(U: torch.Tensor, Z: torch.Tensor, iteration: int, mapping: float) -> bool:
-        if iteration % check_every:
+    def __init__(self, program: ConvexReLUProgram, tol: float, check_every: int,
+                 history: list[float]) -> None:  # fmt: skip
+        self.program, self.tol, self.check_every, self.history = program, tol, check_every, history
+        self.best: torch.Tensor | None = None
+        self.best_objective = float("inf")
+
+    def __call__(self, U: torch.Tensor, Z: torch.Tensor, iteration: int, mapping: float) -> bool:
+        if iteration % self.check_every:
             return False
-        objective = program.objective(U)
-        gap = objective - program.dual_bound(U).objective
-        history.append(gap / max(abs(objective), 1e-300))
-        return history[-1] <= tol
+        objective = self.program.objective(U)
+        if objective < self.best_objective:
+            self.best, self.best_objective = U, objective
+        gap = objective - self.program.dual_bound(U).objective
+        self.history.append(gap / max(abs(objective), 1e-300))
+        return self.history[-1] <= self.tol
 
-    return stop
+    def best_of(self, U: torch.Tensor) -> torch.Tensor:
+        """``U`` or the best checked iterate, whichever has the lower objective."""
+        if self.best is not None and self.best_objective < self.program.objective(U):
+            return self.best
+        return U
 
 
 @dataclass(frozen=True)
