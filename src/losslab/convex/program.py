@@ -109,8 +109,10 @@ class ConvexReLUProgram:
         return self._bound(q, ratio)
 
     def max_dual_ratio(self, q: torch.Tensor, patterns: torch.Tensor) -> float:
-        """``max`` of :meth:`dual_ratios`, projecting only the patterns whose cheap upper
-        bound ``||X^T D q|| / lam`` exceeds the largest exact ratio found so far."""
+        """``max_D max(||Pi_K(X^T D q)||, ||Pi_K(-X^T D q)||) / lam`` over the patterns
+        ``D`` (columns of ``patterns``), ``K = K_D``; for the gated form
+        ``max_D ||X^T D q|| / lam``. Only the patterns whose cheap upper bound
+        ``||X^T D q|| / lam`` exceeds the largest exact ratio found so far are projected."""
         if patterns.shape[1] == 0:
             return 0.0
         masks = patterns.to(self.X.dtype)
@@ -129,23 +131,6 @@ class ConvexReLUProgram:
             minus = float(project_onto_cone(-z, self.X, signs[:, p]).norm())
             best = max(best, plus / self.lam, minus / self.lam)
         return best
-
-    def dual_ratios(self, q: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
-        """``max(||Pi_K(X^T D q)||, ||Pi_K(-X^T D q)||) / lam`` for each pattern ``D``
-        (column of ``patterns``), ``K = K_D``; for the gated form ``||X^T D q|| / lam``."""
-        masks = patterns.to(self.X.dtype)
-        correlations = (masks * q[:, None]).T @ self.X  # (P, d): X^T D q per pattern
-        ratios = correlations.norm(dim=1) / self.lam
-        if self.formulation == "gated":
-            return ratios
-        signs = masks * 2 - 1
-        # ||Pi_K(z)|| <= ||z||: only the patterns whose plain norm exceeds lam need projecting.
-        for p in torch.nonzero(ratios > 1).flatten().tolist():
-            z = correlations[p]
-            plus = float(project_onto_cone(z, self.X, signs[:, p]).norm())
-            minus = float(project_onto_cone(-z, self.X, signs[:, p]).norm())
-            ratios[p] = max(plus, minus) / self.lam
-        return ratios
 
     def _bound(self, q: torch.Tensor, ratio: float) -> DualBound:
         linear, quadratic = float(q @ self.y), float(q @ q) * self.n
