@@ -167,6 +167,16 @@ def test_convex_path_prune_and_bad_data(capsys, tmp_path):
     code, out, _ = run(capsys, "convex", "prune", *SMALL, "--lam", "0.05", "--gates", "30")
     assert code == 0, out
     assert "pruned" in out
-    code, _, err = run(capsys, "convex", "fit", "iris")
+    code, _, err = run(capsys, "convex", "prune", "iris")
     assert code == 1
     assert "3 classes" in err
+
+
+def test_convex_fit_one_vs_all(capsys):
+    code, out, _ = run(capsys, "convex", "fit", "iris", "--standardize", "--formulation",
+                       "gated", "--gates",
+                       "20", "--lam", "0.01")  # fmt: skip
+    assert code == 0, out
+    assert out.count("vs the rest") == 3
+    accuracy = float(out.split("training accuracy")[1].split()[0])
+    assert accuracy > 0.9

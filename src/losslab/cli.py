@@ -180,16 +180,26 @@ SeedOption = Annotated[int, typer.Option(help="Seed of the gate sample.")]
 TolOption = Annotated[float, typer.Option(help="Relative duality gap to stop at.")]
 
 
-def _convex_data(name: str, target: str | None, standardize: bool, param: list[str] | None) -> Any:
-    """Features and target for the convex tools: binary labels become -1/+1."""
+def _convex_data(
+    name: str,
+    target: str | None,
+    standardize: bool,
+    param: list[str] | None,
+    multiclass: bool = False,
+) -> Any:
+    """Features and target for the convex tools: binary labels become -1/+1; more classes
+    stay labels when ``multiclass`` (one-vs-all), else are an error."""
     dataset = _load_data(name, target, standardize, param)
     y = dataset.y
     if dataset.task == "classification":
         classes = sorted(set(y.tolist()))
+        if len(classes) > 2 and multiclass:
+            return dataset, dataset.X, y
         if len(classes) > 2:
             raise LosslabError(
-                f"{dataset.name} has {len(classes)} classes; the convex tools fit one output: "
-                "use a regression or a binary target (--target)"
+                f"{dataset.name} has {len(classes)} classes; this command fits one output: "
+                "use a regression or a binary target (--target), or `losslab convex fit` "
+                "(one-vs-all)"
             )
         y = (y == classes[-1]).to(y.dtype) * 2 - 1
     return dataset, dataset.X, y
@@ -202,6 +212,25 @@ def _fit_convex(X: Any, y: Any, lam: float, formulation: Formulation, gates: int
     form: Literal["relu", "gated"] = "relu" if formulation is Formulation.relu else "gated"
     model = ConvexReLU(lam=lam, formulation=form, n_gates=gates, bias=bias, seed=seed, tol=tol)
     return model.fit(X.numpy(), y.numpy())
+
+
+def _fit_one_vs_all(dataset: Any, X: Any, y: Any, lam: float, formulation: Formulation,
+                    gates: int, bias: bool, seed: int, tol: float) -> None:  # fmt: skip
+    from losslab.convex import ConvexReLUClassifier
+
+    form: Literal["relu", "gated"] = "relu" if formulation is Formulation.relu else "gated"
+    model = ConvexReLUClassifier(
+        lam=lam, formulation=form, n_gates=gates, bias=bias, seed=seed, tol=tol
+    ).fit(X.numpy(), y.numpy())
+    for label, estimator in zip(model.classes_, model.estimators_, strict=True):
+        title = f"convex {formulation.value} fit of {dataset.name}: class {label:g} vs the rest"
+        _out().print(_solution_table(title, estimator))
+    accuracy = model.score(X.numpy(), y.numpy())
+    _out().print(
+        f"one-vs-all over {len(model.classes_)} classes: total objective "
+        f"{model.objective_:.10g}, {model.n_neurons_} neurons"
+    )
+    _out().print(f"training accuracy {accuracy:.3f}")
 
 
 def _solution_table(title: str, model: Any) -> Table:
@@ -244,10 +273,16 @@ def convex_fit(
     standardize: StandardizeOption = False,
     param: ParamOption = None,
 ) -> None:
-    """Fit the convex program, certify it, and show the certificate."""
+    """Fit the convex program, certify it, and show the certificate (a dataset with more
+    than two classes: one network per class, one-vs-all)."""
     import torch
 
-    dataset, X, y = _convex_data(data, target, standardize, param)
+    dataset, X, y = _convex_data(data, target, standardize, param, multiclass=True)
+    if dataset.task == "classification" and len(set(y.tolist())) > 2:
+        if save is not None:
+            raise LosslabError("--save holds one network; a one-vs-all fit has one per class")
+        _fit_one_vs_all(dataset, X, y, lam, formulation, gates, bias, seed, tol)
+        return
     model = _fit_convex(X, y, lam, formulation, gates, bias, seed, tol)
     title = f"convex {formulation.value} fit of {dataset.name}, lam={lam:g}"
     _out().print(_solution_table(title, model))

@@ -2,13 +2,16 @@
 
 Activation patterns (sampled or exactly enumerated), solvers of the gated and ReLU
 (cone-constrained) convex programs with duality-gap certificates, the global-optimality
-check over every pattern, and recovery of the ReLU network.
+check over every pattern, the set of all optima, optimal pruning, regularization paths,
+and recovery of the ReLU network.
 """
 
 from losslab.convex.certificate import Certificate, certify
+from losslab.convex.classifier import ConvexReLUClassifier
 from losslab.convex.estimator import ConvexReLU
 from losslab.convex.network import NetworkCertificate, certify_network, network_parameters
 from losslab.convex.operator import PatternOperator
+from losslab.convex.optimal_set import OptimalSet, optimal_set
 from losslab.convex.path import PathPoint, RegularizationPath, regularization_path
 from losslab.convex.patterns import (
     PatternCount,
@@ -34,9 +37,11 @@ from losslab.convex.validation import as_features, as_target, check_lam
 __all__ = [
     "Certificate",
     "ConvexReLU",
+    "ConvexReLUClassifier",
     "ConvexReLUProgram",
     "DualBound",
     "NetworkCertificate",
+    "OptimalSet",
     "PathPoint",
     "PatternCount",
     "PatternOperator",
@@ -57,6 +62,7 @@ __all__ = [
     "network_parameters",
     "network_patterns",
     "neurons_from_blocks",
+    "optimal_set",
     "project_onto_cone",
     "prune_blocks",
     "regularization_path",
