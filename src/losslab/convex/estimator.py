@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from losslab.convex.certificate import Certificate, certify
+from losslab.convex.optimal_set import OptimalSet, optimal_set
 from losslab.convex.patterns import sample_gates, unique_pattern_columns
 from losslab.convex.program import ConvexReLUProgram
 from losslab.convex.pruning import prune_blocks
@@ -154,12 +155,7 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         """The fitted network's output on ``X`` (n, d)."""
         check_is_fitted(self, "solution_")
-        X_np = validate_data(self, X, reset=False, dtype=np.float64)
-        features = torch.tensor(X_np)
-        if self.bias:
-            features = torch.cat(
-                [features, torch.ones(features.shape[0], 1, dtype=features.dtype)], 1
-            )
+        features = self._features(X)
         if self.formulation == "relu":
             return self.network_.predict(features).numpy()
         gates = torch.as_tensor(self.gates_)
@@ -174,23 +170,83 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         (indices of the blocks removed, objective before and after).
         """
         check_is_fitted(self, "solution_")
+        result = prune_blocks(self.solution_.program, self.solution_.blocks)
+        pruned = self._with_blocks(result.blocks)
+        pruned.pruned_ = result
+        return pruned
+
+    def optimal_set(self) -> OptimalSet:
+        """The set of all optimal solutions of the fitted program around ``solution_``:
+        common fit, fixed direction per active block, polytope of non-negative rescalings
+        (:mod:`losslab.convex.optimal_set`)."""
+        check_is_fitted(self, "solution_")
+        return optimal_set(self.solution_.program, self.solution_.blocks)
+
+    def optimal_member(
+        self,
+        kind: Literal["min_norm", "sparsest", "validation"] = "min_norm",
+        X_val: Any = None,
+        y_val: Any = None,
+    ) -> ConvexReLU:
+        """A copy holding another member of the optimal set (the same objective):
+        ``"min_norm"`` (smallest ``sum ||u_b||^2``, unique), ``"sparsest"`` (a vertex with
+        the fewest neurons found), or ``"validation"`` (lowest squared error on
+        ``X_val``, ``y_val``)."""
+        optimum = self.optimal_set()
+        if kind == "min_norm":
+            scales = optimum.min_norm()
+        elif kind == "sparsest":
+            scales = optimum.sparsest(seed=self.seed)
+        elif kind == "validation":
+            if X_val is None or y_val is None:
+                raise ConvexProblemError("kind='validation' needs X_val and y_val")
+            y_np = np.asarray(y_val, dtype=np.float64).reshape(-1)
+            outputs = self._block_outputs(self._features(X_val), optimum)
+            scales = optimum.best_fit_to(outputs, torch.tensor(y_np))
+        else:
+            raise ConvexProblemError(
+                f"kind must be 'min_norm', 'sparsest' or 'validation'; got {kind!r}"
+            )
+        return self._with_blocks(optimum.blocks(scales))
+
+    def _features(self, X: Any) -> torch.Tensor:
+        """Validated new data as float64 features, with the bias column when ``bias``."""
+        features = torch.tensor(validate_data(self, X, reset=False, dtype=np.float64))
+        if self.bias:
+            ones = torch.ones(features.shape[0], 1, dtype=features.dtype)
+            features = torch.cat([features, ones], dim=1)
+        return features
+
+    def _block_outputs(self, features: torch.Tensor, optimum: OptimalSet) -> torch.Tensor:
+        """Each active block's output at unit scale on new ``features`` (n_val, k): a
+        member with scales ``t`` predicts ``outputs @ t``."""
+        P = self.patterns_.shape[1]
+        pattern = optimum.active % P
+        preactivations = features @ optimum.directions.T
+        if self.formulation == "gated":
+            gates = torch.as_tensor(self.gates_)[:, pattern]
+            return preactivations * (features @ gates >= 0).to(features.dtype)
+        signs = torch.where(optimum.active < P, 1.0, -1.0).to(features.dtype)
+        return torch.relu(preactivations) * signs
+
+    def _with_blocks(self, blocks: torch.Tensor) -> ConvexReLU:
+        """A fitted copy whose solution is ``blocks`` of the same program (its gap is
+        measured against the original solve's dual bound)."""
         program = self.solution_.program
-        result = prune_blocks(program, self.solution_.blocks)
-        pruned = copy.deepcopy(self)
-        objective = result.objective_after
+        objective = program.objective(blocks)
         gap = max(objective - self.solution_.dual_objective, 0.0)
-        pruned.solution_ = replace(
+        model = copy.deepcopy(self)
+        model.solution_ = replace(
             self.solution_,
-            blocks=result.blocks,
+            blocks=blocks,
             objective=objective,
             duality_gap=gap,
             relative_gap=gap / max(abs(objective), 1e-300),
         )
-        pruned.pruned_ = result
-        pruned.network_ = pruned._network(program)
-        pruned.objective_ = objective
-        pruned.n_neurons_ = pruned.network_.n_neurons
-        return pruned
+        model.network_ = model._network(program)
+        model.objective_ = objective
+        model.n_neurons_ = model.network_.n_neurons
+        return model
 
     def to_torch(self) -> nn.Sequential:
         """``Sequential(Linear(d, m, bias), ReLU(), Linear(m, 1, bias=False))`` in float64.

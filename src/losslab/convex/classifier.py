@@ -1,0 +1,100 @@
+r"""``ConvexReLUClassifier``: classification by certified convex two-layer ReLU networks.
+
+The convex programs fit real targets by least squares (P3), so classes are coded as
+targets: a binary problem is one :class:`~losslab.convex.ConvexReLU` on labels ``-1``
+(``classes_[0]``) and ``+1`` (``classes_[1]``), predicting by the sign of its output; a
+problem with ``K > 2`` classes is *one-vs-all*: ``K`` networks, network ``k`` fit to
+``+1`` on class ``k`` and ``-1`` elsewhere, predicting the class whose network outputs
+the most. Each network is solved and certified on its own; ``objective_`` is their sum.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from losslab.convex.estimator import ConvexReLU
+from losslab.errors import ConvexProblemError
+
+
+class ConvexReLUClassifier(ClassifierMixin, BaseEstimator):
+    """Binary or one-vs-all classification by :class:`ConvexReLU` (module docstring).
+
+    Takes the parameters of :class:`ConvexReLU`.
+
+    Attributes:
+        classes_: the class labels, sorted.
+        estimators_: the fitted :class:`ConvexReLU` networks (one for two classes).
+        objective_: the sum of their convex objectives.
+        n_neurons_: the total number of neurons.
+        n_iter_: solver iterations of each network.
+        n_features_in_: number of input features.
+
+    Example:
+        >>> from losslab.convex import ConvexReLUClassifier
+        >>> from losslab.data import load
+        >>> iris = load("iris", standardize=True)
+        >>> model = ConvexReLUClassifier(lam=1e-2, n_gates=50, check_global=False)
+        >>> model.fit(iris.X.numpy(), iris.y.numpy()).score(iris.X.numpy(), iris.y.numpy()) > 0.9
+        True
+    """
+
+    def __init__(
+        self,
+        lam: float = 1e-3,
+        formulation: Literal["relu", "gated"] = "relu",
+        n_gates: int = 500,
+        gates: Any = None,
+        bias: bool = False,
+        tol: float = 1e-6,
+        max_iter: int = 20_000,
+        seed: int = 0,
+        check_global: bool = True,
+    ) -> None:
+        self.lam = lam
+        self.formulation = formulation
+        self.n_gates = n_gates
+        self.gates = gates
+        self.bias = bias
+        self.tol = tol
+        self.max_iter = max_iter
+        self.seed = seed
+        self.check_global = check_global
+
+    def fit(self, X: Any, y: Any) -> ConvexReLUClassifier:
+        """Fit one network (two classes) or one per class (one-vs-all); returns ``self``."""
+        X_np, y_np = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y_np)
+        self.classes_ = np.unique(y_np)
+        if self.classes_.size < 2:
+            raise ConvexProblemError(
+                f"classification needs at least 2 classes; got {self.classes_.size} class"
+            )
+        columns = [self.classes_[1]] if self.classes_.size == 2 else list(self.classes_)
+        self.estimators_ = [
+            ConvexReLU(**self.get_params()).fit(X_np, np.where(y_np == label, 1.0, -1.0))
+            for label in columns
+        ]
+        self.objective_ = float(sum(e.objective_ for e in self.estimators_))
+        self.n_neurons_ = int(sum(e.n_neurons_ for e in self.estimators_))
+        self.n_iter_ = np.array([e.n_iter_ for e in self.estimators_])
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """The networks' outputs: (n,) for two classes (> 0 means ``classes_[1]``),
+        (n, K) otherwise."""
+        check_is_fitted(self, "estimators_")
+        X_np = validate_data(self, X, reset=False, dtype=np.float64)
+        scores = np.column_stack([e.predict(X_np) for e in self.estimators_])
+        return scores[:, 0] if len(self.estimators_) == 1 else scores
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The predicted class of each row of ``X``."""
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            return self.classes_[(scores > 0).astype(int)]
+        return self.classes_[np.argmax(scores, axis=1)]

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import functools
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+
+from losslab.convex import (
+    ConvexReLU,
+    ConvexReLUProgram,
+    activation_patterns,
+    block_fits,
+    optimal_set,
+    sample_gates,
+    solve,
+)
+from losslab.errors import ConvexProblemError
+from tests.convex_reference import clarabel_objective, relu_teacher
+
+
+@functools.cache
+def _doubled_program(formulation: str) -> tuple[ConvexReLUProgram, torch.Tensor]:
+    """Every pattern twice, so the optimal set is a polytope of positive dimension."""
+    X, y = relu_teacher(20, 3, seed=2)
+    patterns = activation_patterns(X, sample_gates(3, 15, seed=1))
+    program = ConvexReLUProgram(X, y, torch.cat([patterns, patterns], dim=1), 0.05, formulation)
+    return program, solve(program, tol=1e-9).blocks
+
+
+def _assert_member(optimum, scales: torch.Tensor, reference: float) -> None:
+    assert bool((scales >= 0).all())
+    torch.testing.assert_close(optimum.fits @ scales, optimum.fit, atol=1e-9, rtol=1e-9)
+    assert optimum.objective(scales) == pytest.approx(reference, rel=1e-8)
+
+
+@pytest.mark.parametrize("formulation", ["gated", "relu"])
+def test_members_share_the_fit_and_the_optimal_objective(formulation):
+    program, blocks = _doubled_program(formulation)
+    reference = clarabel_objective(program.X, program.y, program.patterns, 0.05, formulation)
+    optimum = optimal_set(program, blocks)
+    assert optimum.dimension > 0
+    assert optimum.objective(optimum.scales) == pytest.approx(reference, rel=1e-6)
+    best = optimum.objective(optimum.scales)
+    generator = torch.Generator().manual_seed(0)
+    outputs = torch.randn(7, optimum.scales.shape[0], generator=generator, dtype=torch.float64)
+    target = torch.randn(7, generator=generator, dtype=torch.float64)
+    for scales in [
+        optimum.min_norm(),
+        optimum.sparsest(),
+        optimum.vertex(torch.rand(optimum.scales.shape[0], dtype=torch.float64)),
+        optimum.best_fit_to(outputs, target),
+    ]:
+        _assert_member(optimum, scales, best)
+        if formulation == "relu":  # non-negative rescalings stay in the cones
+            values = (program.X @ optimum.blocks(scales).T) * program.operator.cone_signs
+            assert float(values.min()) >= -1e-12
+
+
+def _reference_qp(optimum, outputs=None, target=None) -> np.ndarray:
+    F, yhat = optimum.fits.numpy(), optimum.fit.numpy()
+    t = cp.Variable(F.shape[1])
+    if outputs is None:
+        objective = cp.sum_squares(t)
+    else:
+        objective = cp.sum_squares(outputs.numpy() @ t - target.numpy())
+    problem = cp.Problem(cp.Minimize(objective), [F @ t == yhat, t >= 0])
+    problem.solve(solver="CLARABEL", tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+    return np.asarray(t.value)
+
+
+@pytest.mark.parametrize("formulation", ["gated", "relu"])
+def test_min_norm_member_matches_clarabel(formulation):
+    program, blocks = _doubled_program(formulation)
+    optimum = optimal_set(program, blocks)
+    expected = _reference_qp(optimum)
+    np.testing.assert_allclose(optimum.min_norm().numpy(), expected, atol=1e-6)
+
+
+def test_best_member_on_validation_matches_clarabel():
+    program, blocks = _doubled_program("gated")
+    optimum = optimal_set(program, blocks)
+    generator = torch.Generator().manual_seed(3)
+    outputs = torch.randn(9, optimum.scales.shape[0], generator=generator, dtype=torch.float64)
+    target = torch.randn(9, generator=generator, dtype=torch.float64)
+    expected = _reference_qp(optimum, outputs, target)
+    ours = optimum.best_fit_to(outputs, target)
+    error = float((outputs @ ours - target).square().sum())
+    reference = float(np.square(outputs.numpy() @ expected - target.numpy()).sum())
+    assert error == pytest.approx(reference, rel=1e-6, abs=1e-9)
+
+
+def test_sparsest_member_is_a_vertex():
+    program, blocks = _doubled_program("gated")
+    optimum = optimal_set(program, blocks)
+    scales = optimum.sparsest()
+    support = scales > 0
+    fits = block_fits(program, optimum.blocks(scales))[:, optimum.active[support]]
+    assert int(torch.linalg.matrix_rank(fits)) == int(support.sum())
+    assert int(support.sum()) < int((optimum.scales > 0).sum())
+
+
+def test_independent_fits_give_a_single_point():
+    X, y = relu_teacher(30, 3, seed=4)
+    program = ConvexReLUProgram(X, y, activation_patterns(X, sample_gates(3, 6, seed=0)), 0.05)
+    blocks = solve(program, tol=1e-9).blocks
+    optimum = optimal_set(program, blocks)
+    assert optimum.dimension == 0
+    torch.testing.assert_close(optimum.min_norm(), optimum.scales)
+    torch.testing.assert_close(optimum.blocks(optimum.min_norm()), blocks)
+
+
+def test_directions_are_those_of_the_dual_point():
+    """Each active block's direction is Pi_K(A_b^T q) / lam for the common dual point q."""
+    program, blocks = _doubled_program("gated")
+    optimum = optimal_set(program, blocks)
+    correlations = program.operator.adjoint(optimum.dual)[optimum.active] / program.lam
+    torch.testing.assert_close(optimum.directions, correlations, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("formulation", ["gated", "relu"])
+def test_estimator_members(formulation):
+    X, y = relu_teacher(40, 3, seed=5)
+    gates = sample_gates(3, 10, seed=0).numpy()
+    model = ConvexReLU(
+        lam=0.02, formulation=formulation, gates=np.hstack([gates, gates]), tol=1e-9
+    ).fit(X.numpy(), y.numpy())
+    X_val, y_val = relu_teacher(25, 3, seed=6)
+    members = {
+        kind: model.optimal_member(kind, X_val.numpy(), y_val.numpy())
+        for kind in ["min_norm", "sparsest", "validation"]
+    }
+    for member in members.values():
+        assert member.objective_ == pytest.approx(model.objective_, rel=1e-7)
+        np.testing.assert_allclose(member.predict(X.numpy()), model.predict(X.numpy()), atol=1e-7)
+    errors = {k: float(np.square(m.predict(X_val.numpy()) - y_val.numpy()).sum())
+              for k, m in members.items()}  # fmt: skip
+    assert errors["validation"] <= min(errors.values()) + 1e-9
+    assert members["sparsest"].n_neurons_ <= model.n_neurons_
+    with pytest.raises(ConvexProblemError, match="X_val and y_val"):
+        model.optimal_member("validation")
+    with pytest.raises(ConvexProblemError, match="kind must be"):
+        model.optimal_member("best")  # type: ignore[arg-type]
