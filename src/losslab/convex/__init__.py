@@ -9,7 +9,13 @@ and recovery of the ReLU network.
 from losslab.convex.certificate import Certificate, certify
 from losslab.convex.classifier import ConvexReLUClassifier
 from losslab.convex.estimator import ConvexReLU
-from losslab.convex.network import NetworkCertificate, certify_network, network_parameters
+from losslab.convex.network import (
+    NetworkCertificate,
+    OwnPatternGap,
+    certify_network,
+    network_parameters,
+    own_pattern_gap,
+)
 from losslab.convex.operator import PatternOperator
 from losslab.convex.optimal_set import OptimalSet, optimal_set
 from losslab.convex.path import PathPoint, RegularizationPath, regularization_path
@@ -42,6 +48,7 @@ __all__ = [
     "DualBound",
     "NetworkCertificate",
     "OptimalSet",
+    "OwnPatternGap",
     "PathPoint",
     "PatternCount",
     "PatternOperator",
@@ -63,6 +70,7 @@ __all__ = [
     "network_patterns",
     "neurons_from_blocks",
     "optimal_set",
+    "own_pattern_gap",
     "project_onto_cone",
     "prune_blocks",
     "regularization_path",

@@ -184,19 +184,25 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
 
     def optimal_member(
         self,
-        kind: Literal["min_norm", "sparsest", "validation"] = "min_norm",
+        kind: Literal["min_norm", "sparsest", "vertex", "validation"] = "min_norm",
         X_val: Any = None,
         y_val: Any = None,
+        seed: int = 0,
     ) -> ConvexReLU:
         """A copy holding another member of the optimal set (the same objective):
         ``"min_norm"`` (smallest ``sum ||u_b||^2``, unique), ``"sparsest"`` (a vertex with
-        the fewest neurons found), or ``"validation"`` (lowest squared error on
-        ``X_val``, ``y_val``)."""
+        the fewest neurons found), ``"vertex"`` (the vertex minimising a random positive
+        cost drawn from ``seed``), or ``"validation"`` (lowest squared error on ``X_val``,
+        ``y_val``)."""
         optimum = self.optimal_set()
         if kind == "min_norm":
             scales = optimum.min_norm()
         elif kind == "sparsest":
-            scales = optimum.sparsest(seed=self.seed)
+            scales = optimum.sparsest(seed=seed)
+        elif kind == "vertex":
+            generator = torch.Generator().manual_seed(seed)
+            cost = torch.rand(optimum.scales.shape[0], generator=generator, dtype=torch.float64)
+            scales = optimum.vertex(cost + 0.5)
         elif kind == "validation":
             if X_val is None or y_val is None:
                 raise ConvexProblemError("kind='validation' needs X_val and y_val")
@@ -205,7 +211,7 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
             scales = optimum.best_fit_to(outputs, torch.tensor(y_np))
         else:
             raise ConvexProblemError(
-                f"kind must be 'min_norm', 'sparsest' or 'validation'; got {kind!r}"
+                f"kind must be 'min_norm', 'sparsest', 'vertex' or 'validation'; got {kind!r}"
             )
         return self._with_blocks(optimum.blocks(scales))
 

@@ -97,41 +97,27 @@ def certify_network(
 ) -> NetworkCertificate:
     """Certificate of a trained network (module docstring); ``tol`` is the relative gap
     at which the convex programs stop and under which a gap counts as zero."""
-    check_lam(lam)
-    W, alpha, bias = network_parameters(net)
-    features = as_features(X, bias=bias)
-    target = as_target(y, features)
-    if W.shape[1] != features.shape[1]:
-        raise ConvexProblemError(f"the network takes {W.shape[1] - bias} features; X has "
-                                 f"{features.shape[1] - bias}")  # fmt: skip
-    objective, gradient_norm = _objective_and_gradient(W, alpha, features, target, lam)
-    live = (W.norm(dim=1) > 0) & (alpha != 0)
-    own = network_patterns(features, W[live])
-    zero_objective = float(target.square().sum()) / (2 * target.shape[0])
-    own_optimum = zero_objective
-    if own.shape[1]:
-        own_result = solve(
-            ConvexReLUProgram(features, target, own, lam, "relu"), tol=tol, max_iter=max_iter
-        )
-        own_optimum = own_result.objective
+    W, alpha, features, target = _network_and_data(net, X, y, lam)
+    own = _own_pattern_gap(W, alpha, features, target, lam, tol, max_iter)
+    objective, gradient_norm, own_optimum = own.objective, own.gradient_norm, own.own_optimum
     check: Literal["enumerated", "sampled"]
     if count_bound(features).bound <= max_enumerated:
         check, patterns = "enumerated", enumerate_patterns(features, max_patterns=max_enumerated)
     else:
         sampled = activation_patterns(features, sample_gates(features.shape[1], n_gates, seed=seed))
-        check, patterns = "sampled", unique_patterns(features, torch.cat([own, sampled], dim=1))
+        check = "sampled"
+        patterns = unique_patterns(features, torch.cat([own.patterns, sampled], dim=1))
     full = solve(
         ConvexReLUProgram(features, target, patterns, lam, "relu"), tol=tol, max_iter=max_iter
     )
     scale = max(abs(objective), 1e-300)
-    own_gap = max(objective - own_optimum, 0.0) / scale
     global_gap = max(objective - full.dual_objective, 0.0) / scale
     is_global = check == "enumerated" and global_gap <= 10 * tol
     is_stationary = gradient_norm <= stationarity_tol
     state = "stationary" if is_stationary else "not stationary"
     message = (
         f"{state} (gradient norm {gradient_norm:.1e}); "
-        f"{own_gap:.1e} above the optimum over its own {own.shape[1]} patterns; "
+        f"{own.own_gap:.1e} above the optimum over its own {own.own_patterns} patterns; "
         + (f"{global_gap:.1e} above the global optimum (all {patterns.shape[1]} patterns)"
            if check == "enumerated" else
            f"{global_gap:.1e} above the optimum over {patterns.shape[1]} sampled patterns")
@@ -140,10 +126,10 @@ def certify_network(
         objective=objective,
         gradient_norm=gradient_norm,
         is_stationary=is_stationary,
-        n_neurons=int(live.sum()),
-        own_patterns=int(own.shape[1]),
+        n_neurons=own.n_neurons,
+        own_patterns=own.own_patterns,
         own_optimum=own_optimum,
-        own_gap=own_gap,
+        own_gap=own.own_gap,
         global_check=check,
         global_lower_bound=full.dual_objective,
         global_optimum=full.objective,
@@ -151,6 +137,69 @@ def certify_network(
         is_global=is_global,
         message=message,
     )
+
+
+@dataclass(frozen=True)
+class OwnPatternGap:
+    """A network's objective, gradient norm, and the optimum of the ReLU-form program over
+    its own neurons' patterns (``own_gap`` relative to the objective)."""
+
+    objective: float
+    gradient_norm: float
+    n_neurons: int
+    own_patterns: int
+    own_optimum: float
+    own_gap: float
+    patterns: torch.Tensor
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "patterns"}
+
+
+def own_pattern_gap(
+    net: nn.Module, X: Any, y: Any, lam: float, *, tol: float = 1e-8, max_iter: int = 20_000
+) -> OwnPatternGap:
+    """How far ``net`` is above the optimum of the convex program over its own patterns
+    (cheap: one program with at most as many patterns as neurons). Every stationary point
+    of the training problem attains that optimum (P3)."""
+    W, alpha, features, target = _network_and_data(net, X, y, lam)
+    return _own_pattern_gap(W, alpha, features, target, lam, tol, max_iter)
+
+
+def _network_and_data(
+    net: nn.Module, X: Any, y: Any, lam: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(W, alpha, features, target)``, validated (features with the bias column)."""
+    check_lam(lam)
+    W, alpha, bias = network_parameters(net)
+    features = as_features(X, bias=bias)
+    target = as_target(y, features)
+    if W.shape[1] != features.shape[1]:
+        raise ConvexProblemError(f"the network takes {W.shape[1] - bias} features; X has "
+                                 f"{features.shape[1] - bias}")  # fmt: skip
+    return W, alpha, features, target
+
+
+def _own_pattern_gap(
+    W: torch.Tensor,
+    alpha: torch.Tensor,
+    features: torch.Tensor,
+    target: torch.Tensor,
+    lam: float,
+    tol: float,
+    max_iter: int,
+) -> OwnPatternGap:
+    objective, gradient_norm = _objective_and_gradient(W, alpha, features, target, lam)
+    live = (W.norm(dim=1) > 0) & (alpha != 0)
+    own = network_patterns(features, W[live])
+    own_optimum = float(target.square().sum()) / (2 * target.shape[0])
+    if own.shape[1]:
+        own_optimum = solve(
+            ConvexReLUProgram(features, target, own, lam, "relu"), tol=tol, max_iter=max_iter
+        ).objective
+    gap = max(objective - own_optimum, 0.0) / max(abs(objective), 1e-300)
+    return OwnPatternGap(objective, gradient_norm, int(live.sum()), int(own.shape[1]),
+                         own_optimum, gap, own)  # fmt: skip
 
 
 def _objective_and_gradient(

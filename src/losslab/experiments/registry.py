@@ -17,7 +17,7 @@ from losslab.experiments.protocol import Experiment, check_experiment
 
 #: Modules of the registered experiments; each defines ``EXPERIMENT``. Paper
 #: experiments add themselves here as they arrive.
-REGISTERED_MODULES: tuple[str, ...] = ()
+REGISTERED_MODULES: tuple[str, ...] = ("losslab.experiments.mishkin_pilanci",)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,418 @@
+r"""Experiment ``mishkin-pilanci``: optimal sets, pruning and paths of ReLU networks (P3).
+
+Four parts, each a kind of cell:
+
+- ``optimum``: the global optimum of the training problem, every pattern enumerated (a
+  proof: the dual objective is a lower bound on every network's objective);
+- ``train``: a two-layer ReLU network trained by Adam or SGD on the non-convex objective
+  ``1/(2n) ||f(X) - y||^2 + lam/2 sum_j (||w_j||^2 + alpha_j^2)``, with its gap to the
+  optimum of the convex program over its own patterns along training.
+- ``prune``: the convex optimum as a network, its optimal pruning, and magnitude pruning
+  (drop the neuron of smallest ``|alpha_j| ||w_j||``, no refit) at every width.
+- ``optimal_set``: members of the optimal set (minimum norm, sparsest vertex, best on a
+  validation split, random vertices) and their test accuracy.
+- ``path``: the regularization path (objective, neurons, fit) over a log grid of ``lam``.
+
+Data: a seeded ReLU teacher in 2-D (``teacher``; its patterns are few enough to
+enumerate, so global optimality is proved) and scikit-learn's ``diabetes`` (standardised,
+sampled patterns). Binary classification for the optimal-set part: ``iris`` versicolor
+vs virginica (labels -1/+1, the two petal features: 2-D data, where many neurons tie).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from losslab.convex import (
+    ConvexReLU,
+    ConvexReLUProgram,
+    ReLUNetwork,
+    enumerate_patterns,
+    network_parameters,
+    own_pattern_gap,
+    regularization_path,
+    solve,
+)
+from losslab.data import load
+from losslab.experiments.protocol import Claim
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Relative tolerance under which two objectives count as equal in the claims.
+EQUAL = 1e-9
+
+
+def _regression_data(cell: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and target of ``cell["n"]`` rows: the 2-D teacher, or standardised rows of
+    a scikit-learn regression dataset with a standardised target."""
+    if cell["data"] == "teacher":
+        data = load("teacher_relu", n=cell["n"], d=2, width=3, noise=0.1, seed=0)
+        return data.X, data.y
+    data = load(cell["data"], standardize=True)
+    rows = torch.randperm(data.X.shape[0], generator=torch.Generator().manual_seed(0))[: cell["n"]]
+    y = data.y[rows]
+    return data.X[rows], (y - y.mean()) / y.std()
+
+
+def _objective(net: nn.Sequential, X: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
+    residual = net(X)[:, 0] - y
+    penalty = sum(p.square().sum() for p in net.parameters())
+    return residual.square().sum() / (2 * X.shape[0]) + lam / 2 * penalty
+
+
+def _train(cell: dict[str, Any]) -> dict[str, Any]:
+    """Train by Adam or SGD (full batch, step size decayed 1000-fold), and record at
+    checkpoints the objective and the relative gap to the optimum of the convex program
+    over the network's own patterns (the sub-sampled program of P3)."""
+    X, y = _regression_data(cell)
+    torch.manual_seed(cell["seed"])
+    net = nn.Sequential(
+        nn.Linear(X.shape[1], cell["width"], bias=False, dtype=torch.float64),
+        nn.ReLU(),
+        nn.Linear(cell["width"], 1, bias=False, dtype=torch.float64),
+    )
+    lam, steps = cell["lam"], cell["steps"]
+    if cell["optimizer"] == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    else:
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1e-3 ** (k / steps))
+    checkpoints = {steps // 8, steps // 4, steps // 2, steps}
+    objectives, own_gaps, gradient_norms = [], [], []
+    for step in range(1, steps + 1):
+        optimizer.zero_grad()
+        _objective(net, X, y, lam).backward()
+        optimizer.step()
+        schedule.step()
+        if step in checkpoints:
+            own = own_pattern_gap(net, X, y, lam)
+            objectives.append(own.objective)
+            own_gaps.append(own.own_gap)
+            gradient_norms.append(own.gradient_norm)
+    return {
+        "objective": objectives[-1],
+        "own_gap": own_gaps[-1],
+        "gradient_norm": gradient_norms[-1],
+        "n": int(X.shape[0]),
+        "arrays": {
+            "steps": np.array(sorted(checkpoints)),
+            "objective": np.array(objectives),
+            "own_gap": np.array(own_gaps),
+            "gradient_norm": np.array(gradient_norms),
+        },
+    }
+
+
+def _optimum(cell: dict[str, Any]) -> dict[str, Any]:
+    """The global optimum of the training problem (all patterns of the data enumerated):
+    what the trained networks are measured against."""
+    X, y = _regression_data(cell)
+    patterns = enumerate_patterns(X)
+    result = solve(ConvexReLUProgram(X, y, patterns, cell["lam"], "relu"), tol=1e-8)
+    return {
+        "optimum": result.objective,
+        "lower_bound": result.dual_objective,
+        "converged": result.converged,
+        "n_patterns": int(patterns.shape[1]),
+        "n_neurons": int((result.blocks.norm(dim=1) > 0).sum()),
+    }
+
+
+def _prune(cell: dict[str, Any]) -> dict[str, Any]:
+    X, y = _regression_data(cell)
+    model = ConvexReLU(lam=cell["lam"], n_gates=cell["gates"], tol=1e-7, check_global=False)
+    model.fit(X.numpy(), y.numpy())
+    net = model.to_torch()
+    recovered = float(_objective(net, X, y, cell["lam"]).detach())
+    pruned = model.prune()
+    pruned_net = pruned.to_torch()
+    magnitude_neurons, magnitude_objective = _magnitude_curve(net, X, y, cell["lam"])
+    _, pruned_magnitude = _magnitude_curve(pruned_net, X, y, cell["lam"])
+    return {
+        "objective": model.objective_,
+        "converged": model.solution_.converged,
+        "relative_gap": model.solution_.relative_gap,
+        "recovered_objective": recovered,
+        "n_neurons": model.n_neurons_,
+        "pruned_objective": pruned.objective_,
+        "pruned_neurons": pruned.n_neurons_,
+        "pruned_nonconvex_objective": float(_objective(pruned_net, X, y, cell["lam"]).detach()),
+        "n": int(X.shape[0]),
+        "arrays": {
+            "magnitude_neurons": magnitude_neurons,
+            "magnitude_objective": magnitude_objective,
+            "pruned_then_magnitude": pruned_magnitude,
+        },
+    }
+
+
+def _magnitude_curve(
+    net: nn.Sequential, X: torch.Tensor, y: torch.Tensor, lam: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Objective after keeping the ``k`` neurons of largest ``|alpha_j| ||w_j||``, for
+    every ``k`` from all of them down to 0 (no refit)."""
+    W, alpha, _ = network_parameters(net)
+    order = torch.argsort(W.norm(dim=1) * alpha.abs(), descending=True)
+    neurons = np.arange(len(order), -1, -1)
+    values = [ReLUNetwork(W[order[:k]], alpha[order[:k]]).objective(X, y, lam) for k in neurons]
+    return neurons, np.array(values)
+
+
+def _optimal_set(cell: dict[str, Any]) -> dict[str, Any]:
+    data = load("iris", standardize=True)
+    keep = data.y > 0
+    X, labels = data.X[keep][:, 2:].numpy(), np.where(data.y[keep].numpy() == 2, 1.0, -1.0)
+    order = np.random.default_rng(cell["seed"]).permutation(len(labels))
+    n_train, n_val = cell["n_train"], cell["n_train"] // 2
+    train, val, test = np.split(order, [n_train, n_train + n_val])
+    model = ConvexReLU(
+        lam=cell["lam"],
+        n_gates=cell["gates"],
+        bias=True,
+        tol=1e-7,
+        seed=cell["seed"],
+        check_global=False,
+    ).fit(X[train], labels[train])
+    optimum = model.optimal_set()
+    members = {
+        "solver": model,
+        "min_norm": model.optimal_member("min_norm"),
+        "sparsest": model.optimal_member("sparsest"),
+        "validation": model.optimal_member("validation", X[val], labels[val]),
+    }
+    for i in range(cell["vertices"]):
+        members[f"vertex_{i}"] = model.optimal_member("vertex", seed=1000 * cell["seed"] + i)
+    accuracy = {k: float(np.mean(np.sign(m.predict(X[test])) == labels[test]))
+                for k, m in members.items()}  # fmt: skip
+    objectives = np.array([m.objective_ for m in members.values()])
+    return {
+        "objective": model.objective_,
+        "converged": model.solution_.converged,
+        "dimension": optimum.dimension,
+        "n_active": int(optimum.active.numel()),
+        "n_uncertain": int(optimum.uncertain.numel()),
+        "objective_spread": float((objectives.max() - objectives.min()) / objectives.min()),
+        "neurons": {k: m.n_neurons_ for k, m in members.items()},
+        "test_accuracy": accuracy,
+        "accuracy_spread": max(accuracy.values()) - min(accuracy.values()),
+        "n": int(n_train),
+    }
+
+
+def _path(cell: dict[str, Any]) -> dict[str, Any]:
+    X, y = _regression_data(cell)
+    path = regularization_path(X, y, n_lams=cell["n_lams"], n_gates=cell["gates"], tol=1e-7,
+                               max_iter=20_000)  # fmt: skip
+    points = path.points
+    return {
+        "lam_max": path.lam_max,
+        "converged": sum(p.result.converged for p in points),
+        "n_lams": len(points),
+        "jumps": len(path.jumps),
+        "arrays": {
+            "lam": np.array(path.lams),
+            "objective": np.array([p.result.objective for p in points]),
+            "neurons": np.array([p.n_neurons for p in points]),
+            "fit_norm": np.array([float(p.fit.norm()) for p in points]),
+            "sensitivity": np.array(path.sensitivity),
+        },
+    }
+
+
+RUNNERS = {
+    "optimum": _optimum,
+    "train": _train,
+    "prune": _prune,
+    "optimal_set": _optimal_set,
+    "path": _path,
+}
+
+
+class MishkinPilanci:
+    """Optimal sets, optimal pruning, trained nets and paths (module docstring)."""
+
+    name = "mishkin-pilanci"
+    paper = "Mishkin & Pilanci (2023), Optimal Sets and Solution Paths of ReLU Networks"
+    version = 1
+
+    def grid(self, preset: str) -> list[dict[str, Any]]:
+        full = preset == "full"
+        seeds = range(20 if full else 3)
+        teacher = {"data": "teacher", "n": 80}
+        cells: list[dict[str, Any]] = [{"part": "optimum", **teacher, "lam": 1e-2}]
+        cells += [
+            {"part": "train", **teacher, "optimizer": optimizer, "width": width,
+             "lam": 1e-2, "steps": 8000 if full else 2000, "seed": seed}
+            for optimizer in ("adam", "sgd")
+            for width in ((5, 20, 50) if full else (10,))
+            for seed in seeds
+        ]  # fmt: skip
+        datasets = (teacher, {"data": "diabetes", "n": 150})
+        lams = (1e-3, 1e-2, 1e-1) if full else (1e-2,)
+        cells += [{"part": "prune", **data, "lam": lam, "gates": 200}
+                  for data in datasets for lam in lams]  # fmt: skip
+        cells += [{"part": "optimal_set", "n_train": 30, "lam": lam, "gates": 100,
+                   "vertices": 8, "seed": seed}
+                  for lam in ((1e-3, 1e-2) if full else (1e-3,))
+                  for seed in range(10 if full else 3)]  # fmt: skip
+        cells += [{"part": "path", **data, "n_lams": 50 if full else 15, "gates": 200}
+                  for data in datasets]  # fmt: skip
+        return cells
+
+    def run(self, cell: dict[str, Any]) -> dict[str, Any]:
+        return RUNNERS[cell["part"]](cell)
+
+    def figures(self, frame: pd.DataFrame) -> list[Figure]:
+        return [
+            draw(part)
+            for name, draw in (
+                ("train", lambda train: _gap_figure(train, frame[frame["part"] == "optimum"])),
+                ("prune", _pruning_figure),
+                ("optimal_set", _optimal_set_figure),
+                ("path", _path_figure),
+            )
+            if not (part := frame[frame["part"] == name]).empty
+        ]
+
+    def claims(self, frame: pd.DataFrame) -> list[Claim]:
+        claims = []
+        prune = frame[frame["part"] == "prune"]
+        if not prune.empty:
+            recovery = (prune["recovered_objective"] - prune["objective"]).abs() / prune[
+                "objective"
+            ]
+            claims.append(Claim(
+                "the ReLU network recovered from the convex solution has the convex objective",
+                f"largest relative difference {recovery.max():.1e} over {len(prune)} problems",
+                bool(recovery.max() <= EQUAL),
+            ))  # fmt: skip
+            change = (prune["pruned_objective"] - prune["objective"]).abs() / prune["objective"]
+            bounded = bool((prune["pruned_neurons"] <= prune["n"]).all())
+            claims.append(Claim(
+                "optimal pruning keeps the optimal objective with at most n neurons",
+                f"neurons {_pairs(prune['n_neurons'], prune['pruned_neurons'])} (n = "
+                f"{', '.join(str(v) for v in prune['n'])}); largest relative objective change "
+                f"{change.max():.1e}",
+                bool(change.max() <= EQUAL) and bounded,
+            ))  # fmt: skip
+        train, optimum = frame[frame["part"] == "train"], frame[frame["part"] == "optimum"]
+        if not train.empty:
+            first = np.array([row["own_gap"][0] for row in train["arrays"]])
+            last = train["own_gap"].to_numpy()
+            claims.append(Claim(
+                "trained networks converge to the optimum of their own sub-sampled program",
+                f"relative gap to the own-pattern optimum, median over {len(train)} nets: "
+                f"{np.median(first):.1e} at 1/8 of training, {np.median(last):.1e} at the end "
+                f"(max {last.max():.1e}); gradient norms at the end "
+                f"{train['gradient_norm'].min():.0e} to {train['gradient_norm'].max():.0e}",
+                bool(np.median(last) <= 1e-3 and np.median(last) < np.median(first) / 10),
+            ))  # fmt: skip
+        if not train.empty and not optimum.empty:
+            bound = float(optimum["lower_bound"].iloc[0])
+            gaps = (train["objective"] - bound) / bound
+            claims.append(Claim(
+                "no trained network beats the certified global optimum",
+                f"{int((gaps < -EQUAL).sum())} of {len(train)} below the proved lower bound "
+                f"{bound:.6g}; gaps after Adam/SGD: median {gaps.median():.1e}, "
+                f"max {gaps.max():.1e}",
+                bool((gaps >= -EQUAL).all()),
+            ))  # fmt: skip
+        optimal = frame[frame["part"] == "optimal_set"]
+        if not optimal.empty:
+            spread = optimal["accuracy_spread"]
+            claims.append(Claim(
+                "the optimal set holds networks of different test accuracy",
+                f"test-accuracy spread among optimal networks: max {spread.max():.3f}, "
+                f"median {spread.median():.3f}; optimal-set dimensions "
+                f"{sorted(int(v) for v in optimal['dimension'])}; objectives equal to "
+                f"{optimal['objective_spread'].max():.1e}",
+                bool(spread.max() > 0) and bool(optimal["objective_spread"].max() <= 1e-6),
+            ))  # fmt: skip
+        return claims
+
+
+def _pairs(before: Any, after: Any) -> str:
+    return ", ".join(f"{a} -> {b}" for a, b in zip(before, after, strict=True))
+
+
+def _gap_figure(train: pd.DataFrame, optimum: pd.DataFrame) -> Figure:
+    figure = Figure(figsize=(9, 3.5))
+    histogram, curves = figure.subplots(1, 2)
+    if not optimum.empty:
+        bound = float(optimum["lower_bound"].iloc[0])
+        for optimizer, rows in train.groupby("optimizer"):
+            gaps = ((rows["objective"] - bound) / bound).clip(lower=1e-16)
+            histogram.hist(np.log10(gaps), bins=20, alpha=0.6, label=str(optimizer))
+        histogram.set_xlabel("log10 (objective - global optimum) / optimum")
+        histogram.set_ylabel("networks")
+        histogram.set_title("trained nets vs the certified optimum", fontsize=9)
+        histogram.legend()
+    for _, row in train.iterrows():
+        arrays = row["arrays"]
+        color = "C0" if row["optimizer"] == "adam" else "C1"
+        curves.loglog(arrays["steps"], np.clip(arrays["own_gap"], 1e-16, None), ".-", c=color,
+                      alpha=0.6)  # fmt: skip
+    curves.set_xlabel("training step")
+    curves.set_ylabel("gap to own-pattern optimum")
+    curves.set_title("Adam (blue), SGD (orange)", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def _pruning_figure(prune: pd.DataFrame) -> Figure:
+    figure = Figure(figsize=(4 * len(prune), 3.5))
+    for axes, (_, row) in zip(np.atleast_1d(figure.subplots(1, len(prune))), prune.iterrows(),
+                              strict=True):  # fmt: skip
+        arrays = row["arrays"]
+        axes.semilogy(arrays["magnitude_neurons"], arrays["magnitude_objective"], ".-",
+                      label="magnitude pruning")  # fmt: skip
+        neurons = np.arange(len(arrays["pruned_then_magnitude"]))[::-1]
+        axes.semilogy(neurons, arrays["pruned_then_magnitude"], ".-",
+                      label="optimal pruning, then magnitude")  # fmt: skip
+        axes.plot([row["pruned_neurons"]], [row["pruned_objective"]], "k*", ms=10,
+                  label="optimally pruned")  # fmt: skip
+        axes.set_xlabel("neurons")
+        axes.set_ylabel("objective")
+        axes.set_title(f"{row['data']}, lam={row['lam']:g}")
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def _optimal_set_figure(optimal: pd.DataFrame) -> Figure:
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.subplots()
+    for i, (_, row) in enumerate(optimal.iterrows()):
+        accuracy = row["test_accuracy"]
+        axes.plot([i] * len(accuracy), list(accuracy.values()), "o", alpha=0.5)
+    axes.set_xlabel("problem (seed, lam)")
+    axes.set_ylabel("test accuracy")
+    axes.set_title("Networks in one optimal set (same objective)")
+    figure.tight_layout()
+    return figure
+
+
+def _path_figure(path: pd.DataFrame) -> Figure:
+    figure = Figure(figsize=(10, 3.2))
+    objective, neurons, fit = figure.subplots(1, 3)
+    for _, row in path.iterrows():
+        arrays = row["arrays"]
+        objective.loglog(arrays["lam"], arrays["objective"], ".-", label=row["data"])
+        neurons.semilogx(arrays["lam"], arrays["neurons"], ".-")
+        fit.semilogx(arrays["lam"], arrays["fit_norm"], ".-")
+    for axes, label in ((objective, "optimal objective"), (neurons, "neurons"),
+                        (fit, "||fit||")):  # fmt: skip
+        axes.set_xlabel("lam")
+        axes.set_ylabel(label)
+    objective.legend()
+    figure.tight_layout()
+    return figure
+
+
+EXPERIMENT = MishkinPilanci()
