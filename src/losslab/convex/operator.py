@@ -58,8 +58,27 @@ class PatternOperator:
         return G.T @ self.X
 
     def adjoint(self, r: torch.Tensor) -> torch.Tensor:
-        """``A^T r = weights^T (r * X)`` (B, d)."""
-        return self.weights.T @ (r[:, None] * self.X)
+        """``A^T r = weights^T (r * X)`` (B, d), computed as ``((r * X)^T weights)^T``: the
+        (d, n) x (n, B) product reads ``weights`` in its stored order (no strided copy)."""
+        return ((r[:, None] * self.X).T @ self.weights).T
+
+    @cached_property
+    def sample_gram(self) -> torch.Tensor:
+        """``X X^T`` (n, n), for the (n, n) Newton systems (built once, when first asked)."""
+        return self.X @ self.X.T
+
+    def weighted_gram(
+        self, alpha: torch.Tensor, beta: torch.Tensor, directions: torch.Tensor
+    ) -> torch.Tensor:
+        """``sum_b A_b (alpha_b I + beta_b d_b d_b^T) A_b^T`` (n, n) over the blocks ``b`` with
+        ``alpha_b`` or ``beta_b`` non-zero, ``A_b = s_b D_b X``, unit ``directions`` (B, d):
+        ``(X X^T) * (weights diag(alpha) weights^T) + Y diag(beta) Y^T`` with
+        ``Y[:, b] = weights[:, b] * (X d_b)``. Costs two (n, B') x (B', n) products."""
+        used = torch.nonzero((alpha != 0) | (beta != 0)).flatten()
+        weights = self.weights[:, used]
+        images = weights * (self.X @ directions[used].T)
+        masks = (weights * alpha[used]) @ weights.T
+        return self.sample_gram * masks + (images * beta[used]) @ images.T
 
     def squared_norm(self, n_iter: int = 30, seed: int = 0) -> float:
         """An estimate (power iteration, from above after a 5% margin) of ``||A||^2``."""
