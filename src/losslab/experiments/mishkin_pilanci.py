@@ -308,16 +308,16 @@ class MishkinPilanci:
         if not train.empty:
             # Every checkpoint of every net: how far above its own program's optimum it is,
             # against how stationary it is.
-            gaps = np.concatenate([row["own_gap"] for row in train["arrays"]])
+            own_gaps = np.concatenate([row["own_gap"] for row in train["arrays"]])
             norms = np.concatenate([row["gradient_norm"] for row in train["arrays"]])
             near = norms <= STATIONARY
-            worst = float(gaps[near].max()) if near.any() else float("nan")
+            worst = float(own_gaps[near].max()) if near.any() else float("nan")
             correlation = float(
-                np.corrcoef(np.log(norms), np.log(np.clip(gaps, 1e-16, None)))[0, 1]
+                np.corrcoef(np.log(norms), np.log(np.clip(own_gaps, 1e-16, None)))[0, 1]
             )
             claims.append(Claim(
                 "trained networks that converged are optimal for their own sub-sampled program",
-                f"{int(near.sum())} of {len(gaps)} checkpoints of {len(train)} nets have "
+                f"{int(near.sum())} of {len(own_gaps)} checkpoints of {len(train)} nets have "
                 f"gradient norm <= {STATIONARY:g}; their largest relative gap to the "
                 f"own-pattern optimum is {worst:.1e}; correlation of log gap with log "
                 f"gradient norm over all checkpoints {correlation:.2f}",
