@@ -94,7 +94,7 @@ def _train(cell: dict[str, Any]) -> dict[str, Any]:
         optimizer.step()
         schedule.step()
         if step in checkpoints:
-            own = own_pattern_gap(net, X, y, lam)
+            own = own_pattern_gap(net, X, y, lam, tol=1e-7)
             objectives.append(own.objective)
             own_gaps.append(own.own_gap)
             gradient_norms.append(own.gradient_norm)
@@ -117,7 +117,7 @@ def _optimum(cell: dict[str, Any]) -> dict[str, Any]:
     what the trained networks are measured against."""
     X, y = _regression_data(cell)
     patterns = enumerate_patterns(X)
-    result = solve(ConvexReLUProgram(X, y, patterns, cell["lam"], "relu"), tol=1e-8)
+    result = solve(ConvexReLUProgram(X, y, patterns, cell["lam"], "relu"), tol=1e-7)
     return {
         "optimum": result.objective,
         "lower_bound": result.dual_objective,
@@ -256,14 +256,15 @@ class MishkinPilanci:
             for width in ((5, 20, 50) if full else (10,))
             for seed in seeds
         ]  # fmt: skip
-        datasets = (teacher, {"data": "diabetes", "n": 150})
+        datasets = (teacher, {"data": "diabetes", "n": 150 if full else 60})
         lams = (1e-3, 1e-2, 1e-1) if full else (1e-2,)
-        cells += [{"part": "prune", **data, "lam": lam, "gates": 200}
+        cells += [{"part": "prune", **data, "lam": lam, "gates": 200 if full else 50}
                   for data in datasets for lam in lams]  # fmt: skip
-        cells += [{"part": "optimal_set", "n_train": 30, "lam": lam, "gates": 100,
+        cells += [{"part": "optimal_set", "n_train": 30, "lam": lam,
+                   "gates": 100 if full else 40,
                    "vertices": 8, "seed": seed}
                   for lam in ((1e-3, 1e-2) if full else (1e-3,))
-                  for seed in range(10 if full else 3)]  # fmt: skip
+                  for seed in range(10 if full else 2)]  # fmt: skip
         cells += [{"part": "path", **data, "n_lams": 50 if full else 15, "gates": 200}
                   for data in datasets]  # fmt: skip
         return cells
