@@ -88,7 +88,8 @@ class OptimalSet:
         return self._scales(_least_distance(G, h))
 
     def vertex(self, cost: torch.Tensor) -> torch.Tensor:
-        """The vertex minimising ``cost . t`` over the polytope (HiGHS simplex)."""
+        """The vertex minimising ``cost . t`` over the polytope (HiGHS simplex); if rounding
+        makes the simplex report the polytope infeasible, the computed solution's scales."""
         F, yhat = self.fits.cpu().numpy(), self.fit.cpu().numpy()
         result = linprog(cost.cpu().numpy(), A_eq=F, b_eq=yhat, bounds=(0, None), method="highs-ds")
         if result.status != 0:
