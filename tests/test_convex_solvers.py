@@ -179,6 +179,12 @@ def test_adjoint_and_weighted_gram_match_dense_algebra():
     )
     dense = torch.einsum("bnd,bde,bme->nm", blocks, jacobians, blocks)
     torch.testing.assert_close(op.weighted_gram(alpha, beta, directions), dense)
+    single = op.weighted_gram(alpha, beta, directions, dtype=torch.float32)
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(
+        single.double(), dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max())
+    )
+    torch.testing.assert_close(op.weighted_normal(r, alpha, beta, directions), dense @ r)
 
 
 def test_newton_polish_certifies_from_a_coarse_point():

@@ -48,10 +48,15 @@ class PatternOperator:
         """``Z = X U^T`` (n, B)."""
         return self.X @ U.T
 
+    @cached_property
+    def weights_transposed(self) -> torch.Tensor:
+        """``weights^T`` (B, n), contiguous: :meth:`fit` reads it in its stored order."""
+        return self.weights.T.contiguous()
+
     def fit(self, U: torch.Tensor) -> torch.Tensor:
-        """``A(U) = rowdot(weights @ U, X)`` (n,): one (n, B) x (B, d) product, no (n, B)
-        intermediate."""
-        return ((self.weights @ U) * self.X).sum(dim=1)
+        """``A(U) = rowdot(weights @ U, X)`` (n,): one (d, B) x (B, n) product (about twice as
+        fast as the (n, B) x (B, d) one on a CPU), no (n, B) intermediate."""
+        return ((U.T @ self.weights_transposed).T * self.X).sum(dim=1)
 
     def adjoint_of_weights(self, G: torch.Tensor) -> torch.Tensor:
         """``G^T X`` (B, d) for a matrix ``G`` (n, B) of per-block sample weights."""
@@ -67,18 +72,39 @@ class PatternOperator:
         """``X X^T`` (n, n), for the (n, n) Newton systems (built once, when first asked)."""
         return self.X @ self.X.T
 
+    @cached_property
+    def sample_gram_float32(self) -> torch.Tensor:
+        """``X X^T`` in float32, for the single-precision preconditioners."""
+        return self.sample_gram.float()
+
     def weighted_gram(
-        self, alpha: torch.Tensor, beta: torch.Tensor, directions: torch.Tensor
+        self,
+        alpha: torch.Tensor,
+        beta: torch.Tensor,
+        directions: torch.Tensor,
+        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         """``sum_b A_b (alpha_b I + beta_b d_b d_b^T) A_b^T`` (n, n) over the blocks ``b`` with
         ``alpha_b`` or ``beta_b`` non-zero, ``A_b = s_b D_b X``, unit ``directions`` (B, d):
         ``(X X^T) * (weights diag(alpha) weights^T) + Y diag(beta) Y^T`` with
-        ``Y[:, b] = weights[:, b] * (X d_b)``. Costs two (n, B') x (B', n) products."""
+        ``Y[:, b] = weights[:, b] * (X d_b)``. Costs two (n, B') x (B', n) products, in
+        ``dtype`` (float32 for a preconditioner: about 3 times faster) or ``X``'s dtype."""
+        dtype = self.X.dtype if dtype is None else dtype
         used = torch.nonzero((alpha != 0) | (beta != 0)).flatten()
-        weights = self.weights[:, used]
-        images = weights * (self.X @ directions[used].T)
-        masks = (weights * alpha[used]) @ weights.T
-        return self.sample_gram * masks + (images * beta[used]) @ images.T
+        weights = self.weights[:, used].to(dtype)
+        images = weights * (self.X @ directions[used].T).to(dtype)
+        masks = (weights * alpha[used].to(dtype)) @ weights.T
+        gram = self.sample_gram_float32 if dtype == torch.float32 else self.sample_gram.to(dtype)
+        return gram * masks + (images * beta[used].to(dtype)) @ images.T
+
+    def weighted_normal(
+        self, r: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, directions: torch.Tensor
+    ) -> torch.Tensor:
+        """``sum_b A_b (alpha_b I + beta_b d_b d_b^T) A_b^T r`` (n,), matrix-free: the product
+        of :meth:`weighted_gram`'s matrix with ``r`` for one adjoint and one fit."""
+        image = self.adjoint(r)
+        along = (image * directions).sum(dim=1, keepdim=True)
+        return self.fit(alpha[:, None] * image + beta[:, None] * along * directions)
 
     def squared_norm(self, n_iter: int = 30, seed: int = 0) -> float:
         """An estimate (power iteration, from above after a 5% margin) of ``||A||^2``."""
