@@ -109,6 +109,24 @@ def test_independent_fits_give_a_single_point():
     assert optimum.dimension == 0
     torch.testing.assert_close(optimum.min_norm(), optimum.scales)
     torch.testing.assert_close(optimum.blocks(optimum.min_norm()), blocks)
+    # Every member of a single point is that point, whatever the cost of a vertex.
+    cost = torch.rand(optimum.scales.shape[0], dtype=torch.float64)
+    torch.testing.assert_close(optimum.vertex(cost), optimum.scales)
+    torch.testing.assert_close(optimum.sparsest(), optimum.scales)
+
+
+def test_vertices_keep_the_common_fit_to_rounding():
+    # Vertices are found in the null-space coordinates t = t0 + N s, so F t = yhat holds to
+    # rounding, not merely to the simplex's feasibility tolerance (about 1e-8).
+    program, blocks = _doubled_program("gated")
+    optimum = optimal_set(program, blocks)
+    for seed in range(4):
+        cost = torch.rand(optimum.scales.shape[0], generator=torch.Generator().manual_seed(seed),
+                          dtype=torch.float64)  # fmt: skip
+        scales = optimum.vertex(cost)
+        assert bool((scales >= 0).all())
+        error = float((optimum.fits @ scales - optimum.fit).norm() / optimum.fit.norm())
+        assert error <= 1e-12
 
 
 def test_directions_are_those_of_the_dual_point():

@@ -34,11 +34,11 @@ class TinyMishkinPilanci(MishkinPilanci):
             {"part": "prune", **teacher, "lam": 0.05, "gates": 40},
             {
                 "part": "optimal_set",
-                "n_train": 16,
-                "lam": 1e-2,
-                "gates": 30,
+                "n_train": 10,
+                "lam": 1e-3,
+                "gates": 100,
                 "vertices": 2,
-                "seed": 0,
+                "seed": 7,
             },
             {"part": "path", **teacher, "n_lams": 5, "gates": 30},
         ]
@@ -71,10 +71,8 @@ def test_claims_and_figures(frame):
     assert pruned.passed, pruned.measured
     bound = claims["no trained network beats the certified global optimum"]
     assert bound.passed, bound.measured
-    assert (
-        "test-accuracy spread"
-        in claims["the optimal set holds networks of different test accuracy"].measured
-    )
+    spread = claims["the optimal set holds networks of different test accuracy"]
+    assert spread.passed, spread.measured  # seed 7: an optimal set of dimension 1
     assert len(experiment.figures(frame)) == 4
 
 

@@ -88,18 +88,26 @@ class OptimalSet:
         return self._scales(_least_distance(G, h))
 
     def vertex(self, cost: torch.Tensor) -> torch.Tensor:
-        """The vertex minimising ``cost . t`` over the polytope (HiGHS simplex); if rounding
-        makes the simplex report the polytope infeasible, the computed solution's scales."""
-        F, yhat = self.fits.cpu().numpy(), self.fit.cpu().numpy()
-        result = linprog(cost.cpu().numpy(), A_eq=F, b_eq=yhat, bounds=(0, None), method="highs-ds")
+        """The vertex minimising ``cost . t`` over the polytope, by the HiGHS simplex in the
+        null-space coordinates ``t = t0 + N s`` (so every member keeps ``F t = yhat`` to
+        rounding, and a polytope of dimension 0 has the computed scales as its only
+        vertex); if rounding makes the simplex fail, the computed solution's scales."""
+        if self.dimension == 0:
+            return self.scales.clone()
+        N, t0 = self.null_space.cpu().numpy(), self.minimum_norm_scales.cpu().numpy()
+        result = linprog(N.T @ cost.cpu().numpy(), A_ub=-N, b_ub=t0, bounds=(None, None),
+                         method="highs-ds")  # fmt: skip
         if result.status != 0:
-            return self.scales.clone()  # rounding made the fit unreachable: keep U
-        return torch.as_tensor(result.x, dtype=self.scales.dtype, device=self.scales.device)
+            return self.scales.clone()  # rounding made the polytope look empty: keep U
+        return self._scales(result.x)
 
     def sparsest(self, n_tries: int = 8, seed: int = 0) -> torch.Tensor:
         """The vertex with the fewest active blocks among the optimally pruned solution and
         ``n_tries`` simplex vertices for random positive costs (a minimum-support member is
-        NP-hard to find in general; every vertex has at most ``rank F`` active blocks)."""
+        NP-hard to find in general; every vertex has at most ``rank F`` active blocks). A
+        polytope of dimension 0 has the computed scales as its only member."""
+        if self.dimension == 0:
+            return self.scales.clone()
         pruned = prune_blocks(self.program, self.blocks(self.scales)).blocks
         candidates = [pruned[self.active].norm(dim=1)]
         generator = torch.Generator().manual_seed(seed)
