@@ -208,3 +208,15 @@ def test_gated_solve_polishes_to_a_tight_certificate():
     assert result.converged, result.reason
     assert result.dual_objective <= result.objective
     assert result.relative_gap <= 1e-10
+
+
+def test_float32_data_solve_in_float32_without_stalling():
+    # Float32 rounding must not stall the backtracking (it once doubled the step's
+    # Lipschitz estimate forever): the solve reaches a float32-sized gap in float32.
+    double = program("gated", bias=True, lam=0.02, n=200, d=5, gates=40)
+    single = ConvexReLUProgram(double.X.float(), double.y.float(), double.patterns, 0.02)
+    result = solve(single, tol=1e-4, max_iter=20_000)
+    assert result.converged, result.reason
+    assert result.blocks.dtype == torch.float32
+    reference = solve(double, tol=1e-9).objective
+    assert result.objective == pytest.approx(reference, rel=2e-4)

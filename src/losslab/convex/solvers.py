@@ -1,7 +1,8 @@
 r"""Solvers of the convex ReLU programs (:mod:`losslab.convex.program`), in torch.
 
 - Gated form: FISTA with backtracking and restarts (:mod:`losslab.convex.fista`),
-  iterating on the fit vector ``A U``, until the relative gap is below 3e-2; then a
+  iterating on the fit vector ``A U`` (for float64 data, first on a float32 copy: about
+  twice as fast), until the relative gap is below 3e-2; then a
   semismooth Newton polish (:func:`_newton_polish`, (n, n) systems) whose dual iterate is a
   far better certificate than FISTA's scaled residual (which lags the objective by
   thousands of iterations). If the polish does not certify, FISTA goes on from the best
@@ -146,21 +147,52 @@ def _solve_gated(
     fit_term = _LeastSquares(program.operator, program.y)
     check = _GatedGapCheck(program, tol, check_every, history)
     lipschitz = program.operator.squared_norm() / program.n
-    U, used, stopped = U0, 0, False
-    while used < max_iter and not stopped:
+    U, used = U0, 0
+    stopped = check(U0, program.operator.fit(U0), 0, 0.0)  # records U0; may make a polish due
+    if not stopped and program.X.dtype == torch.float64:
+        U, used = _single_precision_start(program, U0, check.polish_below, lipschitz,
+                                          max_iter, check_every)  # fmt: skip
+        check(U, program.operator.fit(U), 0, 0.0)
+    stopped = check.certified()
+    while not stopped:
+        if check.polish_due:
+            # FISTA's residual is a slow dual certificate: polish with Newton steps, then
+            # go on with FISTA from the best point if that did not certify.
+            _newton_polish(program, check.best_point(U), check)
+            stopped = check.certified()
+            check.polish_done()
+            U = check.best_point(U)
+            continue
+        if used >= max_iter:
+            break
         run = fista(program.operator.fit, fit_term.smooth, fit_term.value, program.lam, U,
                     lipschitz=lipschitz, max_iter=max_iter - used, stop=check)  # fmt: skip
         used += run.iterations
-        stopped = check.certified()
-        if not stopped and check.polish_due:
-            # FISTA's residual is a slow dual certificate: polish with Newton steps, then
-            # go on with FISTA from the best point if that did not certify.
-            _newton_polish(program, check.best_point(run.U), check)
-            stopped = check.certified()
-            check.polish_done()
         U = check.best_point(run.U)
+        stopped = check.certified()
     reason = f"reached max_iter={max_iter} before the duality gap fell below tol"
     return _result(program, U, None, used, start, tol, history, reason, check.best_dual)
+
+
+def _single_precision_start(
+    program: ConvexReLUProgram,
+    U0: torch.Tensor,
+    gap: float,
+    lipschitz: float,
+    max_iter: int,
+    check_every: int,
+) -> tuple[torch.Tensor, int]:
+    """FISTA on a float32 copy of the gated program (about twice as fast as float64 on a
+    CPU) until its relative gap, measured in float32, is below ``gap``: the starting point
+    of the float64 phases, which alone decide convergence. Returns the point (in the
+    program's dtype) and the iterations used."""
+    single = ConvexReLUProgram(program.X.float(), program.y.float(), program.patterns,
+                               program.lam, "gated")  # fmt: skip
+    check = _GatedGapCheck(single, gap, check_every, [], polish_below=0.0)
+    fit_term = _LeastSquares(single.operator, single.y)
+    run = fista(single.operator.fit, fit_term.smooth, fit_term.value, program.lam, U0.float(),
+                lipschitz=lipschitz, max_iter=max_iter, stop=check)  # fmt: skip
+    return check.best_point(run.U).to(U0.dtype), run.iterations
 
 
 def _solve_relu(
