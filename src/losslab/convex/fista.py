@@ -1,12 +1,12 @@
-r"""Accelerated proximal gradient (FISTA) for ``min_U h(L(U)) + g(U)``.
+r"""Accelerated proximal gradient (FISTA) for ``min_U h(L(U)) + lam sum_b ||u_b||``.
 
 The smooth part ``h`` is a function of a linear image ``L(U)`` of the blocks (the fit
-vector for the gated form, the pre-activations ``Z = X U^T`` for the augmented
-Lagrangian), so one iteration costs one image (per backtracking step) and one gradient:
-the momentum point's image is the same combination of the iterates' images as the point
-is of the iterates (linearity). Step sizes by backtracking (Beck & Teboulle 2009), momentum
-restarted whenever it points uphill (O'Donoghue & Candes 2015). The proximal step of
-``lam ||u||`` is the group soft-threshold ``u * max(0, 1 - step lam / ||u||)``.
+vector ``A U`` of the gated form), so one iteration costs one image (per backtracking
+step) and one gradient: the momentum point's image is the same combination of the
+iterates' images as the point is of the iterates (linearity). Step sizes by
+backtracking (Beck & Teboulle 2009), momentum restarted whenever it points uphill
+(O'Donoghue & Candes 2015). The proximal step of ``lam ||u||`` is the group
+soft-threshold ``u * max(0, 1 - step lam / ||u||)``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ SmoothValue = Callable[[torch.Tensor], float]
 LinearImage = Callable[[torch.Tensor], torch.Tensor]
 #: ``(U, Z, iteration, gradient_mapping_norm) -> stop?``, asked after every step.
 StopRule = Callable[[torch.Tensor, torch.Tensor, int, float], bool]
-#: ``(V, step) -> prox_{step * g}(V)`` for the non-smooth part ``g``.
-Prox = Callable[[torch.Tensor, float], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -34,15 +32,6 @@ class FistaResult:
     iterations: int
     lipschitz: float
     stopped: bool
-
-
-def gradient_mapping_below(limit: float) -> StopRule:
-    """Stop once the gradient mapping ``L ||U_new - U_y||`` (a KKT residual) is <= limit."""
-
-    def stop(U: torch.Tensor, Z: torch.Tensor, iteration: int, mapping: float) -> bool:
-        return mapping <= limit
-
-    return stop
 
 
 def group_soft_threshold(U: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -61,17 +50,8 @@ def fista(
     lipschitz: float,
     max_iter: int,
     stop: StopRule,
-    prox: Prox | None = None,
 ) -> FistaResult:
-    """Minimise ``h(image(U)) + lam sum_b ||u_b||`` from ``U0`` until ``stop`` or ``max_iter``.
-
-    ``prox`` replaces the group soft-threshold for another non-smooth part (the ReLU
-    form's ``lam ||u|| + indicator(cone)``)."""
-    if prox is None:
-
-        def prox(V: torch.Tensor, step: float) -> torch.Tensor:
-            return group_soft_threshold(V, step * lam)
-
+    """Minimise ``h(image(U)) + lam sum_b ||u_b||`` from ``U0`` until ``stop`` or ``max_iter``."""
     U, Z = U0, image(U0)
     U_y, Z_y = U, Z
     t, L = 1.0, lipschitz
@@ -82,7 +62,7 @@ def fista(
     for iteration in range(1, max_iter + 1):
         L *= 0.9  # let the step grow back; backtracking shrinks it when needed
         while True:
-            U_new = prox(U_y - gradient / L, 1.0 / L)
+            U_new = group_soft_threshold(U_y - gradient / L, lam / L)
             Z_new = image(U_new)
             step = U_new - U_y
             bound = value_y + float((gradient * step).sum()) + 0.5 * L * float(step.square().sum())

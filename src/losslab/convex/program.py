@@ -11,7 +11,7 @@ Both are ``min_U f(A U) + sum_b g_b(u_b)`` with ``f(z) = ||z - y||^2 / (2n)``, w
 Fenchel dual is ``max_q  q . y - n/2 ||q||^2`` subject to, for every block ``b``,
 ``||Pi_{K_b}(A_b^T q)|| <= lam`` (``K_b`` the block's cone, all of R^d when gated). For
 any ``rho >= 0``, ``||Pi_K(z)|| <= ||z + X^T ((2D-I) rho)||``, so the residual
-``q = (y - A U) / n`` with the augmented-Lagrangian multipliers ``rho``, shrunk by the
+``q = (y - A U) / n`` with cone multipliers ``rho`` (a solver's), shrunk by the
 best factor that makes it feasible, gives a lower bound on the optimum: the duality gap
 ``P(U) - D(q)`` bounds how far ``U`` is from optimal.
 """

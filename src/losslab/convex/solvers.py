@@ -7,19 +7,15 @@ r"""Solvers of the convex ReLU programs (:mod:`losslab.convex.program`), in torc
   far better certificate than FISTA's scaled residual (which lags the objective by
   thousands of iterations). If the polish does not certify, FISTA goes on from the best
   point and polishes again at a 10-fold smaller gap (three polishes at most).
-- ReLU form, in two stages. (1) An augmented Lagrangian on the cone constraints
-  ``C(U) >= 0``, ``L_delta(U, rho) = f(AU) + 1/(2 delta) ||(rho - delta C(U))_+||^2 +
-  lam sum ||u_b||``, minimised in ``U`` by FISTA, then ``rho <- (rho - delta C(U))_+``
-  (``delta`` grows while the violation stays material), until the gap of the cone-projected
-  point is below ``max(tol, 1e-2)``. (2) FISTA with the exact proximal step of
-  ``lam ||u|| + indicator(cone)``: the group soft-threshold of the projection on each
-  block's cone (non-negative least squares), so every iterate is feasible.
+- ReLU form: a primal-dual interior-point method with Nesterov-Todd scaling, finished by
+  Newton's method on the optimal face it identifies
+  (:mod:`losslab.convex.interior_point`); its iterates stay exactly in the cones.
 
 Both stop on the relative duality gap ``(P(U) - D(q)) / |P(U)| <= tol`` (the gated form
-pairs the lowest objective with the highest dual bound seen), with ``q`` the dual point
-of :meth:`ConvexReLUProgram.dual_bound` (the ReLU form's cone projections computed
-exactly), checked every ``check_every`` iterations; at ``max_iter`` they
-return the best point checked (lowest objective) with ``converged=False`` and the reason.
+pairs the lowest objective with the highest dual bound seen, checked every
+``check_every`` iterations), with ``q`` a dual-feasible point (for the ReLU form, its
+cone projections computed exactly); at ``max_iter`` they return the best point
+(lowest objective) with ``converged=False`` and the reason.
 """
 
 from __future__ import annotations
@@ -31,13 +27,10 @@ from typing import Any
 
 import torch
 
-from losslab.convex.fista import (
-    fista,
-    gradient_mapping_below,
-    group_soft_threshold,
-)
+from losslab.convex.fista import fista, group_soft_threshold
+from losslab.convex.interior_point import solve_relu_interior_point
 from losslab.convex.operator import PatternOperator
-from losslab.convex.program import ConvexReLUProgram, cone_projection, project_onto_cone
+from losslab.convex.program import ConvexReLUProgram
 
 
 @dataclass(frozen=True)
@@ -87,8 +80,11 @@ def solve(
 ) -> SolveResult:
     """Solve ``program`` to relative duality gap ``tol`` (see the module docstring).
 
-    ``init`` warm-starts from blocks of shape (B, d) (e.g. the solution at a nearby
-    ``lam``); ``max_iter`` counts FISTA iterations, over all outer steps for the ReLU form.
+    ``init`` warm-starts the gated form from blocks of shape (B, d) (e.g. the solution at
+    a nearby ``lam``; the interior-point method of the ReLU form starts from its own
+    interior point and ignores it); ``max_iter`` counts FISTA iterations of the gated form
+    and interior-point iterations (at most :data:`MAX_INTERIOR_POINT_ITERATIONS`) of the
+    ReLU form.
     """
     if not tol > 0:
         raise ValueError(f"tol must be > 0; got {tol}")
@@ -98,13 +94,12 @@ def solve(
     start = time.perf_counter()
     if program.formulation == "gated":
         return _solve_gated(program, U0, tol, max_iter, check_every, start)
-    return _solve_relu(program, U0, tol, max_iter, check_every, start)
+    return _solve_relu(program, tol, max_iter, start)
 
 
-def _result(
+def _gated_result(
     program: ConvexReLUProgram,
     U: torch.Tensor,
-    multipliers: torch.Tensor | None,
     iterations: int,
     start: float,
     tol: float,
@@ -115,7 +110,7 @@ def _result(
     """The result at ``U``; the dual objective is the better of ``U``'s own dual bound and
     ``dual_lower_bound`` (the value of another dual-feasible point)."""
     objective = program.objective(U)
-    dual = max(program.dual_bound(U, multipliers).objective, dual_lower_bound)
+    dual = max(program.dual_bound(U).objective, dual_lower_bound)
     gap = max(objective - dual, 0.0)
     relative = gap / max(abs(objective), 1e-300)
     converged = relative <= tol
@@ -171,7 +166,7 @@ def _solve_gated(
         U = check.best_point(run.U)
         stopped = check.certified()
     reason = f"reached max_iter={max_iter} before the duality gap fell below tol"
-    return _result(program, U, None, used, start, tol, history, reason, check.best_dual)
+    return _gated_result(program, U, used, start, tol, history, reason, check.best_dual)
 
 
 def _single_precision_start(
@@ -195,94 +190,30 @@ def _single_precision_start(
     return check.best_point(run.U).to(U0.dtype), run.iterations
 
 
-def _solve_relu(
-    program: ConvexReLUProgram,
-    U0: torch.Tensor,
-    tol: float,
-    max_iter: int,
-    check_every: int,
-    start: float,
-) -> SolveResult:
-    weights, y, n = program.operator.weights, program.y, program.n
-    signs = program.operator.cone_signs
-    multipliers = torch.zeros_like(signs)
-    # The penalty starts 100 times stiffer than the fit (both scale with ||X||^2 / n).
-    delta = 100.0 / n
-    U, used, history = U0, 0, []
-    lipschitz_fit = program.operator.squared_norm() / n
-    lipschitz_cone = float(torch.linalg.matrix_norm(program.X, ord=2)) ** 2
-    # Inner tolerance on the gradient mapping, relative to the gradient scale at U = 0;
-    # the duality gap follows it at about 3 * inner_tol / scale.
-    scale = float(program.operator.adjoint(y).norm(dim=1).max()) / n
-    inner_tol, floor = 1e-2 * scale, 1e-2 * tol * scale
-    violation, feasible = float("inf"), U
-    # Stage 1, the augmented Lagrangian, to a coarse gap; stage 2, FISTA with the exact
-    # prox of lam ||u|| + indicator(cone), whose iterates stay feasible.
-    coarse = max(tol, 1e-2)
-    budget = max_iter // 2
-    while used < budget:
-        subproblem = _AugmentedLagrangian(program.X, weights, signs, y, multipliers, delta)
-        run = fista(
-            program.operator.preactivations,
-            subproblem.smooth,
-            subproblem.value,
-            program.lam,
-            U,
-            lipschitz=lipschitz_fit + delta * lipschitz_cone,
-            max_iter=budget - used,
-            stop=gradient_mapping_below(inner_tol),
-        )
-        U, used = run.U, used + run.iterations
-        multipliers = (multipliers - delta * run.Z * signs).clamp(min=0)
-        feasible = _project_blocks(program, U)
-        objective = program.objective(feasible)
-        gap = objective - program.dual_bound(feasible, multipliers).objective
-        history.append(gap / max(abs(objective), 1e-300))
-        if history[-1] <= coarse:
-            break
-        # Stiffen the penalty only while the violation is material and not falling fast.
-        new_violation = program.constraint_violation(U)
-        material = new_violation > tol * float(run.Z.abs().max())
-        if material and new_violation > 0.25 * violation:
-            delta *= 2.0
-        violation, inner_tol = new_violation, max(0.1 * inner_tol, floor)
-    if history and history[-1] <= tol:
-        return _result(program, feasible, multipliers, used, start, tol, history, "")
-    fit_term = _LeastSquares(program.operator, y)
-    check = _GapCheck(program, tol, check_every, history)
-    run = fista(program.operator.fit, fit_term.smooth, fit_term.value, program.lam, feasible,
-                lipschitz=lipschitz_fit, max_iter=max(max_iter - used, 1), stop=check,
-                prox=_ConeProx(program.X, signs, program.lam))  # fmt: skip
-    reason = f"reached max_iter={max_iter} before the duality gap fell below tol"
-    U = run.U if run.stopped else check.best_of(run.U)
-    return _result(program, U, None, used + run.iterations, start, tol, history, reason)
+#: Largest number of interior-point iterations of the ReLU form (it needs 20 to 40).
+MAX_INTERIOR_POINT_ITERATIONS = 200
 
 
-class _GapCheck:
-    """Stop rule: every ``check_every`` iterations record the relative duality gap, keep
-    the iterate of lowest objective seen at a check, and stop once the gap is <= tol."""
-
-    def __init__(self, program: ConvexReLUProgram, tol: float, check_every: int,
-                 history: list[float]) -> None:  # fmt: skip
-        self.program, self.tol, self.check_every, self.history = program, tol, check_every, history
-        self.best: torch.Tensor | None = None
-        self.best_objective = float("inf")
-
-    def __call__(self, U: torch.Tensor, Z: torch.Tensor, iteration: int, mapping: float) -> bool:
-        if iteration % self.check_every:
-            return False
-        objective = self.program.objective(U)
-        if objective < self.best_objective:
-            self.best, self.best_objective = U, objective
-        gap = objective - self.program.dual_bound(U).objective
-        self.history.append(gap / max(abs(objective), 1e-300))
-        return self.history[-1] <= self.tol
-
-    def best_of(self, U: torch.Tensor) -> torch.Tensor:
-        """``U`` or the best checked iterate, whichever has the lower objective."""
-        if self.best is not None and self.best_objective < self.program.objective(U):
-            return self.best
-        return U
+def _solve_relu(program: ConvexReLUProgram, tol: float, max_iter: int, start: float) -> SolveResult:
+    solution = solve_relu_interior_point(
+        program, tol=tol, max_iter=min(max_iter, MAX_INTERIOR_POINT_ITERATIONS)
+    )
+    U = solution.blocks.to(program.X)
+    gap = max(solution.objective - solution.dual_objective, 0.0)
+    return SolveResult(
+        program=program,
+        blocks=U,
+        objective=solution.objective,
+        dual_objective=solution.dual_objective,
+        duality_gap=gap,
+        relative_gap=solution.relative_gap,
+        constraint_violation=program.constraint_violation(U),
+        iterations=solution.iterations,
+        seconds=time.perf_counter() - start,
+        converged=solution.converged,
+        reason=solution.reason,
+        gap_history=[solution.relative_gap],
+    )
 
 
 class _GatedGapCheck:
@@ -558,69 +489,3 @@ class _LeastSquares:
         n = self.y.shape[0]
         residual = fit - self.y
         return float(residual.square().sum()) / (2 * n), self.operator.adjoint(residual / n)
-
-
-class _ConeProx:
-    """``prox_{step (lam ||.|| + indicator(K_b))}`` per block: the group soft-threshold of the
-    projection on the block's cone. A block needs no projection when it is below the
-    threshold by the bound ``||Pi_K(z)|| <= ||z + G^T rho||`` with the ``rho`` of its last
-    projection (kept per block: between iterations ``z`` moves little), or when it is
-    already in its cone; the rest take one NNLS each."""
-
-    def __init__(self, X: torch.Tensor, signs: torch.Tensor, lam: float) -> None:
-        self.X, self.signs, self.lam = X, signs, lam
-        self.rho = torch.zeros_like(signs)  # (n, B): last NNLS multipliers per block
-
-    def __call__(self, V: torch.Tensor, step: float) -> torch.Tensor:
-        threshold = step * self.lam
-        bound = (V + (self.signs * self.rho).T @ self.X).norm(dim=1)
-        candidates = torch.nonzero((V.norm(dim=1) > threshold) & (bound > threshold)).flatten()
-        out = torch.zeros_like(V)
-        if candidates.numel() == 0:
-            return out
-        blocks = V[candidates].clone()
-        inside = ((self.X @ blocks.T) * self.signs[:, candidates] >= 0).all(dim=0)
-        for j in torch.nonzero(~inside).flatten().tolist():
-            b = int(candidates[j])
-            blocks[j], self.rho[:, b] = cone_projection(V[b], self.X, self.signs[:, b])
-        out[candidates] = group_soft_threshold(blocks, threshold)
-        return out
-
-
-@dataclass(frozen=True)
-class _AugmentedLagrangian:
-    """The smooth part of ``L_delta(U, rho)`` as a function of ``Z = X U^T`` (the image
-    ``operator.preactivations``): ``||A U - y||^2 / (2n) + ||(rho - delta C)_+||^2 /
-    (2 delta)`` with ``C = Z * signs``; its gradient in ``U`` is ``dZ^T X``."""
-
-    X: torch.Tensor
-    weights: torch.Tensor
-    signs: torch.Tensor
-    y: torch.Tensor
-    rho: torch.Tensor
-    delta: float
-
-    def _terms(self, Z: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
-        residual = (Z * self.weights).sum(dim=1) - self.y
-        active = (self.rho - self.delta * Z * self.signs).clamp(min=0)
-        n = self.y.shape[0]
-        value = float(residual.square().sum()) / (2 * n)
-        return value + float(active.square().sum()) / (2 * self.delta), residual, active
-
-    def value(self, Z: torch.Tensor) -> float:
-        return self._terms(Z)[0]
-
-    def smooth(self, Z: torch.Tensor) -> tuple[float, torch.Tensor]:
-        value, residual, active = self._terms(Z)
-        n = self.y.shape[0]
-        dZ = self.weights * (residual / n)[:, None] - self.signs * active
-        return value, dZ.T @ self.X
-
-
-def _project_blocks(program: ConvexReLUProgram, U: torch.Tensor) -> torch.Tensor:
-    """Each non-zero block projected on its cone: a feasible point near ``U``."""
-    signs = program.operator.cone_signs
-    projected = U.clone()
-    for b in torch.nonzero(U.norm(dim=1) > 0).flatten().tolist():
-        projected[b] = project_onto_cone(U[b], program.X, signs[:, b])
-    return projected
