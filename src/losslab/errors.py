@@ -29,3 +29,8 @@ class EngineError(LosslabError):
 
 class ConvexProblemError(LosslabError, ValueError):
     """A convex ReLU problem is malformed: bad shapes, NaN, lam <= 0, too many patterns."""
+
+
+class FixedPointError(LosslabError, ValueError):
+    """A fixed-point question is malformed: a map whose output shape differs from its
+    input, NaN from the map, an empty or inverted box, impossible parameters."""

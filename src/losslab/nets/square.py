@@ -1,0 +1,150 @@
+r"""Square networks ``f: R^N -> R^N`` of Berlyand & Slavin (P5), with Gaussian or
+heavy-tailed weights.
+
+``f = sigma o A_L o ... o sigma o A_1`` with affine layers ``A_l(x) = W_l x + b_l``
+(``W_l`` (N, N), ``b_l`` (N,)) and a monotone activation ``sigma`` (the logistic sigmoid,
+whose output lies in ``(0, 1)^N``, or ``tanh``, in ``(-1, 1)^N``). Batched over leading
+dimensions: an input of shape (..., N) gives an output of shape (..., N).
+
+**Scalings.** Entries are i.i.d. draws of a centred law ``Z`` times a factor that keeps
+the pre-activations ``sum_j W_ij x_j`` of order ``weight_scale`` whatever ``N``:
+
+- ``init="gaussian"``: ``W_ij = weight_scale * Z / sqrt(N)``, ``Z ~ N(0, 1)`` (a sum of N
+  terms of finite variance grows like ``sqrt(N)``);
+- ``init="cauchy"``: ``W_ij = weight_scale * Z / N``, ``Z`` standard Cauchy (stable with
+  index 1: a sum of N terms grows like ``N``, not ``sqrt(N)``);
+- ``init="student_t"``: ``Z`` Student-t with ``df`` degrees of freedom; for ``df > 2``
+  (finite variance) rescaled to unit variance, ``Z sqrt((df - 2) / df)``, and divided
+  by ``sqrt(N)``; for ``df <= 2`` (in the domain of attraction of a stable law of index
+  ``df``) divided by ``N^(1 / df)``.
+
+Biases are drawn from the same law, times ``bias_scale``, without the ``N`` factor.
+Defaults: sigmoid, Gaussian, ``weight_scale = bias_scale = 1``, float64.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from losslab.errors import FixedPointError
+
+Activation = Literal["sigmoid", "tanh"]
+Init = Literal["gaussian", "cauchy", "student_t"]
+
+ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
+
+
+def sample_entries(
+    shape: tuple[int, ...],
+    init: Init,
+    generator: torch.Generator,
+    *,
+    df: float = 3.0,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """I.i.d. draws of the standard law of ``init`` (N(0, 1), standard Cauchy, or Student-t
+    with ``df`` degrees of freedom standardised to unit variance when ``df > 2``)."""
+    if init == "gaussian":
+        return torch.randn(shape, generator=generator, dtype=dtype)
+    uniform = torch.rand(shape, generator=generator, dtype=torch.float64)
+    if init == "cauchy":
+        return torch.tan(math.pi * (uniform - 0.5)).to(dtype)
+    if init == "student_t":
+        from scipy.stats import t as student_t
+
+        values = torch.as_tensor(student_t.ppf(uniform.numpy(), df), dtype=dtype)
+        return values * math.sqrt((df - 2) / df) if df > 2 else values
+    raise FixedPointError(f"init must be 'gaussian', 'cauchy' or 'student_t'; got {init!r}")
+
+
+def weight_factor(N: int, init: Init, df: float = 3.0) -> float:
+    """The factor on the standard draws that keeps ``sum_j W_ij x_j`` of order one."""
+    if init == "cauchy":
+        return 1.0 / N
+    if init == "student_t" and df <= 2:
+        return N ** (-1.0 / df)
+    return 1.0 / math.sqrt(N)
+
+
+class SquareNet(nn.Module):
+    """``L`` affine layers of width ``N``, each followed by ``activation`` (module docstring).
+
+    Attributes:
+        layers: the ``nn.Linear(N, N)`` layers, in order.
+        activation: ``"sigmoid"`` or ``"tanh"``.
+    """
+
+    def __init__(
+        self,
+        N: int,
+        L: int,
+        activation: Activation = "sigmoid",
+        init: Init = "gaussian",
+        *,
+        weight_scale: float = 1.0,
+        bias_scale: float = 1.0,
+        df: float = 3.0,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        super().__init__()
+        if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+            raise FixedPointError(f"N must be an integer >= 1; got {N!r}")
+        if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+            raise FixedPointError(f"L must be an integer >= 1; got {L!r}")
+        if activation not in ACTIVATIONS:
+            raise FixedPointError(f"activation must be 'sigmoid' or 'tanh'; got {activation!r}")
+        if init not in ("gaussian", "cauchy", "student_t"):
+            raise FixedPointError(f"init must be 'gaussian', 'cauchy' or 'student_t'; got {init!r}")
+        for name, value in (("weight_scale", weight_scale), ("bias_scale", bias_scale)):
+            if not (math.isfinite(value) and value >= 0):
+                raise FixedPointError(f"{name} must be a finite number >= 0; got {value!r}")
+        if not (math.isfinite(df) and df > 0):
+            raise FixedPointError(f"df must be a finite number > 0; got {df!r}")
+        self.N, self.L, self.activation, self.init = N, L, activation, init
+        self.weight_scale, self.bias_scale, self.df, self.seed = weight_scale, bias_scale, df, seed
+        generator = torch.Generator().manual_seed(seed)
+        factor = weight_scale * weight_factor(N, init, df)
+        self.layers = nn.ModuleList()
+        for _ in range(L):
+            layer = nn.Linear(N, N, dtype=dtype)
+            with torch.no_grad():
+                layer.weight.copy_(
+                    factor * sample_entries((N, N), init, generator, df=df, dtype=dtype)
+                )
+                layer.bias.copy_(
+                    bias_scale * sample_entries((N,), init, generator, df=df, dtype=dtype)
+                )
+            self.layers.append(layer)
+
+    @property
+    def output_box(self) -> tuple[float, float]:
+        """The open box the outputs lie in: ``(0, 1)`` for sigmoid, ``(-1, 1)`` for tanh
+        (every fixed point lies in its closure)."""
+        return (0.0, 1.0) if self.activation == "sigmoid" else (-1.0, 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.N:
+            raise FixedPointError(f"input must have shape (..., {self.N}); got {tuple(x.shape)}")
+        sigma = ACTIVATIONS[self.activation]
+        for layer in self.layers:
+            x = sigma(layer(x))
+        return x
+
+    def weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``[(W_1, b_1), ..., (W_L, b_L)]``, detached."""
+        pairs = []
+        for layer in self.layers:
+            assert isinstance(layer, nn.Linear)
+            pairs.append((layer.weight.detach(), layer.bias.detach()))
+        return pairs
+
+    def extra_repr(self) -> str:
+        return (
+            f"N={self.N}, L={self.L}, activation={self.activation!r}, init={self.init!r}, "
+            f"weight_scale={self.weight_scale}, bias_scale={self.bias_scale}, seed={self.seed}"
+        )
