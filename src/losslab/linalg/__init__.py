@@ -1,0 +1,1 @@
+"""Matrix-free linear algebra and interval arithmetic on torch."""

@@ -1,0 +1,1 @@
+"""Root and fixed-point solvers for one solution (or a batch of independent ones)."""
