@@ -180,3 +180,29 @@ def test_convex_fit_one_vs_all(capsys):
     assert out.count("vs the rest") == 3
     accuracy = float(out.split("training accuracy")[1].split()[0])
     assert accuracy > 0.9
+
+
+def test_fixedpoints_count_with_proof(capsys):
+    code, out, _ = run(capsys, "fixedpoints", "count", "--N", "3", "--L", "3", "--init",
+                       "cauchy", "--scale", "64", "--seed", "0", "--certify")  # fmt: skip
+    assert code == 0, out
+    assert "fixed points of SquareNet(N=3, L=3, cauchy" in out
+    assert "proved: exactly 3 fixed point(s) (agrees with the search)" in out
+    assert "attractor" in out
+
+
+def test_fixedpoints_count_bad_input(capsys):
+    code, _, err = run(capsys, "fixedpoints", "count", "--N", "2", "--scale", "nan")
+    assert code == 1
+    assert "weight_scale must be a finite number" in err
+
+
+def test_fixedpoints_restore_writes_a_figure(capsys, tmp_path):
+    figure = tmp_path / "restore.png"
+    code, out, _ = run(capsys, "fixedpoints", "restore", "--L", "1", "--epochs", "300",
+                       "--stored", "5", "--corruption", "salt-pepper",
+                       "--figure", figure)  # fmt: skip
+    assert code == 0, out
+    assert "5 stored" in out
+    assert "200 unseen" in out
+    assert figure.stat().st_size > 0

@@ -34,3 +34,7 @@ class ConvexProblemError(LosslabError, ValueError):
 class FixedPointError(LosslabError, ValueError):
     """A fixed-point question is malformed: a map whose output shape differs from its
     input, NaN from the map, an empty or inverted box, impossible parameters."""
+
+
+class IntervalError(LosslabError, ValueError):
+    """An interval is malformed: lo > hi, NaN end points, mismatched shapes or dtype."""

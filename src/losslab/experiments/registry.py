@@ -17,7 +17,10 @@ from losslab.experiments.protocol import Experiment, check_experiment
 
 #: Modules of the registered experiments; each defines ``EXPERIMENT``. Paper
 #: experiments add themselves here as they arrive.
-REGISTERED_MODULES: tuple[str, ...] = ("losslab.experiments.mishkin_pilanci",)
+REGISTERED_MODULES: tuple[str, ...] = (
+    "losslab.experiments.mishkin_pilanci",
+    "losslab.experiments.berlyand_slavin",
+)
 
 
 @dataclass(frozen=True)

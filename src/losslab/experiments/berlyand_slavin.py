@@ -1,0 +1,380 @@
+r"""Experiment ``berlyand-slavin``: fixed points of deep square networks (P5).
+
+Five parts, each a kind of cell:
+
+- ``gaussian``: untrained sigmoid ``SquareNet(N, L)`` with Gaussian weights over a grid
+  of ``N``, ``L`` and seeds: the number of fixed points, found by the batched search and,
+  for ``N <= CERTIFY_MAX_N``, proved by interval branch-and-bound (Krawczyk).
+- ``heavy``: the same with Cauchy weights (``weight_scale = 64``: below about 32 almost
+  every net has one fixed point): ``Q(N, L)``, the mean number of fixed points, over
+  ``L`` for ``N = 3`` and over ``N`` for ``L = 3``, with the proof where it runs.
+- ``trained``: ``SquareNet(64, L)`` trained as a denoising autoencoder (input noise 0.3)
+  on 10 ``digits`` (scaled to [0, 1]), from Gaussian and from Cauchy initialisation
+  (``weight_scale = 1``): fixed points after training (search from random starts and
+  from the stored images), their kinds and basins, the power-law exponent of each
+  layer's ``W^T W`` eigenvalue tail before and after training, and restoration of
+  damaged images (masked 4x4 block, 20% salt and pepper, Gaussian noise 0.2), stored
+  ones and unseen ones: PSNR before and after iterating the map to its attractor, and
+  the accuracy of a logistic-regression classifier (trained on clean digits).
+- ``spectra``: eigenvalues and squared singular values of the input-output Jacobian at
+  random inputs and at fixed points over an ensemble of nets; for Gaussian weights, the
+  free-probability prediction of the squared singular values' density.
+
+Scales (the paper leaves them open): Gaussian ``weight_scale = 1``, Cauchy
+``weight_scale = 64`` for untrained nets, biases of the same law with ``bias_scale = 1``;
+see :mod:`losslab.nets.square` for the ``N`` scalings.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from losslab.experiments.protocol import Claim
+from losslab.fixedpoints.certify import certify_fixed_points
+from losslab.fixedpoints.search import find_fixed_points
+from losslab.nets import SquareNet
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Largest N whose count is proved by interval branch-and-bound in the grids.
+CERTIFY_MAX_N = 4
+#: Weight scale of the untrained heavy-tailed (Cauchy) nets.
+CAUCHY_SCALE = 64.0
+#: Weight scale of the Cauchy initialisation of trained nets (larger ones train poorly).
+TRAINED_CAUCHY_SCALE = 1.0
+#: Width and depth of the Q(N, L) slices.
+N0, L0 = 3, 3
+
+
+def _count(cell: dict[str, Any]) -> dict[str, Any]:
+    gaussian = cell["part"] == "gaussian"
+    net = SquareNet(cell["N"], cell["L"], init="gaussian" if gaussian else "cauchy",
+                    weight_scale=1.0 if gaussian else CAUCHY_SCALE, seed=cell["seed"])  # fmt: skip
+    found = find_fixed_points(net, n_starts=cell["starts"], seed=cell["seed"])
+    row: dict[str, Any] = {
+        "count": found.count,
+        "attractors": sum(kind == "attractor" for kind in found.kinds),
+        "search_seconds": found.seconds,
+        "certified": None,
+        "certified_count": None,
+    }
+    if cell["N"] <= CERTIFY_MAX_N:
+        proof = certify_fixed_points(net, time_limit=cell.get("time_limit", 10.0))
+        row.update(
+            certified=proof.status == "certified",
+            certified_count=proof.count,
+            certify_seconds=proof.seconds,
+        )
+    return row
+
+
+def _tail_alphas(net: SquareNet) -> list[float]:
+    """Power-law exponent of each layer's ``W^T W`` eigenvalue tail (WeightWatcher style)."""
+    from losslab.fixedpoints.training import layer_tails
+
+    return [float(tail.esd.alpha) for tail in layer_tails(net)]
+
+
+def _trained(cell: dict[str, Any]) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+
+    from losslab.fixedpoints.restore import (
+        gaussian_noise,
+        mask_block,
+        psnr,
+        restore,
+        salt_and_pepper,
+    )
+    from losslab.fixedpoints.training import digits_unit, train_autoencoder
+
+    images, labels = digits_unit()
+    order = np.random.default_rng(cell["seed"]).permutation(len(labels))
+    stored, test = order[: cell["n_train"]], order[-200:]
+    scale = 1.0 if cell["init"] == "gaussian" else TRAINED_CAUCHY_SCALE
+    net = SquareNet(64, cell["L"], init=cell["init"], weight_scale=scale, seed=cell["seed"])
+    alphas_before = _tail_alphas(net)
+    training = train_autoencoder(net, images[stored], epochs=cell["epochs"], lr=cell["lr"],
+                                 batch_size=64, seed=cell["seed"],
+                                 input_noise=cell["input_noise"], record_tails=False)  # fmt: skip
+    alphas_after = _tail_alphas(net)
+    with torch.no_grad():
+        found = find_fixed_points(net, starts=images[stored], n_starts=cell["starts"],
+                                  seed=cell["seed"])  # fmt: skip
+    classifier = LogisticRegression(max_iter=2000).fit(images[order[:-200]].numpy(),
+                                                       labels[order[:-200]])  # fmt: skip
+    corruptions = {
+        "mask": lambda x: mask_block(x, 4, seed=cell["seed"]),
+        "salt_pepper": lambda x: salt_and_pepper(x, 0.2, seed=cell["seed"]),
+        "noise": lambda x: gaussian_noise(x, 0.2, seed=cell["seed"]),
+    }
+    restoration: dict[str, dict[str, float]] = {}
+    examples: dict[str, np.ndarray] = {}
+    for split, rows in (("stored", stored), ("unseen", test)):
+        clean = images[rows]
+        for name, corrupt in corruptions.items():
+            damaged = corrupt(clean)
+            with torch.no_grad():
+                result = restore(net, damaged, max_iter=500)
+            restoration[f"{split}/{name}"] = {
+                "psnr_before": float(psnr(clean, damaged).mean()),
+                "psnr_after": float(psnr(clean, result.images).mean()),
+                "converged": float(result.converged.double().mean()),
+                "accuracy_corrupted": float(classifier.score(damaged.numpy(), labels[rows])),
+                "accuracy_restored": float(classifier.score(result.images.numpy(), labels[rows])),
+            }
+            if split == "stored" and name == "mask":
+                examples = {"clean": clean[:8].numpy(), "damaged": damaged[:8].numpy(),
+                            "restored": result.images[:8].numpy()}  # fmt: skip
+    return {
+        "final_loss": float(training.loss[-1]),
+        "count": found.count,
+        "attractors": sum(kind == "attractor" for kind in found.kinds),
+        "kinds": list(found.kinds),
+        "basin_fraction": [float(b) for b in found.basin_fraction.tolist()],
+        "unassigned_fraction": float(found.unassigned_fraction),
+        "alpha_before": alphas_before,
+        "alpha_after": alphas_after,
+        "restoration": restoration,
+        "arrays": {"loss": np.asarray(training.loss, dtype=float), **examples},
+    }
+
+
+def _spectra(cell: dict[str, Any]) -> dict[str, Any]:
+    from losslab.fixedpoints.spectra import (
+        free_probability_singular_density,
+        jacobian_spectrum,
+    )
+
+    scale = 1.0 if cell["init"] == "gaussian" else TRAINED_CAUCHY_SCALE
+    generator = torch.Generator().manual_seed(cell["seed"])
+    singular, eigen_moduli, at_fixed = [], [], []
+    for seed in range(cell["nets"]):
+        net = SquareNet(cell["N"], cell["L"], init=cell["init"], weight_scale=scale,
+                        seed=1000 * cell["seed"] + seed)  # fmt: skip
+        points = torch.rand(cell["points"], cell["N"], generator=generator, dtype=torch.float64)
+        spectrum = jacobian_spectrum(net, points)
+        singular.append(spectrum.singular_values_sq.flatten())
+        eigen_moduli.append(spectrum.eigenvalues.abs().flatten())
+        found = find_fixed_points(net, n_starts=64, seed=seed, basin_starts=0)
+        if found.count:
+            at_fixed.append(jacobian_spectrum(net, found.points).singular_values_sq.flatten())
+    arrays = {
+        "squared_singular_values": torch.cat(singular).numpy(),
+        "eigenvalue_moduli": torch.cat(eigen_moduli).numpy(),
+        "at_fixed_points": torch.cat(at_fixed).numpy() if at_fixed else np.zeros(0),
+    }
+    if cell["init"] == "gaussian":
+        law = free_probability_singular_density(cell["L"], "sigmoid", 1.0, 1.0)
+        arrays.update(prediction_grid=np.asarray(law.grid),
+                      prediction_density=np.asarray(law.density))  # fmt: skip
+    return {"arrays": arrays}
+
+
+RUNNERS = {
+    "gaussian": _count,
+    "heavy": _count,
+    "trained": _trained,
+    "spectra": _spectra,
+}
+
+
+class BerlyandSlavin:
+    """Fixed points of square sigmoid networks (module docstring)."""
+
+    name = "berlyand-slavin"
+    paper = "Berlyand & Slavin (2025), Fixed Points of Deep Neural Networks"
+    version = 1
+
+    def grid(self, preset: str) -> list[dict[str, Any]]:
+        full = preset == "full"
+        seeds = range(40 if full else 8)
+        starts = 2000 if full else 1000
+        cells: list[dict[str, Any]] = [
+            {"part": "gaussian", "N": N, "L": L, "seed": seed, "starts": starts}
+            for N in ((2, 3, 4, 8, 16) if full else (2, 4))
+            for L in ((1, 2, 4, 8) if full else (1, 2, 4))
+            for seed in seeds[:4]
+        ]
+        for_L = (1, 2, 3, 4, 6, 8, 12) if full else (1, 2, 3, 4, 6, 8)
+        for_N = (2, 3, 4, 5, 6) if full else (2, 3, 4)
+        cells += [{"part": "heavy", "N": N0, "L": L, "seed": seed, "starts": starts}
+                  for L in for_L for seed in seeds]  # fmt: skip
+        cells += [{"part": "heavy", "N": N, "L": L0, "seed": seed, "starts": starts}
+                  for N in for_N if N != N0 for seed in seeds]  # fmt: skip
+        cells += [{"part": "trained", "init": init, "L": L, "seed": seed,
+                   "n_train": 10, "epochs": 1500, "lr": 1e-2, "input_noise": 0.3,
+                   "starts": 1000 if full else 300}
+                  for init in ("gaussian", "cauchy")
+                  for L in ((1, 2, 3) if full else (2,))
+                  for seed in range(3 if full else 1)]  # fmt: skip
+        cells += [{"part": "spectra", "init": init, "N": N, "L": L, "nets": 10 if full else 4,
+                   "points": 20, "seed": 0}
+                  for init in ("gaussian", "cauchy")
+                  for N in ((64, 200) if full else (64,))
+                  for L in ((1, 2, 4) if full else (2,))]  # fmt: skip
+        return cells
+
+    def run(self, cell: dict[str, Any]) -> dict[str, Any]:
+        return RUNNERS[cell["part"]](cell)
+
+    def figures(self, frame: pd.DataFrame) -> list[Figure]:
+        figures = []
+        counts = frame[frame["part"].isin(["gaussian", "heavy"])]
+        if not counts.empty:
+            figures.append(_count_figure(counts))
+        spectra = frame[frame["part"] == "spectra"]
+        if not spectra.empty:
+            figures.append(_spectra_figure(spectra))
+        trained = frame[frame["part"] == "trained"]
+        if not trained.empty:
+            from losslab.fixedpoints.restore import restoration_figure
+
+            figures.append(_restoration_figure(trained))
+            examples = trained.iloc[0]["arrays"]
+            clean, damaged, restored = (torch.as_tensor(examples[k])
+                                        for k in ("clean", "damaged", "restored"))  # fmt: skip
+            figures.append(restoration_figure(clean, damaged, restored))
+        return figures
+
+    def claims(self, frame: pd.DataFrame) -> list[Claim]:
+        claims = []
+        gaussian = frame[frame["part"] == "gaussian"]
+        if not gaussian.empty:
+            one = gaussian["count"] == 1
+            proved = gaussian[gaussian["certified"] == True]  # noqa: E712
+            claims.append(Claim(
+                "untrained networks with Gaussian weights have exactly one fixed point",
+                f"{int(one.sum())} of {len(gaussian)} nets have one fixed point "
+                f"(N in {sorted({int(v) for v in gaussian['N']})}, "
+                f"L in {sorted({int(v) for v in gaussian['L']})}); "
+                f"{len(proved)} counts proved, "
+                f"{int((proved['certified_count'] == 1).sum())} of them equal to 1",
+                bool(one.all()),
+            ))  # fmt: skip
+        counts = frame[frame["part"].isin(["gaussian", "heavy"])]
+        proved = counts[counts["certified"] == True]  # noqa: E712
+        if not proved.empty:
+            agree = proved["certified_count"] == proved["count"]
+            claims.append(Claim(
+                "the search finds exactly the proved number of fixed points (losslab's own "
+                "exactness)",
+                f"{int(agree.sum())} of {len(proved)} proved counts equal the search's count",
+                bool(agree.all()),
+            ))  # fmt: skip
+        heavy = frame[(frame["part"] == "heavy") & (frame["N"] == N0)]
+        if not heavy.empty:
+            q = heavy.groupby("L")["count"].mean().sort_index()
+            peak = q.idxmax()
+            rises = q.max() > q.iloc[0]
+            falls = q.iloc[-1] < q.max() and q.iloc[-1] <= 1.5
+            claims.append(Claim(
+                "Q(N0, L) is non-monotone in L: it rises, then falls back to 1 (Cauchy weights)",
+                f"mean count over L (N = {N0}, Cauchy, weight_scale {CAUCHY_SCALE:g}): "
+                + ", ".join(f"L={L}: {v:.2f}" for L, v in q.items())
+                + f"; peak at L = {peak}",
+                bool(rises and falls and peak not in (q.index[0], q.index[-1])),
+            ))  # fmt: skip
+        trained = frame[frame["part"] == "trained"]
+        if not trained.empty:
+            kinds = [k for row in trained["kinds"] for k in row]
+            attractors = sum(k == "attractor" for k in kinds)
+            claims.append(Claim(
+                "fixed points of trained networks are stable attractors",
+                f"{attractors} of {len(kinds)} fixed points of {len(trained)} trained nets "
+                "are attractors",
+                bool(kinds) and attractors == len(kinds),
+            ))  # fmt: skip
+            tails = {
+                init: (np.median([a for row in group["alpha_before"] for a in row]),
+                       np.median([a for row in group["alpha_after"] for a in row]))
+                for init, group in trained.groupby("init")
+            }  # fmt: skip
+            claims.append(Claim(
+                "training makes the weights heavy-tailed (smaller power-law exponent of the "
+                "W^T W eigenvalue tail)",
+                "median tail exponent, before -> after training: "
+                + ", ".join(f"{init!s} init {b:.2f} -> {a:.2f}" for init, (b, a) in tails.items()),
+                all(a < b for b, a in tails.values()),
+            ))  # fmt: skip
+            gains = {
+                name: float(np.mean([r[name]["psnr_after"] - r[name]["psnr_before"]
+                                     for r in trained["restoration"]]))
+                for name in trained["restoration"].iloc[0]
+            }  # fmt: skip
+            stored = {k: v for k, v in gains.items() if k.startswith("stored/")}
+            claims.append(Claim(
+                "iterating a trained network to its attractor restores damaged images "
+                "(PSNR improves)",
+                "mean PSNR gain (dB) on damaged stored images: "
+                + ", ".join(f"{k.split('/')[1]} {v:+.2f}" for k, v in stored.items())
+                + "; on unseen test digits: "
+                + ", ".join(f"{k.split('/')[1]} {v:+.2f}" for k, v in gains.items()
+                            if k.startswith("unseen/")),
+                all(v > 0 for v in stored.values()),
+            ))  # fmt: skip
+        return claims
+
+
+def _count_figure(counts: pd.DataFrame) -> Figure:
+    figure = Figure(figsize=(10, 3.5))
+    by_L, by_N = figure.subplots(1, 2)
+    for (part, N), group in counts.groupby(["part", "N"]):
+        mean = group.groupby("L")["count"].mean()
+        by_L.plot(mean.index, mean.values, "o-", label=f"{part}, N={N}")
+    by_L.set_xlabel("depth L")
+    by_L.set_ylabel("mean number of fixed points")
+    by_L.set_xscale("log", base=2)
+    by_L.legend(fontsize=7)
+    heavy = counts[(counts["part"] == "heavy") & (counts["L"] == L0)]
+    if not heavy.empty:
+        mean = heavy.groupby("N")["count"].mean()
+        by_N.plot(mean.index, mean.values, "o-", color="C3")
+    by_N.set_xlabel(f"width N (Cauchy, L = {L0})")
+    by_N.set_ylabel(f"Q(N, {L0})")
+    figure.suptitle("Number of fixed points")
+    figure.tight_layout()
+    return figure
+
+
+def _spectra_figure(spectra: pd.DataFrame) -> Figure:
+    figure = Figure(figsize=(10, 3.5))
+    axes = figure.subplots(1, len(spectra), squeeze=False)[0]
+    for ax, (_, row) in zip(axes, spectra.iterrows(), strict=True):
+        values = row["arrays"]["squared_singular_values"]
+        ax.hist(values, bins=60, density=True, alpha=0.5, label="random inputs")
+        fixed = row["arrays"]["at_fixed_points"]
+        if len(fixed):
+            ax.hist(fixed, bins=60, density=True, alpha=0.5, label="fixed points")
+        if "prediction_grid" in row["arrays"]:
+            ax.plot(row["arrays"]["prediction_grid"], row["arrays"]["prediction_density"], "k-",
+                    label="free probability")  # fmt: skip
+        ax.set_title(f"{row['init']}, N={int(row['N'])}, L={int(row['L'])}", fontsize=9)
+        ax.set_xlabel("squared singular value of J")
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def _restoration_figure(trained: pd.DataFrame) -> Figure:
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.subplots()
+    names = list(trained["restoration"].iloc[0])
+    for i, (_, row) in enumerate(trained.iterrows()):
+        before = [row["restoration"][k]["psnr_before"] for k in names]
+        after = [row["restoration"][k]["psnr_after"] for k in names]
+        x = np.arange(len(names)) + 0.2 * i
+        axes.bar(x - 0.1, before, 0.1, color="C0", alpha=0.6)
+        axes.bar(x, after, 0.1, color="C2", alpha=0.8)
+    axes.set_xticks(np.arange(len(names)), names)
+    axes.set_ylabel("PSNR (dB): damaged (blue), restored (green)")
+    axes.set_title("Restoration by iterating trained nets")
+    figure.tight_layout()
+    return figure
+
+
+EXPERIMENT = BerlyandSlavin()

@@ -1,0 +1,753 @@
+r"""All fixed points of a map ``f: R^N -> R^N`` in a box: multistart search, de-duplication,
+stability and basins of attraction (P5, Berlyand & Slavin: counting the fixed points of
+square sigmoid networks).
+
+**Search.** The fixed points are the zeros of ``F(x) = f(x) - x``. From ``n_starts``
+uniform starts in the box (seeded ``torch.Generator``) plus any user ``starts``, every
+start runs the batched Levenberg-Marquardt solver :func:`losslab.solve.newton.newton_batch`
+(iterates clamped into the box), and the starts with ``||F(x)||_2 <= tol_eff`` are kept,
+``tol_eff = max(tol, 64 eps sqrt(N)) * max(1, max_i max(|low_i|, |high_i|))``: ``tol`` is
+absolute for points and values of order one (the default ``1e-12`` is a few thousand
+rounding units ``eps`` of float64), grows with the size of the box, and is never below what
+rounding in the map's dtype allows (``eps`` of float32 maps gives about ``1e-5``).
+
+Jacobians ``J_f`` come from ``torch.func`` forward mode (:func:`batched_jacobian`) for any
+map; for a :class:`~losslab.nets.square.SquareNet` ``f = sigma o A_L o ... o sigma o A_1``
+they are built by the chain rule, ``J_f = D_L W_L ... D_1 W_1`` with
+``D_l = diag(sigma'(z_l))`` (``L - 1`` products of ``N x N`` matrices per start).
+
+**De-duplication (uniqueness radius).** Let ``x*`` be a zero of ``F`` with
+``beta = ||J_F(x*)^{-1}||_2 = 1 / sigma_min(J_F(x*))`` and let
+``omega(r) = max_{||y - x*|| <= r} ||J_F(y) - J_F(x*)||_2`` be the modulus of continuity
+of the Jacobian (``omega(r) <= gamma r`` when ``J_F`` is ``gamma``-Lipschitz). For any
+zero ``z`` with ``||z - x*|| <= r``,
+``z - x* = -J_F(x*)^{-1} int_0^1 (J_F(x* + t (z - x*)) - J_F(x*)) (z - x*) dt``, so
+``||z - x*|| <= beta omega(r) ||z - x*||``: whenever ``beta omega(r) < 1`` the point
+``x*`` is the **only** zero in the ball of radius ``r`` (the Newton-Kantorovich
+uniqueness argument; for Lipschitz ``J_F`` it holds for ``r < 1 / (beta gamma)``). The
+uniqueness radius ``rho`` is the largest ``r`` of the ladder ``scale * 2^-j``,
+``j = 0..30``, at which the estimate ``beta omega(r) < 1`` holds (and at every smaller
+``r``), ``omega`` sampled at ``x* +- r e`` for the direction ``e`` of the smallest singular
+value and one random unit direction (a sampled, hence optimistic, ``omega``: hence the
+safety factor 4 below). Two
+converged points ``x_l`` (a cluster leader, refined by Newton steps) and ``x_m`` are the
+same fixed point when
+
+.. math::  ||x_m - x_l|| \le \min\bigl(\text{merge\_atol},\
+           \max(\rho_l / 4,\ 2 (s_l + \beta_l ||F(x_m)||))\bigr),
+
+with ``merge_atol = max(1e-8, 100 eps sqrt(N))`` (times the box scale; ``1e-8`` in
+float64) and ``s_l = ||J_F(x_l)^{-1} F(x_l)||``
+the Newton step left at the leader (its error estimate): within a quarter of the
+uniqueness radius, or within the two points' own error bars, and never farther apart
+than ``merge_atol``. Two fixed points ``1e-6`` apart (``rho < 1e-6``) are therefore kept
+apart, while the thousand copies of one point found from a thousand starts are one.
+Each unique point is refined with up to three Newton steps (kept only when the residual
+does not grow), and the unique points are compared once more after the refinement.
+
+**Capture.** Starts are solved in chunks (256 first, then about ``2^21 / N^2``); a
+start of a later chunk stops as soon as its iterate is within ``rho / 4`` of a point
+already found (there ``beta omega < 1/4``, so the Newton map contracts towards that point,
+the only zero in the ball): it counts as a hit of that point and as converged
+(``n_converged``). A start whose ``||F||`` falls by less than half in 5 iterations is
+given up (it creeps along a face of the box towards a local minimum of ``||F||``). For a
+SquareNet the Jacobians of starts with ``||F|| > 1e-3 scale`` are computed in float32
+(twice the speed; the steps still pass the float64 gain-ratio test), the others and every
+Jacobian of the analysis in float64.
+
+**Stability.** With ``lambda_i`` the eigenvalues of ``J_f(x*)`` (dense, complex):
+``"attractor"`` when all ``|lambda_i| < 1``, ``"repeller"`` when all ``|lambda_i| > 1``,
+``"saddle"`` when some are below and some above 1, and ``"non-hyperbolic"`` when some
+``| |lambda_i| - 1 | <= 1e-9`` (the linearisation does not decide stability).
+
+**Basins.** From ``basin_starts`` further uniform starts in the box the forward iteration
+``x <- f(x)`` runs (batched) for up to ``basin_iterations`` steps; a start is assigned to
+attractor ``a`` as soon as it is within ``r_a = min(1e-6 scale, rho_a / 4,
+dist(a, other fixed points) / 4)`` of it. ``basin_fraction[a]`` is the share of basin starts
+assigned to ``a`` (NaN for non-attractors); ``unassigned_fraction`` the share that ended
+nowhere (periodic or chaotic orbits, escape, NaN, or too slow convergence). The sampling
+error of a fraction ``p`` is ``sqrt(p (1 - p) / basin_starts)``.
+
+**Cost.** Per start and iteration: one Jacobian (``N`` forward-mode passes generically,
+``(L - 1) N^3`` multiply-adds for a SquareNet) and an LU (``N^3 / 3``), plus ``J^T J`` and
+a Cholesky factorisation (``N^3 + N^3 / 6``) when the Newton step is rejected; about 3 to
+5 iterations per start from uniform starts, 1 to 3 once points are known (capture). Per
+unique point: 3 refinement Jacobians, an SVD and 124 Jacobians for ``rho``. Per basin start
+and forward step: one evaluation of ``f``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from losslab.errors import FixedPointError
+from losslab.nets.square import SquareNet
+from losslab.solve.newton import CAPTURED, batched_jacobian, newton_batch
+
+Map = Callable[[torch.Tensor], torch.Tensor]
+
+#: ``| |lambda| - 1 | <=`` this marks a fixed point non-hyperbolic.
+HYPERBOLICITY_TOL = 1e-9
+#: Absolute cap (times the box scale) on the distance of two points called the same.
+MERGE_ATOL = 1e-8
+#: Absolute cap (times the box scale) on the capture radius of an attractor.
+BASIN_CAPTURE = 1e-6
+#: A start whose ``||F||`` falls by less than half in 5 iterations is given up (creeping
+#: along a face of the box towards a local minimum of ``||F||``; other starts find roots).
+STALL_WINDOW, STALL_RATIO = 5, 0.5
+#: Float32 Jacobians (SquareNet) while ``||F|| >`` this (times the box scale).
+COARSE_ABOVE = 1e-3
+#: Starts solved before the first known points are used to capture the others.
+FIRST_CHUNK = 256
+#: Distances (times the box scale) at which the Jacobian's modulus of continuity is probed.
+RADIUS_LADDER = 2.0 ** -torch.arange(31, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class FixedPointSet:
+    """The fixed points found, one row each, sorted lexicographically by coordinates.
+
+    Attributes:
+        points: (k, N) fixed points.
+        residuals: (k,) ``||f(x) - x||_2``.
+        eigenvalues: (k, N) complex eigenvalues of the Jacobian ``J_f`` at each point,
+            sorted by decreasing modulus.
+        spectral_radius: (k,) ``max |eigenvalue|``.
+        kinds: ``"attractor"``, ``"repeller"``, ``"saddle"`` or ``"non-hyperbolic"``.
+        basin_fraction: (k,) share of basin starts attracted (NaN for non-attractors, and
+            for all when ``basin_starts = 0``).
+        unassigned_fraction: share of basin starts attracted to no fixed point.
+        radii: (k,) uniqueness radius ``rho``: no other fixed point within it (estimated,
+            module docstring), at most the box scale.
+        hits: (k,) how many search starts converged to each point.
+        n_starts: starts the search ran (uniform plus user, NaN starts dropped).
+        n_converged: starts that converged, or were captured by a point already found
+            (module docstring).
+        tol: the effective tolerance on ``||f(x) - x||_2``.
+        seconds: wall time of the whole search.
+    """
+
+    points: torch.Tensor
+    residuals: torch.Tensor
+    eigenvalues: torch.Tensor
+    spectral_radius: torch.Tensor
+    kinds: list[str]
+    basin_fraction: torch.Tensor
+    unassigned_fraction: float
+    radii: torch.Tensor
+    hits: torch.Tensor
+    n_starts: int
+    n_converged: int
+    tol: float
+    seconds: float
+
+    @property
+    def count(self) -> int:
+        """Number of distinct fixed points found."""
+        return int(self.points.shape[0])
+
+    def counts_by_kind(self) -> dict[str, int]:
+        """How many points of each kind."""
+        names = ("attractor", "saddle", "repeller", "non-hyperbolic")
+        return {name: self.kinds.count(name) for name in names}
+
+    def select(self, mask: torch.Tensor | list[bool]) -> FixedPointSet:
+        """The sub-set of points where ``mask`` is true (search statistics kept)."""
+        keep = torch.as_tensor(mask, dtype=torch.bool, device=self.points.device)
+        rows = keep.nonzero().squeeze(1).tolist()
+        return FixedPointSet(
+            points=self.points[keep],
+            residuals=self.residuals[keep],
+            eigenvalues=self.eigenvalues[keep],
+            spectral_radius=self.spectral_radius[keep],
+            kinds=[self.kinds[i] for i in rows],
+            basin_fraction=self.basin_fraction[keep],
+            unassigned_fraction=self.unassigned_fraction,
+            radii=self.radii[keep],
+            hits=self.hits[keep],
+            n_starts=self.n_starts,
+            n_converged=self.n_converged,
+            tol=self.tol,
+            seconds=self.seconds,
+        )
+
+    def attractors(self) -> FixedPointSet:
+        """The attracting fixed points only."""
+        return self.select([kind == "attractor" for kind in self.kinds])
+
+    def to_dict(self) -> dict[str, Any]:
+        eig = self.eigenvalues.detach().cpu()
+        return {
+            "count": self.count,
+            "counts_by_kind": self.counts_by_kind(),
+            "points": self.points.tolist(),
+            "residuals": self.residuals.tolist(),
+            "eigenvalues_real": eig.real.tolist(),
+            "eigenvalues_imag": eig.imag.tolist(),
+            "spectral_radius": self.spectral_radius.tolist(),
+            "kinds": list(self.kinds),
+            "basin_fraction": self.basin_fraction.tolist(),
+            "unassigned_fraction": self.unassigned_fraction,
+            "radii": self.radii.tolist(),
+            "hits": self.hits.tolist(),
+            "n_starts": self.n_starts,
+            "n_converged": self.n_converged,
+            "tol": self.tol,
+            "seconds": self.seconds,
+        }
+
+
+def square_net_jacobian(net: SquareNet, dtype: torch.dtype | None = None) -> Map:
+    """``x (B, N) -> J_f(x) (B, N, N)`` of a SquareNet by the chain rule (module doc),
+    computed in ``dtype`` (default: the net's; ``x`` is cast to it)."""
+    pairs = [
+        (W.T.contiguous().to(dtype or W.dtype), b.to(dtype or b.dtype)) for W, b in net.weights()
+    ]
+    sigmoid = net.activation == "sigmoid"
+
+    def jacobian(x: torch.Tensor) -> torch.Tensor:
+        B, N = x.shape
+        x = x.to(pairs[0][0].dtype)
+        h, KT = x, None  # KT = J^T, so each product is one (B N, N) x (N, N) matmul
+        for WT, b in pairs:
+            z = torch.addmm(b, h, WT)
+            h = torch.sigmoid(z) if sigmoid else torch.tanh(z)
+            d = h * (1 - h) if sigmoid else 1 - h * h
+            if KT is None:
+                KT = WT.unsqueeze(0) * d.unsqueeze(1)
+            else:
+                KT = (KT.view(B * N, N) @ WT).view(B, N, N).mul_(d.unsqueeze(1))
+        assert KT is not None
+        return KT.mT
+
+    return jacobian
+
+
+def _infer_dtype_device(f: Any, starts: torch.Tensor | None) -> tuple[torch.dtype, torch.device]:
+    """The module's parameters decide (starts are cast to them), else the starts, else
+    float64 on the CPU."""
+    if isinstance(f, torch.nn.Module):
+        for parameter in f.parameters():
+            if parameter.is_floating_point():
+                return parameter.dtype, parameter.device
+    if starts is not None and starts.is_floating_point():
+        return starts.dtype, starts.device
+    return torch.float64, torch.device("cpu")
+
+
+def _resolve(
+    f: Any, box: tuple[Any, Any] | None, starts: Any
+) -> tuple[int, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """N, low, high (or None), user starts (k, N) (or None), all checked."""
+    user = None
+    if starts is not None:
+        user = torch.as_tensor(starts)
+        if not user.is_floating_point():
+            user = user.to(torch.float64)
+        if user.ndim == 1:
+            user = user.unsqueeze(0)
+        if user.ndim != 2 or user.shape[1] < 1:
+            raise FixedPointError(f"starts must have shape (k, N); got {tuple(user.shape)}")
+    dtype, device = _infer_dtype_device(f, user)
+    if user is not None:
+        user = user.to(dtype=dtype, device=device)
+    if box is None and hasattr(f, "output_box"):
+        box = f.output_box
+    bounds: list[torch.Tensor] = []
+    if box is not None:
+        if not isinstance(box, tuple | list) or len(box) != 2:
+            raise FixedPointError(f"box must be a pair (low, high); got {box!r}")
+        bounds = [torch.as_tensor(b, dtype=dtype, device=device) for b in box]
+        for name, b in zip(("low", "high"), bounds, strict=True):
+            if b.ndim > 1:
+                raise FixedPointError(f"box {name} must be a scalar or (N,); got {tuple(b.shape)}")
+            if not bool(torch.isfinite(b).all()):
+                raise FixedPointError(f"box {name} must be finite; got {b.tolist()}")
+    candidates: dict[str, int] = {}
+    if user is not None:
+        candidates["starts"] = int(user.shape[1])
+    for name, b in zip(("box low", "box high"), bounds, strict=False):
+        if b.ndim == 1:
+            candidates[name] = int(b.shape[0])
+    net_N = getattr(f, "N", None)
+    if isinstance(net_N, int) and not isinstance(net_N, bool):
+        candidates["f.N"] = net_N
+    if not candidates:
+        raise FixedPointError(
+            "cannot infer the dimension N: give starts of shape (k, N), a box with (N,) "
+            "bounds, or a map with an integer attribute N"
+        )
+    if len(set(candidates.values())) > 1:
+        raise FixedPointError(f"inconsistent dimensions N: {candidates}")
+    N = next(iter(candidates.values()))
+    if not bounds:
+        if user is None:
+            raise FixedPointError(
+                "no box to search: pass box=(low, high) or starts (the map has no output_box)"
+            )
+        return N, None, None, user
+    low, high = (b.expand(N).clone() for b in bounds)
+    if not bool((low < high).all()):
+        raise FixedPointError(
+            f"box must satisfy low < high in every coordinate (empty or inverted box); "
+            f"got low={low.tolist()}, high={high.tolist()}"
+        )
+    return N, low, high, user
+
+
+def _evaluate(f: Map, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        y = f(x)
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise FixedPointError(
+            f"f must map (..., N) to (..., N): input of shape {tuple(x.shape)} gave output "
+            f"of shape {shape}"
+        )
+    return y
+
+
+def _leader_clusters(X: torch.Tensor, atol: float) -> list[tuple[int, torch.Tensor]]:
+    """Greedy clusters of the rows of ``X`` with every member within ``atol`` of its leader.
+
+    Rows are sorted by a projection on a fixed direction; two rows closer than ``atol``
+    have projections closer than ``atol``, so clusters live inside runs of the sorted
+    projection with gaps ``<= atol``; inside a run the first row left is the leader.
+    """
+    _n, N = X.shape
+    direction = torch.linspace(1.0, 2.0, N, dtype=X.dtype, device=X.device)
+    direction = direction / direction.norm()
+    proj = X @ direction
+    order = torch.argsort(proj)
+    gaps = proj[order].diff() > atol
+    cuts = (gaps.nonzero().squeeze(1) + 1).tolist()
+    clusters: list[tuple[int, torch.Tensor]] = []
+    for run in torch.tensor_split(order, cuts):
+        left = run
+        while left.numel():
+            leader = int(left[0])
+            near = torch.linalg.vector_norm(X[left] - X[leader], dim=1) <= atol
+            clusters.append((leader, left[near]))
+            left = left[~near]
+    return clusters
+
+
+class _Analysis:
+    """Jacobian-based quantities at points: refinement, beta, gamma, rho, Newton step."""
+
+    def __init__(self, f: Map, jac_f: Map, generator: torch.Generator) -> None:
+        self.f, self.jac_f, self.generator = f, jac_f, generator
+
+    def jac_F(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            J = self.jac_f(x)
+        return J - torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+
+    def refine(self, x: torch.Tensor, steps: int = 3) -> torch.Tensor:
+        """Up to ``steps`` Newton steps per point, each kept only if ``||F||`` does not grow."""
+        res = torch.linalg.vector_norm(_evaluate(self.f, x) - x, dim=1)
+        for _ in range(steps):
+            J = self.jac_F(x)
+            Fx = _evaluate(self.f, x) - x
+            dx, info = torch.linalg.solve_ex(J, -Fx)
+            trial = x + dx
+            ok = (info == 0) & torch.isfinite(trial).all(1)
+            trial = torch.where(ok[:, None], trial, x)
+            rt = torch.linalg.vector_norm(_evaluate(self.f, trial) - trial, dim=1)
+            better = ok & torch.isfinite(rt) & (rt <= res)
+            x = torch.where(better[:, None], trial, x)
+            res = torch.where(better, rt, res)
+        return x
+
+    def radii(
+        self, x: torch.Tensor, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(beta, rho, s)`` per point: ``||J_F^{-1}||``, uniqueness radius, Newton step."""
+        k, N = x.shape
+        J = self.jac_F(x)
+        U, S, Vh = torch.linalg.svd(J)
+        smin = S[:, -1]
+        beta = torch.where(smin > 0, 1 / smin, torch.full_like(smin, torch.inf))
+        Fx = _evaluate(self.f, x) - x
+        # Newton step via the SVD (stable for ill-conditioned J): V diag(1/S) U^T F
+        s = torch.linalg.vector_norm((U.mT @ Fx.unsqueeze(2)).squeeze(2) / S, dim=1)
+        s = torch.where(torch.isfinite(s), s, torch.full_like(s, torch.inf))
+        random = torch.randn(k, 1, N, generator=self.generator, dtype=x.dtype).to(x.device)
+        directions = torch.cat([Vh[:, -1:, :], random], dim=1)
+        directions = directions / torch.linalg.vector_norm(directions, dim=2, keepdim=True)
+        directions = torch.cat([directions, -directions], dim=1)  # (k, E, N)
+        E = directions.shape[1]
+        ladder = scale * RADIUS_LADDER.to(dtype=x.dtype, device=x.device)  # (H,) decreasing
+        H = ladder.shape[0]
+        probes = x[:, None, None, :] + ladder[None, :, None, None] * directions[:, None, :, :]
+        Jp = self.jac_F(probes.reshape(-1, N)).reshape(k, H, E, N, N)
+        omega = torch.linalg.matrix_norm(Jp - J[:, None, None], ord=2).amax(2)  # (k, H)
+        omega = torch.where(torch.isfinite(omega), omega, torch.full_like(omega, torch.inf))
+        # modulus of continuity up to each scale: running max from the smallest scale up
+        omega = torch.flip(torch.cummax(torch.flip(omega, [1]), dim=1).values, [1])
+        ok = beta[:, None] * omega < 1  # (k, H), monotone: true on a tail of small scales
+        largest = torch.where(ok, ladder[None, :], torch.zeros_like(omega)).amax(1)
+        # no scale passes: extrapolate linearly below the smallest one
+        fallback = ladder[-1] / (beta * omega[:, -1])
+        fallback = torch.where(torch.isfinite(fallback), fallback, torch.zeros_like(fallback))
+        rho = torch.where(largest > 0, largest, fallback.clamp(max=ladder[-1]))
+        return beta, rho, s
+
+
+def _deduplicate(
+    X: torch.Tensor, residual: torch.Tensor, analysis: _Analysis, atol: float, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unique points, their beta, rho, Newton step s, and hits (module doc, the rule);
+    the caller merges them once more after the refinement (:func:`_merge_pairs`)."""
+    remaining = torch.arange(X.shape[0], device=X.device)
+    found: list[tuple[torch.Tensor, ...]] = []
+    while remaining.numel():
+        clusters = _leader_clusters(X[remaining], atol)
+        leaders = torch.stack([remaining[leader] for leader, _ in clusters])
+        refined = analysis.refine(X[leaders])
+        beta, rho, s = analysis.radii(refined, scale)
+        counts: list[int] = []
+        rest = []
+        for c, (_, members) in enumerate(clusters):
+            rows = remaining[members]
+            d = torch.linalg.vector_norm(X[rows] - refined[c], dim=1)
+            slack = 2 * (s[c] + beta[c] * residual[rows])
+            radius = torch.minimum(torch.full_like(d, atol), torch.maximum(rho[c] / 4, slack))
+            same = d <= radius
+            same[members == clusters[c][0]] = True  # the leader itself
+            counts.append(int(same.sum()))
+            rest.append(rows[~same])
+        found.append((refined, beta, rho, s, torch.tensor(counts, device=X.device)))
+        remaining = torch.cat(rest)
+    points = torch.cat([item[0] for item in found])
+    beta = torch.cat([item[1] for item in found])
+    rho = torch.cat([item[2] for item in found])
+    s = torch.cat([item[3] for item in found])
+    hits = torch.cat([item[4] for item in found])
+    return points, beta, rho, s, hits
+
+
+def _merge_pairs(
+    points: torch.Tensor,
+    beta: torch.Tensor,
+    rho: torch.Tensor,
+    s: torch.Tensor,
+    hits: torch.Tensor,
+    atol: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge refined unique points that are the same by the rule (earlier rows survive)."""
+    k = points.shape[0]
+    if k < 2:
+        return points, beta, rho, s, hits
+    d = torch.cdist(points, points)
+    r = torch.maximum(rho[:, None] / 4, 2 * (s[:, None] + s[None, :]))
+    r = torch.minimum(torch.minimum(r, r.T), torch.full_like(r, atol))
+    same = (d <= r) & ~torch.eye(k, dtype=torch.bool, device=points.device)
+    if not bool(same.any()):
+        return points, beta, rho, s, hits
+    keep = torch.ones(k, dtype=torch.bool, device=points.device)
+    hits = hits.clone()
+    for i in range(k):
+        if not keep[i]:
+            continue
+        dup = same[i] & keep
+        dup[: i + 1] = False
+        if bool(dup.any()):
+            hits[i] += hits[dup].sum()
+            keep &= ~dup
+    return points[keep], beta[keep], rho[keep], s[keep], hits[keep]
+
+
+class _Known:
+    """The distinct points found so far, their radii and hits; captures starts near them.
+
+    A running start is *captured* by a known point ``x*`` once its iterate is within
+    ``rho / 4`` of it (and within a quarter of the distance to the nearest other point):
+    there ``beta omega < 1/4`` (for a modulus ``omega`` about linear), so the Newton map
+    contracts towards ``x*``, the only zero in that ball; the start would converge to
+    ``x*`` and is counted as a hit of ``x*`` without more iterations.
+    """
+
+    def __init__(self, N: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.points = torch.empty(0, N, dtype=dtype, device=device)
+        self.beta = torch.empty(0, dtype=dtype, device=device)
+        self.rho = torch.empty(0, dtype=dtype, device=device)
+        self.s = torch.empty(0, dtype=dtype, device=device)
+        self.hits = torch.empty(0, dtype=torch.int64, device=device)
+        self.radius = torch.empty(0, dtype=dtype, device=device)
+
+    @property
+    def count(self) -> int:
+        return int(self.points.shape[0])
+
+    def _ratio(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cdist(x, self.points) / self.radius[None, :]
+
+    def captured(self, x: torch.Tensor) -> torch.Tensor:
+        return (self._ratio(x) <= 1).any(1)
+
+    def add_hits(self, x: torch.Tensor) -> None:
+        nearest = self._ratio(x).argmin(1)
+        self.hits = self.hits + torch.bincount(nearest, minlength=self.count)
+
+    def merge(
+        self,
+        points: torch.Tensor,
+        beta: torch.Tensor,
+        rho: torch.Tensor,
+        s: torch.Tensor,
+        hits: torch.Tensor,
+        *,
+        atol: float,
+    ) -> None:
+        merged = _merge_pairs(
+            torch.cat([self.points, points]),
+            torch.cat([self.beta, beta]),
+            torch.cat([self.rho, rho]),
+            torch.cat([self.s, s]),
+            torch.cat([self.hits, hits]),
+            atol,
+        )
+        self.points, self.beta, self.rho, self.s, self.hits = merged
+        # capture radius: rho / 4, and never beyond a quarter of the way to another point
+        self.radius = self.rho / 4
+        if self.count > 1:
+            d = torch.cdist(self.points, self.points)
+            d.fill_diagonal_(torch.inf)
+            self.radius = torch.minimum(self.radius, d.amin(1) / 4)
+
+
+def classify(eigenvalues: torch.Tensor, tol: float = HYPERBOLICITY_TOL) -> list[str]:
+    """Stability kind per row of eigenvalues of ``J_f`` (module doc)."""
+    modulus = eigenvalues.abs()
+    kinds = []
+    for row in modulus:
+        if bool(((row - 1).abs() <= tol).any()):
+            kinds.append("non-hyperbolic")
+        elif bool((row < 1).all()):
+            kinds.append("attractor")
+        elif bool((row > 1).all()):
+            kinds.append("repeller")
+        else:
+            kinds.append("saddle")
+    return kinds
+
+
+def _basins(
+    f: Map,
+    attractors: torch.Tensor,
+    capture: torch.Tensor,
+    starts: torch.Tensor,
+    iterations: int,
+    check_every: int = 5,
+) -> tuple[torch.Tensor, float]:
+    """Fractions of ``starts`` whose forward orbit enters ``capture[a]`` of attractor ``a``."""
+    n = starts.shape[0]
+    label = torch.full((n,), -1, dtype=torch.int64, device=starts.device)
+    if n == 0 or attractors.shape[0] == 0:
+        return torch.zeros(attractors.shape[0], dtype=starts.dtype), 1.0
+    active = torch.arange(n, device=starts.device)
+    z = starts.clone()
+    step = 0
+    while active.numel():
+        d = torch.cdist(z, attractors)  # (b, a)
+        inside = d <= capture[None, :]
+        hit = inside.any(1)
+        label[active[hit]] = inside[hit].to(torch.int64).argmax(1)
+        alive = ~hit & torch.isfinite(z).all(1)
+        active, z = active[alive], z[alive]
+        if step >= iterations or active.numel() == 0:
+            break
+        burst = min(check_every, iterations - step)
+        with torch.no_grad():
+            for _ in range(burst):
+                z = f(z)
+        step += burst
+    counts = torch.bincount(label[label >= 0], minlength=attractors.shape[0]).to(starts.dtype)
+    fractions = counts / n
+    return fractions, float((label < 0).sum()) / n
+
+
+def find_fixed_points(
+    f: Map,
+    *,
+    box: tuple[Any, Any] | None = None,
+    starts: torch.Tensor | None = None,
+    n_starts: int = 1000,
+    tol: float = 1e-12,
+    max_iter: int = 100,
+    basin_starts: int = 2000,
+    basin_iterations: int = 500,
+    seed: int = 0,
+) -> FixedPointSet:
+    """All fixed points ``f(x) = x`` of a batched map in a box (module docstring for the math).
+
+    Args:
+        f: an ``nn.Module`` or callable mapping (..., N) -> (..., N), built from torch ops.
+        box: ``(low, high)``, scalars or (N,) tensors; default ``f.output_box`` when ``f``
+            has one (a SquareNet: ``(0, 1)`` for sigmoid), else ``starts`` are required.
+        starts: optional (k, N) extra starts (the only ones when there is no box; clamped
+            into the box when there is one).
+        n_starts: uniform starts in the box.
+        tol: tolerance on ``||f(x) - x||_2`` for values of order one (scaled by the box).
+        max_iter: Levenberg-Marquardt iterations per start.
+        basin_starts: uniform starts of the forward iteration that estimates basins (from
+            ``starts`` when there is no box).
+        basin_iterations: most forward steps per basin start.
+        seed: seed of the ``torch.Generator`` for the starts and directions.
+
+    Returns:
+        :class:`FixedPointSet` of the distinct converged points, with their stability.
+
+    Raises:
+        FixedPointError: N cannot be inferred, the box is missing, empty or inverted,
+            ``f`` changes the shape, or ``f`` is NaN / inf at every start.
+    """
+    t0 = time.perf_counter()
+    for name, value, minimum in (
+        ("n_starts", n_starts, 0),
+        ("max_iter", max_iter, 1),
+        ("basin_starts", basin_starts, 0),
+        ("basin_iterations", basin_iterations, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise FixedPointError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    if not (isinstance(tol, int | float) and math.isfinite(tol) and tol > 0):
+        raise FixedPointError(f"tol must be a finite number > 0; got {tol!r}")
+    N, low, high, user = _resolve(f, box, starts)
+    dtype, device = _infer_dtype_device(f, user)
+    generator = torch.Generator().manual_seed(seed)
+    scale = 1.0
+    parts = []
+    if low is not None and high is not None:
+        scale = max(1.0, float(torch.maximum(low.abs(), high.abs()).max()))
+        uniform = torch.rand(n_starts, N, generator=generator, dtype=dtype).to(device)
+        parts.append(low + (high - low) * uniform)
+    if user is not None:
+        parts.append(user)
+    x0 = torch.cat(parts) if parts else torch.empty(0, N, dtype=dtype, device=device)
+    if x0.shape[0] == 0:
+        raise FixedPointError("no starts: set n_starts >= 1 or pass starts")
+    fx0 = _evaluate(f, x0)
+    finite = torch.isfinite(x0).all(1) & torch.isfinite(fx0).all(1)
+    if not bool(finite.any()):
+        raise FixedPointError(
+            f"f is NaN or infinite at all {x0.shape[0]} starts: check the map and the box"
+        )
+    x0 = x0[finite]
+    # never below what rounding allows in the dtype (float32 maps: about 1e-5)
+    tol_eff = max(tol, 64 * torch.finfo(dtype).eps * math.sqrt(N)) * scale
+    jac_f: Map = (
+        square_net_jacobian(f) if isinstance(f, SquareNet) else (lambda z: batched_jacobian(f, z))
+    )
+
+    def residual_map(x: torch.Tensor) -> torch.Tensor:
+        return f(x) - x
+
+    def residual_jacobian(x: torch.Tensor) -> torch.Tensor:
+        J = jac_f(x)  # a fresh tensor: J_F = J_f - I in place
+        J.diagonal(dim1=1, dim2=2).sub_(1)
+        return J
+
+    coarse: Map | None = None
+    if isinstance(f, SquareNet) and dtype == torch.float64:
+        jac_32 = square_net_jacobian(f, torch.float32)
+
+        def coarse(x: torch.Tensor) -> torch.Tensor:
+            J = jac_32(x)
+            J.diagonal(dim1=1, dim2=2).sub_(1)
+            return J
+
+    analysis = _Analysis(f, jac_f, generator)
+    atol = max(MERGE_ATOL, 100 * torch.finfo(dtype).eps * math.sqrt(N)) * scale
+    known = _Known(N, dtype, device)
+    n_converged = 0
+    chunk = max(1, 2**21 // (N * N))
+    bounds = [0, min(x0.shape[0], FIRST_CHUNK)]
+    while bounds[-1] < x0.shape[0]:
+        bounds.append(min(x0.shape[0], bounds[-1] + chunk))
+    for first, last in itertools.pairwise(bounds):
+        result = newton_batch(
+            residual_map,
+            x0[first:last],
+            jacobian=residual_jacobian,
+            tol=tol_eff,
+            max_iter=max_iter,
+            box=None if low is None else (low, high),
+            stop=known.captured if known.count else None,
+            stall_window=STALL_WINDOW,
+            stall_ratio=STALL_RATIO,
+            coarse_jacobian=coarse,
+            coarse_above=COARSE_ABOVE * scale,
+            chunk_size=chunk,
+        )
+        captured = result.status == CAPTURED
+        if bool(captured.any()):
+            known.add_hits(result.x[captured])
+        conv = result.converged
+        n_converged += int(conv.sum()) + int(captured.sum())
+        if bool(conv.any()):
+            new = _deduplicate(result.x[conv], result.residual[conv], analysis, atol, scale)
+            known.merge(*new, atol=atol)
+    points, rho, hits = known.points, known.rho, known.hits
+    # sort lexicographically (stable keys from the last coordinate to the first)
+    order = torch.arange(points.shape[0], device=device)
+    for j in reversed(range(N)):
+        order = order[torch.sort(points[order, j], stable=True).indices]
+    points, rho, hits = points[order], rho[order], hits[order]
+    residuals = torch.linalg.vector_norm(_evaluate(f, points) - points, dim=1)
+    k = points.shape[0]
+    if k:
+        with torch.no_grad():
+            eig = torch.linalg.eigvals(jac_f(points))
+        eig = torch.gather(eig, 1, torch.argsort(eig.abs(), dim=1, descending=True))
+    else:
+        eig = torch.empty(
+            0, N, dtype=torch.complex128 if dtype == torch.float64 else torch.complex64
+        )
+    spectral_radius = eig.abs().amax(1) if k else torch.empty(0, dtype=dtype)
+    kinds = classify(eig)
+    basin = torch.full((k,), torch.nan, dtype=dtype, device=device)
+    unassigned = math.nan
+    is_attractor = torch.tensor([kind == "attractor" for kind in kinds], dtype=torch.bool)
+    if low is not None and high is not None:
+        basin_x0 = low + (high - low) * torch.rand(
+            basin_starts, N, generator=generator, dtype=dtype
+        ).to(device)
+    else:
+        basin_x0 = x0
+    if basin_x0.shape[0]:
+        attract = points[is_attractor.to(device)]
+        capture = torch.empty(attract.shape[0], dtype=dtype, device=device)
+        if attract.shape[0]:
+            d_all = torch.cdist(attract, points)
+            d_all[d_all == 0] = torch.inf
+            nearest = d_all.amin(1)
+            capture = torch.minimum(
+                torch.full_like(nearest, BASIN_CAPTURE * scale),
+                torch.minimum(rho[is_attractor.to(device)] / 4, nearest / 4),
+            )
+        fractions, unassigned = _basins(f, attract, capture, basin_x0, basin_iterations)
+        basin[is_attractor.to(device)] = fractions.to(device)
+    return FixedPointSet(
+        points=points,
+        residuals=residuals,
+        eigenvalues=eig,
+        spectral_radius=spectral_radius,
+        kinds=kinds,
+        basin_fraction=basin,
+        unassigned_fraction=unassigned,
+        radii=rho,
+        hits=hits,
+        n_starts=int(x0.shape[0]),
+        n_converged=n_converged,
+        tol=tol_eff,
+        seconds=time.perf_counter() - t0,
+    )

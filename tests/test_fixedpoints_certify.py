@@ -1,0 +1,308 @@
+"""Certified fixed-point counts of square networks against independent references:
+grid + bisection in one dimension, products of 1-D counts for decoupled (diagonal) nets,
+and damped Newton from many starts on small random Cauchy nets."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import jacrev, vmap
+
+from losslab.errors import FixedPointError
+from losslab.fixedpoints.certify import CertifiedCount, _extract, _IntervalMap, certify_fixed_points
+from losslab.linalg.interval import Interval
+from losslab.nets.square import SquareNet
+
+
+def _net(weights: list[tuple[list, list]], activation: str = "sigmoid") -> SquareNet:
+    N = len(weights[0][1])
+    net = SquareNet(N, len(weights), activation=activation)
+    with torch.no_grad():
+        for layer, (W, b) in zip(net.layers, weights, strict=True):
+            layer.weight.copy_(torch.tensor(W, dtype=torch.float64))
+            layer.bias.copy_(torch.tensor(b, dtype=torch.float64))
+    return net
+
+
+def _sigma(t: float, activation: str = "sigmoid") -> float:
+    if activation == "tanh":
+        return math.tanh(t)
+    return 1 / (1 + math.exp(-t)) if t >= 0 else math.exp(t) / (1 + math.exp(t))
+
+
+def _roots_1d(g, lo: float, hi: float, n: int = 20_001) -> list[float]:
+    """Zeros of ``g`` on [lo, hi] by a dense grid of sign changes and bisection."""
+    xs = [lo + (hi - lo) * k / (n - 1) for k in range(n)]
+    gs = [g(x) for x in xs]
+    roots = []
+    for k in range(n):
+        if gs[k] == 0:
+            roots.append(xs[k])
+        elif k + 1 < n and gs[k] * gs[k + 1] < 0:
+            a, b = xs[k], xs[k + 1]
+            for _ in range(80):
+                c = 0.5 * (a + b)
+                if g(c) == 0:
+                    a = b = c
+                    break
+                if (g(a) < 0) == (g(c) < 0):
+                    a = c
+                else:
+                    b = c
+            roots.append(0.5 * (a + b))
+    return roots
+
+
+def _composite_1d(layers: list[tuple[float, float]], activation: str = "sigmoid"):
+    def g(x: float) -> float:
+        y = x
+        for w, b in layers:
+            y = _sigma(w * y + b, activation)
+        return y - x
+
+    return g
+
+
+def _newton_roots(net: SquareNet, n_starts: int = 1500, seed: int = 0) -> torch.Tensor:
+    """Fixed points by damped Newton from many starts, in pre-activation coordinates
+    (united with Newton on ``f - id`` itself).
+
+    ``x = sigma(y)`` is a fixed point iff ``G(y) = W_L a_{L-1}(sigma(y)) + b_L - y = 0``
+    (``a_l`` the hidden activations), and every root has ``|y_i| <= R_i = sum_j |W_L,ij|
+    + |b_L,i|``. ``G`` is free of the saturation of ``f - id``, so Newton from uniform
+    starts in that box (half of them in ``[-8, 8]^N``, where unstable roots with small
+    basins sit) finds its roots; dedup at 1e-8, keep ``|G| < 1e-12 (1 + R + |y|)``."""
+    weights = net.weights()
+    sigma = torch.sigmoid if net.activation == "sigmoid" else torch.tanh
+    W_L, b_L = weights[-1]
+    R = W_L.abs().sum(dim=1) + b_L.abs()
+
+    def G(y: torch.Tensor) -> torch.Tensor:
+        a = sigma(y)
+        for W, b in weights[:-1]:
+            a = sigma(a @ W.T + b)
+        return a @ W_L.T + b_L - y
+
+    max_step = 0.1 * float(R.max())
+    gen = torch.Generator().manual_seed(seed)
+    y = (2 * torch.rand(n_starts, net.N, generator=gen, dtype=torch.float64) - 1) * R
+    y[: n_starts // 2] = y[: n_starts // 2] * (8.0 / R).clamp(max=1.0)  # dense near 0
+    J = vmap(jacrev(G))
+    with torch.no_grad():
+        for _ in range(100):
+            step = torch.linalg.lstsq(J(y), G(y).unsqueeze(-1)).solution.squeeze(-1)
+            norm = step.norm(dim=-1, keepdim=True)
+            y = y - torch.where(norm > max_step, step * max_step / norm, step)
+        good = (G(y).abs() < 1e-12 * (1 + R + y.abs())).all(dim=-1)  # relative to sizes
+        y = y[good]
+    roots: list[torch.Tensor] = []
+    for p in y:
+        if all(float(((p - q).abs() / (1 + q.abs())).max()) > 1e-8 for q in roots):
+            roots.append(p)
+    found = [sigma(p) for p in roots]
+    for p in _newton_roots_x(net, n_starts, seed):  # union with Newton on f - id
+        if all(float((p - q).abs().max()) > 1e-8 for q in found):
+            found.append(p)
+    return torch.stack(found) if found else torch.empty(0, net.N, dtype=torch.float64)
+
+
+def _newton_roots_x(net: SquareNet, n_starts: int, seed: int) -> list[torch.Tensor]:
+    """Damped Newton on ``F = f - id`` from uniform starts and their images under f."""
+    lo, hi = net.output_box
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = lo + (hi - lo) * torch.rand(n_starts, net.N, generator=gen, dtype=torch.float64)
+
+    def F(v: torch.Tensor) -> torch.Tensor:
+        return net(v) - v
+
+    J = vmap(jacrev(F))
+    with torch.no_grad():
+        x = torch.cat([x, net(x)])
+        for _ in range(60):
+            step = torch.linalg.lstsq(J(x), F(x).unsqueeze(-1)).solution.squeeze(-1)
+            norm = step.norm(dim=-1, keepdim=True)
+            x = (x - torch.where(norm > 0.25, step * 0.25 / norm, step)).clamp(lo, hi)
+        x = x[F(x).norm(dim=-1) < 1e-12]
+    roots: list[torch.Tensor] = []
+    for p in x:
+        if all(float((p - q).abs().max()) > 1e-8 for q in roots):
+            roots.append(p)
+    return roots
+
+
+def _in_some_enclosure(result: CertifiedCount, point: torch.Tensor, slack: float) -> bool:
+    lo = result.enclosures[..., 0] - slack
+    hi = result.enclosures[..., 1] + slack
+    return bool(((lo <= point) & (point <= hi)).all(dim=-1).any())
+
+
+# ------------------------------------------------------------------ one dimension
+ONE_D_CASES = [(10.0, -5.0, 3), (12.0, -6.5, 3), (20.0, -10.0, 3), (2.0, 0.0, 1),
+               (-10.0, 5.0, 1), (10.0, -2.0, 1), (8.0, -3.5, 3)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("w", "b", "expected"), ONE_D_CASES)
+def test_one_dimensional_sigmoid_counts(w, b, expected):
+    reference = _roots_1d(_composite_1d([(w, b)]), 0.0, 1.0)
+    assert len(reference) == expected
+    result = certify_fixed_points(_net([([[w]], [b])]))
+    assert result.status == "certified", result.reason
+    assert result.count == expected
+    for r in reference:
+        assert _in_some_enclosure(result, torch.tensor([r], dtype=torch.float64), 1e-12)
+    assert (result.enclosures[..., 1] - result.enclosures[..., 0]).max() < 1e-12
+
+
+def test_root_exactly_on_a_bisection_face_is_counted_once():
+    # w = 10, b = -5: x = 1/2 is a fixed point, and 1/2 is where the first cut falls
+    result = certify_fixed_points(_net([([[10.0]], [-5.0])]), box=(0.0, 1.0))
+    assert result.count == 3
+    assert result.certified
+    assert float(result.roots[1, 0]) == pytest.approx(0.5, abs=1e-14)
+
+
+def test_tanh_one_dimensional():
+    layers = [(3.0, 0.2)]
+    reference = _roots_1d(_composite_1d(layers, "tanh"), -1.0, 1.0)
+    assert len(reference) == 3
+    result = certify_fixed_points(_net([([[3.0]], [0.2])], activation="tanh"))
+    assert result.certified
+    assert result.count == 3
+
+
+# ------------------------------------------------------------------ decoupled nets
+@pytest.mark.parametrize(
+    "per_unit",
+    [
+        [[(10.0, -5.0)], [(12.0, -6.5)], [(2.0, 0.0)]],
+        [[(10.0, -5.0)], [(8.0, -3.5)]],
+        [[(6.0, -3.0), (7.0, -3.5)], [(-8.0, 4.0), (-8.0, 4.0)], [(3.0, -1.0), (2.0, 0.5)]],
+    ],
+)
+def test_diagonal_net_count_is_product_of_1d_counts(per_unit):
+    N, L = len(per_unit), len(per_unit[0])
+    reference = math.prod(len(_roots_1d(_composite_1d(unit), 0.0, 1.0)) for unit in per_unit)
+    weights = []
+    for layer in range(L):
+        W = [[per_unit[i][layer][0] if i == j else 0.0 for j in range(N)] for i in range(N)]
+        weights.append((W, [per_unit[i][layer][1] for i in range(N)]))
+    result = certify_fixed_points(_net(weights))
+    assert result.certified, result.reason
+    assert result.count == reference
+    assert reference > 1
+
+
+# ------------------------------------------------------------------ random Cauchy nets
+CAUCHY_CASES = [(2, 1, 16.0, 2), (2, 1, 16.0, 27), (2, 2, 64.0, 3), (3, 1, 32.0, 7),
+                (3, 2, 64.0, 29), (4, 2, 64.0, 12), (4, 3, 32.0, 29), (3, 3, 32.0, 4)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("N", "L", "scale", "seed"), CAUCHY_CASES)
+def test_random_cauchy_counts_match_newton(N, L, scale, seed):
+    net = SquareNet(N, L, init="cauchy", weight_scale=scale, seed=seed)
+    reference = _newton_roots(net)
+    result = certify_fixed_points(net, time_limit=30)
+    assert result.certified, result.reason
+    assert result.count == len(reference)
+    for p in reference:
+        assert _in_some_enclosure(result, p, 1e-10)
+    with torch.no_grad():
+        residual = (net(result.roots) - result.roots).abs().max() if result.count else 0.0
+    assert residual < 1e-10
+
+
+def test_tanh_random_net_matches_newton():
+    net = SquareNet(2, 2, activation="tanh", init="cauchy", weight_scale=8.0, seed=2)
+    reference = _newton_roots(net)
+    result = certify_fixed_points(net)
+    assert result.certified, result.reason
+    assert result.count == len(reference)
+
+
+def test_user_box_and_tensor_bounds():
+    net = _net([([[10.0, 0.0], [0.0, 10.0]], [-5.0, -5.0])])  # 9 fixed points
+    whole = certify_fixed_points(net)
+    assert whole.count == 9
+    low = torch.tensor([0.6, 0.6], dtype=torch.float64)
+    part = certify_fixed_points(net, box=(low, 1.0))
+    assert part.certified
+    assert part.count == 1
+    assert part.box_lo.tolist() == [0.6, 0.6]
+
+
+# ------------------------------------------------------------------ interval Jacobian
+def test_interval_jacobian_contains_point_jacobians():
+    net = SquareNet(4, 3, init="cauchy", weight_scale=8.0, seed=3)
+    weights, activation, _ = _extract(net)
+    fmap = _IntervalMap(weights, activation)
+    gen = torch.Generator().manual_seed(0)
+    lo = torch.rand(5, 4, generator=gen, dtype=torch.float64) * 0.8
+    X = Interval(lo, lo + 0.05 + 0.1 * torch.rand(5, 4, generator=gen, dtype=torch.float64))
+    fX, Zs = fmap.forward(X)
+    J = fmap.jacobian(Zs)
+    points = X.lo[:, None, :] + (X.hi - X.lo)[:, None, :] * torch.rand(
+        5, 20, 4, generator=gen, dtype=torch.float64
+    )
+    with torch.no_grad():
+        jac = vmap(vmap(jacrev(net)))(points)  # (5, 20, 4, 4)
+        values = net(points)
+    tol = 1e-13 * (1 + jac.abs())
+    assert (J.lo[:, None] <= jac + tol).all()
+    assert (jac - tol <= J.hi[:, None]).all()
+    assert (fX.lo[:, None] <= values).all()
+    assert (values <= fX.hi[:, None]).all()
+
+
+# ------------------------------------------------------------------ budgets and errors
+def test_impossible_budget_is_incomplete_never_certified():
+    net = _net([([[10.0]], [-5.0])])
+    result = certify_fixed_points(net, max_boxes=1)
+    assert result.status == "incomplete"
+    assert result.is_lower_bound
+    assert result.unresolved_volume > 0
+    assert 0 < result.unresolved_fraction <= 1
+    assert result.boxes_processed == 1
+    assert "lower bound" in result.reason
+    quick = certify_fixed_points(net, time_limit=1e-9)
+    assert quick.status == "incomplete"
+    assert quick.count == 0
+    assert quick.unresolved_fraction == pytest.approx(1.0)
+
+
+def test_to_dict_is_json_ready():
+    result = certify_fixed_points(_net([([[10.0]], [-5.0])]))
+    record = result.to_dict()
+    json.dumps(record)
+    assert record["count"] == 3
+    assert record["status"] == "certified"
+    assert record["count_is_lower_bound"] is False
+    assert len(record["roots"]) == 3
+
+
+def test_bad_inputs_raise():
+    net = _net([([[10.0]], [-5.0])])
+    with pytest.raises(FixedPointError, match="inverted"):
+        certify_fixed_points(net, box=(1.0, 0.0))
+    with pytest.raises(FixedPointError, match="positive width"):
+        certify_fixed_points(net, box=(0.5, 0.5))
+    with pytest.raises(FixedPointError, match="NaN or infinite"):
+        certify_fixed_points(net, box=(0.0, float("nan")))
+    with pytest.raises(FixedPointError, match="shape"):
+        certify_fixed_points(net, box=(torch.zeros(3), 1.0))
+    with pytest.raises(FixedPointError, match="SquareNet"):
+        certify_fixed_points(nn.Linear(2, 2))
+    with pytest.raises(FixedPointError, match="SquareNet"):
+        certify_fixed_points(lambda x: x)
+    with pytest.raises(FixedPointError, match="max_boxes"):
+        certify_fixed_points(net, max_boxes=0)
+    with pytest.raises(FixedPointError, match="time_limit"):
+        certify_fixed_points(net, time_limit=0)
+    bad = SquareNet(2, 2, seed=0)
+    with torch.no_grad():
+        bad.layers[1].weight[0, 0] = float("nan")
+    with pytest.raises(FixedPointError, match="NaN"):
+        certify_fixed_points(bad)

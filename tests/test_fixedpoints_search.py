@@ -1,0 +1,341 @@
+"""All fixed points of a map (losslab.fixedpoints.search) against independent references:
+bisection on dense grids, linear algebra, scipy.optimize.root from a dense grid of starts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.optimize
+import scipy.special
+import torch
+
+from losslab.errors import FixedPointError
+from losslab.fixedpoints.search import (
+    FixedPointSet,
+    classify,
+    find_fixed_points,
+    square_net_jacobian,
+)
+from losslab.nets.square import SquareNet
+from losslab.solve.newton import batched_jacobian
+
+DT = torch.float64
+
+
+def sigmoid_map(x: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(10 * x - 5)
+
+
+def _bisection_roots(g, low: float, high: float, n: int = 20001) -> list[float]:
+    """Zeros of a scalar function by sign changes on a dense grid plus Brent's method."""
+    grid = np.linspace(low, high, n)
+    values = g(grid)
+    roots = []
+    for i in np.nonzero(np.sign(values[:-1]) * np.sign(values[1:]) < 0)[0]:
+        roots.append(scipy.optimize.brentq(g, grid[i], grid[i + 1], xtol=1e-15))
+    roots += [float(x) for x, v in zip(grid, values, strict=True) if v == 0]
+    return sorted(roots)
+
+
+def _dense_kinds(f, points: torch.Tensor) -> list[str]:
+    """Stability from dense eigenvalues of autograd Jacobians (independent of the module)."""
+    eigs = []
+    for x in points:
+        J = torch.autograd.functional.jacobian(lambda z: f(z[None])[0], x)
+        eigs.append(torch.linalg.eigvals(J))
+    return classify(torch.stack(eigs))
+
+
+def _box(low, high, N: int = 1):
+    return (torch.full((N,), low, dtype=DT), torch.full((N,), high, dtype=DT))
+
+
+def _sigmoid_reference() -> np.ndarray:
+    return np.array(_bisection_roots(lambda x: 1 / (1 + np.exp(-(10 * x - 5))) - x, -0.5, 1.5))
+
+
+def test_sigmoid_1d_three_points_against_bisection():
+    ref = _sigmoid_reference()
+    assert len(ref) == 3
+    result = find_fixed_points(sigmoid_map, box=_box(0.0, 1.0), n_starts=300, basin_starts=500)
+    assert result.count == 3
+    np.testing.assert_allclose(result.points.squeeze(1).numpy(), ref, atol=1e-12)
+    assert result.kinds == ["attractor", "repeller", "attractor"]
+    assert result.kinds == _dense_kinds(sigmoid_map, result.points)
+    slope = 10 * ref * (1 - ref)  # f' = 10 s (1 - s) with s = f(x) = x
+    np.testing.assert_allclose(result.eigenvalues.real.squeeze(1).numpy(), slope, rtol=1e-10)
+    np.testing.assert_allclose(result.spectral_radius.numpy(), np.abs(slope), rtol=1e-10)
+    assert float(result.residuals.max()) <= 1e-12
+    assert int(result.hits.sum()) == result.n_converged <= result.n_starts == 300
+    assert all(r > 0 for r in result.radii.tolist())
+
+
+def test_sigmoid_basins_are_the_two_sides_of_the_repeller():
+    low, high, n = -0.2, 1.0, 4000
+    result = find_fixed_points(sigmoid_map, box=_box(low, high), n_starts=200, basin_starts=n)
+    repeller = float(result.points[1, 0])
+    share_left = (repeller - low) / (high - low)
+    sigma = math.sqrt(share_left * (1 - share_left) / n)
+    fractions = result.basin_fraction.tolist()
+    assert math.isnan(fractions[1])
+    assert abs(fractions[0] - share_left) <= 4 * sigma
+    assert abs(fractions[2] - (1 - share_left)) <= 4 * sigma
+    assert result.unassigned_fraction == 0.0
+    assert fractions[0] + fractions[2] == pytest.approx(1.0)
+
+
+def test_product_map_nine_points_four_attractors():
+    result = find_fixed_points(sigmoid_map, box=_box(0.0, 1.0, N=2), n_starts=1000)
+    ref = _sigmoid_reference()
+    expected = np.array([[a, b] for a in ref for b in ref])  # lexicographic order
+    assert result.count == 9
+    np.testing.assert_allclose(result.points.numpy(), expected, atol=1e-12)
+    assert result.counts_by_kind() == {
+        "attractor": 4,
+        "saddle": 4,
+        "repeller": 1,
+        "non-hyperbolic": 0,
+    }
+    assert result.kinds == _dense_kinds(sigmoid_map, result.points)
+    attractors = result.attractors()
+    assert attractors.count == 4
+    assert set(attractors.kinds) == {"attractor"}
+    # symmetric box: each corner attractor draws about a quarter of the box
+    np.testing.assert_allclose(attractors.basin_fraction.numpy(), 0.25, atol=0.04)
+    assert result.unassigned_fraction <= 0.01
+    assert float(attractors.basin_fraction.sum()) + result.unassigned_fraction == pytest.approx(1)
+
+
+@pytest.mark.parametrize(
+    ("diag", "kind"),
+    [
+        ([0.5, -0.3, 0.2], "attractor"),
+        ([1.5, -2.0, 3.0], "repeller"),
+        ([0.5, 2.0, -0.1], "saddle"),
+    ],
+)
+def test_linear_map_unique_point(diag, kind):
+    g = torch.Generator().manual_seed(len(kind))
+    Q, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=DT))
+    S = torch.randn(3, 3, generator=g, dtype=DT).triu(1) * 0.3
+    A = Q @ (torch.diag(torch.tensor(diag, dtype=DT)) + S) @ Q.T  # eigenvalues = diag
+    b = torch.randn(3, generator=g, dtype=DT)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return x @ A.T + b
+
+    expected = torch.linalg.solve(torch.eye(3, dtype=DT) - A, b)
+    bound = float(expected.abs().max()) + 2
+    result = find_fixed_points(f, box=_box(-bound, bound, N=3), n_starts=400, basin_starts=300)
+    assert result.count == 1  # one point found from every start, reported once
+    assert int(result.hits[0]) == result.n_converged == 400
+    np.testing.assert_allclose(result.points[0].numpy(), expected.numpy(), atol=1e-11)
+    assert result.kinds == [kind] == classify(torch.linalg.eigvals(A)[None])
+    np.testing.assert_allclose(
+        np.sort(np.abs(result.eigenvalues[0].numpy())), np.sort(np.abs(diag)), rtol=1e-9
+    )
+    if kind == "attractor":
+        assert float(result.basin_fraction[0]) == 1.0
+    else:
+        assert math.isnan(float(result.basin_fraction[0]))
+
+
+def test_two_fixed_points_a_micrometre_apart_are_two():
+    a, delta, c = 0.3, 1e-6, 1e3
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return x + c * (x - a) * (x - a - delta)
+
+    result = find_fixed_points(f, box=_box(0.29, 0.31), n_starts=500, basin_starts=100)
+    assert result.count == 2
+    np.testing.assert_allclose(result.points.squeeze(1).numpy(), [a, a + delta], atol=1e-12)
+    assert result.kinds == ["attractor", "repeller"]  # f' = 1 -+ c delta
+    assert int(result.hits.sum()) == result.n_converged == 500
+    # the uniqueness radius sees the other point: rho <= its distance
+    assert float(result.radii.max()) <= delta
+
+
+def test_hyperbolicity_classification():
+    eig = torch.tensor(
+        [[0.5, -0.2], [2.0, -1.5], [0.5, 3.0], [1.0 + 1e-12, 0.3], [0.6j, 0.1]],
+        dtype=torch.complex128,
+    )
+    assert classify(eig) == ["attractor", "repeller", "saddle", "non-hyperbolic", "attractor"]
+
+
+def _brute_force_square_net(net: SquareNet, grid: int = 21) -> np.ndarray:
+    """Fixed points of a 2-D SquareNet: scipy root (hybr) from a dense grid, deduplicated."""
+    layers = [(W.numpy(), b.numpy()) for W, b in net.weights()]
+
+    def f(x: np.ndarray) -> np.ndarray:
+        for W, b in layers:
+            x = scipy.special.expit(W @ x + b)
+        return x
+
+    found: list[np.ndarray] = []
+    axis = (np.arange(grid) + 0.5) / grid
+    for u in axis:
+        for v in axis:
+            sol = scipy.optimize.root(lambda x: f(x) - x, np.array([u, v]), tol=1e-14)
+            if np.linalg.norm(f(sol.x) - sol.x) > 1e-11 or not np.all(np.abs(sol.x - 0.5) <= 0.5):
+                continue
+            if all(np.linalg.norm(sol.x - p) > 1e-7 for p in found):
+                found.append(sol.x)
+    return np.array(sorted(found, key=tuple))
+
+
+@pytest.mark.parametrize(
+    ("L", "weight_scale", "seed"),
+    [(1, 32.0, 2), (1, 32.0, 5), (1, 32.0, 1), (2, 16.0, 4), (2, 8.0, 0)],
+)
+def test_small_cauchy_nets_against_brute_force(L, weight_scale, seed):
+    net = SquareNet(2, L, init="cauchy", weight_scale=weight_scale, seed=seed)
+    ref = _brute_force_square_net(net)
+    result = find_fixed_points(net, n_starts=400, basin_starts=200)
+    assert result.count == len(ref)
+    np.testing.assert_allclose(result.points.numpy(), ref, atol=1e-9)
+    assert result.kinds == _dense_kinds(net, result.points)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
+def test_square_net_chain_rule_jacobian(activation):
+    net = SquareNet(5, 3, activation=activation, init="cauchy", weight_scale=4.0, seed=1)
+    x = torch.rand(6, 5, generator=torch.Generator().manual_seed(0), dtype=DT)
+    np.testing.assert_allclose(
+        square_net_jacobian(net)(x).numpy(), batched_jacobian(net, x).numpy(), atol=1e-13
+    )
+
+
+def test_square_net_defaults_seed_and_dict():
+    net = SquareNet(3, 2, init="cauchy", weight_scale=8.0, seed=3)
+    first = find_fixed_points(net, n_starts=200, basin_starts=200, seed=7)
+    again = find_fixed_points(net, n_starts=200, basin_starts=200, seed=7)
+    assert torch.equal(first.points, again.points)
+    np.testing.assert_array_equal(first.basin_fraction.numpy(), again.basin_fraction.numpy())
+    assert first.n_starts == 200
+    assert bool(((first.points > 0) & (first.points < 1)).all())  # sigmoid output box
+    d = first.to_dict()
+    assert d["count"] == first.count
+    assert len(d["kinds"]) == first.count
+    assert isinstance(first.select([True] * first.count), FixedPointSet)
+
+
+def test_starts_only_without_box():
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * torch.cos(x)
+
+    starts = torch.linspace(-3, 3, 25, dtype=DT)[:, None]
+    result = find_fixed_points(f, starts=starts)
+    ref = scipy.optimize.brentq(lambda x: 0.5 * np.cos(x) - x, 0, 1, xtol=1e-15)
+    assert result.count == 1
+    assert result.n_starts == 25
+    np.testing.assert_allclose(result.points[0, 0].item(), ref, atol=1e-12)
+    assert result.kinds == ["attractor"]
+    assert float(result.basin_fraction[0]) == 1.0
+
+
+def test_nan_starts_are_dropped():
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x < 0, torch.nan, 2 * x * x)
+
+    result = find_fixed_points(f, box=_box(-1.0, 1.0), n_starts=100, basin_starts=0)
+    assert result.n_starts < 100  # the starts below 0 are dropped
+    np.testing.assert_allclose(np.sort(result.points.squeeze(1).numpy()), [0.0, 0.5], atol=1e-12)
+    assert math.isnan(result.unassigned_fraction)
+
+
+@pytest.mark.parametrize(
+    ("f", "kwargs", "message"),
+    [
+        (
+            lambda x: torch.cat([x, x], dim=-1),
+            {"box": _box(0.0, 1.0, 2)},
+            r"\(100, 2\).*\(100, 4\)",
+        ),
+        (lambda x: x * torch.nan, {"box": _box(0.0, 1.0, 2)}, "NaN"),
+        (sigmoid_map, {"box": _box(1.0, 0.0, 2)}, "inverted"),
+        (sigmoid_map, {"box": (torch.zeros(2), torch.tensor([1.0, 0.0]))}, "inverted"),
+        (sigmoid_map, {"box": (0.0, 1.0)}, "infer the dimension"),
+        (sigmoid_map, {}, "infer the dimension"),
+        (sigmoid_map, {"starts": torch.zeros(3, 2)}, None),
+        (sigmoid_map, {"box": _box(0.0, 1.0, 2), "starts": torch.zeros(3, 3)}, "inconsistent"),
+        (sigmoid_map, {"box": (0.0, float("inf")), "starts": torch.zeros(3, 2)}, "finite"),
+        (sigmoid_map, {"box": _box(0.0, 1.0, 2), "n_starts": -1}, "n_starts"),
+        (sigmoid_map, {"box": _box(0.0, 1.0, 2), "tol": 0.0}, "tol"),
+    ],
+)
+def test_bad_input(f, kwargs, message):
+    kwargs = {"n_starts": 100} | kwargs
+    if message is None:  # starts without a box are fine
+        assert find_fixed_points(f, **kwargs).count >= 1
+        return
+    with pytest.raises(FixedPointError, match=message):
+        find_fixed_points(f, **kwargs)
+
+
+def test_map_with_dimension_but_no_box():
+    class Map:
+        N = 2
+
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            return sigmoid_map(x)
+
+    with pytest.raises(FixedPointError, match="no box"):
+        find_fixed_points(Map())
+    assert find_fixed_points(Map(), box=(0.0, 1.0), n_starts=300).count == 9
+
+
+def test_square_net_wrong_dimension_starts():
+    net = SquareNet(3, 1, seed=0)
+    with pytest.raises(FixedPointError, match="inconsistent"):
+        find_fixed_points(net, starts=torch.zeros(2, 4, dtype=DT))
+
+
+def test_square_net_fast_path_matches_generic_path():
+    net = SquareNet(2, 1, init="cauchy", weight_scale=32.0, seed=2)  # 3 fixed points
+    fast = find_fixed_points(net, n_starts=600, basin_starts=300)
+    generic = find_fixed_points(
+        lambda x: net(x), box=_box(0.0, 1.0, 2), n_starts=600, basin_starts=300
+    )
+    assert fast.count == generic.count == 3
+    assert fast.kinds == generic.kinds
+    np.testing.assert_allclose(fast.points.numpy(), generic.points.numpy(), atol=1e-12)
+    np.testing.assert_allclose(
+        fast.basin_fraction.numpy(), generic.basin_fraction.numpy(), equal_nan=True
+    )
+
+
+def test_float32_net_follows_its_dtype():
+    net64 = SquareNet(2, 1, init="cauchy", weight_scale=32.0, seed=2)
+    net32 = SquareNet(2, 1, init="cauchy", weight_scale=32.0, seed=2, dtype=torch.float32)
+    ref = find_fixed_points(net64, n_starts=400, basin_starts=0)
+    result = find_fixed_points(net32, n_starts=400, basin_starts=0)
+    assert result.points.dtype == torch.float32
+    assert result.eigenvalues.dtype == torch.complex64
+    assert result.count == ref.count
+    assert result.kinds == ref.kinds
+    np.testing.assert_allclose(result.points.numpy(), ref.points.numpy(), atol=1e-5)
+
+
+def test_map_without_fixed_points():
+    result = find_fixed_points(lambda x: x + 1, box=_box(-1.0, 1.0, 2), n_starts=50)
+    assert result.count == 0
+    assert result.n_converged == 0
+    assert result.points.shape == (0, 2)
+    assert result.eigenvalues.shape == (0, 2)
+    assert result.kinds == []
+    assert result.unassigned_fraction == 1.0
+    assert result.to_dict()["count"] == 0
+    assert result.attractors().count == 0
+
+
+def test_float32_starts_follow_the_net_and_no_grad_is_fine():
+    net = SquareNet(2, 1, init="cauchy", weight_scale=32.0, seed=2)
+    with torch.no_grad():
+        result = find_fixed_points(net, starts=torch.rand(20, 2), n_starts=300)
+        generic = find_fixed_points(lambda x: net(x), box=_box(0.0, 1.0, 2), n_starts=300)
+    assert result.points.dtype == torch.float64
+    assert result.n_starts == 320
+    assert result.count == generic.count == 3
