@@ -127,7 +127,8 @@ class FixedPointSet:
         radii: (k,) uniqueness radius ``rho``: no other fixed point within it (estimated,
             module docstring), at most the box scale.
         hits: (k,) how many search starts converged to each point.
-        n_starts: starts the search ran (uniform plus user, NaN starts dropped).
+        n_starts: starts the search ran (uniform, user and, for a SquareNet, pre-activation
+            starts; NaN starts dropped).
         n_converged: starts that converged, or were captured by a point already found
             (module docstring).
         tol: the effective tolerance on ``||f(x) - x||_2``.
@@ -575,6 +576,39 @@ def _basins(
     return fractions, float((label < 0).sum()) / n
 
 
+def preactivation_starts(net: SquareNet, n_starts: int, generator: torch.Generator) -> torch.Tensor:
+    r"""Starts near the fixed points that saturated nets hide in the box's corners.
+
+    A fixed point ``x = f(x) = sigma(y)`` of a :class:`SquareNet` is ``sigma(y)`` for a zero
+    of ``G(y) = A_L(h(sigma(y))) - y`` (``y`` the last pre-activation, ``h`` the first
+    ``L - 1`` layers with their activations). Where ``sigma`` saturates, ``F(x) = f(x) - x``
+    is steep (Jacobian norms of 1e5 are common at heavy-tailed weights) and few uniform
+    starts in ``x`` reach such a root; in ``y`` the same root is well conditioned. Newton /
+    Levenberg-Marquardt on ``G`` from ``n_starts`` uniform ``y`` in ``[-R, R]^N`` (``R``
+    bounds ``|A_L(.)|`` on the activation's range) gives ``sigma(y*)``: starts for the
+    search in ``x``, which confirms them there. :func:`find_fixed_points` adds
+    ``max(64, n_starts // 4)`` of them for a SquareNet with ``N <= 16`` (beyond, the
+    generic Jacobians of ``G`` cost more than the uniform starts themselves).
+    """
+    from losslab.nets.square import ACTIVATIONS
+
+    sigma = ACTIVATIONS[net.activation]
+    weights = net.weights()
+    W_last, b_last = weights[-1]
+    radius = b_last.abs() + W_last.abs().sum(dim=1)  # |A_L(z)| for |z| <= 1
+
+    def G(y: torch.Tensor) -> torch.Tensor:
+        z = sigma(y)
+        for W, b in weights[:-1]:
+            z = sigma(z @ W.T + b)
+        return z @ W_last.T + b_last - y
+
+    uniform = torch.rand(n_starts, net.N, generator=generator, dtype=torch.float64)
+    y0 = (2 * uniform - 1).to(radius) * radius
+    solved = newton_batch(G, y0, tol=1e-10 * (1 + float(radius.max())), max_iter=60)
+    return sigma(solved.x[solved.converged])
+
+
 def find_fixed_points(
     f: Map,
     *,
@@ -632,6 +666,10 @@ def find_fixed_points(
         parts.append(low + (high - low) * uniform)
     if user is not None:
         parts.append(user)
+    if isinstance(f, SquareNet) and low is not None and n_starts > 0 and N <= 16:
+        # (a generator of its own: the other starts do not depend on whether f is a SquareNet)
+        extra = torch.Generator().manual_seed(seed + 1)
+        parts.append(preactivation_starts(f, max(64, n_starts // 4), extra).to(dtype))
     x0 = torch.cat(parts) if parts else torch.empty(0, N, dtype=dtype, device=device)
     if x0.shape[0] == 0:
         raise FixedPointError("no starts: set n_starts >= 1 or pass starts")
