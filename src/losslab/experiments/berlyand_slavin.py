@@ -342,19 +342,25 @@ def _count_figure(counts: pd.DataFrame) -> Figure:
 
 
 def _spectra_figure(spectra: pd.DataFrame) -> Figure:
+    """Densities of ``log10`` of the squared singular values (they span decades): for a
+    density ``rho(x)`` the curve is ``rho(x) x ln 10`` against ``log10 x``."""
     figure = Figure(figsize=(10, 3.5))
     axes = figure.subplots(1, len(spectra), squeeze=False)[0]
     for ax, (_, row) in zip(axes, spectra.iterrows(), strict=True):
-        values = row["arrays"]["squared_singular_values"]
-        ax.hist(values, bins=60, density=True, alpha=0.5, label="random inputs")
-        fixed = row["arrays"]["at_fixed_points"]
+        arrays = row["arrays"]
+        values = arrays["squared_singular_values"]
+        ax.hist(np.log10(values[values > 0]), bins=60, density=True, alpha=0.5,
+                label="random inputs")  # fmt: skip
+        fixed = arrays["at_fixed_points"]
         if len(fixed):
-            ax.hist(fixed, bins=60, density=True, alpha=0.5, label="fixed points")
-        if "prediction_grid" in row["arrays"]:
-            ax.plot(row["arrays"]["prediction_grid"], row["arrays"]["prediction_density"], "k-",
+            ax.hist(np.log10(fixed[fixed > 0]), bins=60, density=True, alpha=0.5,
+                    label="fixed points")  # fmt: skip
+        if "prediction_grid" in arrays:
+            grid, density = arrays["prediction_grid"], arrays["prediction_density"]
+            ax.plot(np.log10(grid), density * grid * np.log(10), "k-",
                     label="free probability")  # fmt: skip
         ax.set_title(f"{row['init']}, N={int(row['N'])}, L={int(row['L'])}", fontsize=9)
-        ax.set_xlabel("squared singular value of J")
+        ax.set_xlabel("log10 of a squared singular value of J")
         ax.legend(fontsize=7)
     figure.tight_layout()
     return figure
