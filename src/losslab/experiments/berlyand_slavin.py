@@ -9,13 +9,14 @@ Five parts, each a kind of cell:
   every net has one fixed point): ``Q(N, L)``, the mean number of fixed points, over
   ``L`` for ``N = 3`` and over ``N`` for ``L = 3``, with the proof where it runs.
 - ``trained``: ``SquareNet(64, L)`` trained as a denoising autoencoder (input noise 0.3)
-  on 10 ``digits`` (scaled to [0, 1]), from Gaussian and from Cauchy initialisation
-  (``weight_scale = 1``): fixed points after training (search from random starts and
-  from the stored images), their kinds and basins, the power-law exponent of each
-  layer's ``W^T W`` eigenvalue tail before and after training, and restoration of
-  damaged images (masked 4x4 block, 20% salt and pepper, Gaussian noise 0.2), stored
-  ones and unseen ones: PSNR before and after iterating the map to its attractor, and
-  the accuracy of a logistic-regression classifier (trained on clean digits).
+  on 10 ``digits`` (scaled to [0, 1]) or 10 ``lfw_faces`` images (25 x 25, averaged
+  down to 8 x 8), from Gaussian and from Cauchy initialisation (``weight_scale = 1``):
+  fixed points after training (search from random starts and from the stored images),
+  their kinds and basins, the power-law exponent of each layer's ``W^T W`` eigenvalue
+  tail before and after training, and restoration of damaged images (masked 4x4 block,
+  20% salt and pepper, Gaussian noise 0.2), stored ones and unseen ones: PSNR before and
+  after iterating the map to its attractor, and the accuracy of a logistic-regression
+  classifier trained on clean images (digit classes; faces vs non-faces).
 - ``spectra``: eigenvalues and squared singular values of the input-output Jacobian at
   random inputs and at fixed points over an ensemble of nets; for Gaussian weights, the
   free-probability prediction of the squared singular values' density.
@@ -90,11 +91,12 @@ def _trained(cell: dict[str, Any]) -> dict[str, Any]:
         restore,
         salt_and_pepper,
     )
-    from losslab.fixedpoints.training import digits_unit, train_autoencoder
+    from losslab.fixedpoints.training import digits_unit, faces_unit, train_autoencoder
 
-    images, labels = digits_unit()
+    images, labels = faces_unit(8) if cell.get("data") == "faces" else digits_unit()
     order = np.random.default_rng(cell["seed"]).permutation(len(labels))
-    stored, test = order[: cell["n_train"]], order[-200:]
+    n_unseen = min(200, len(labels) // 4)
+    stored, test, rest = order[: cell["n_train"]], order[-n_unseen:], order[:-n_unseen]
     scale = 1.0 if cell["init"] == "gaussian" else TRAINED_CAUCHY_SCALE
     net = SquareNet(64, cell["L"], init=cell["init"], weight_scale=scale, seed=cell["seed"])
     alphas_before = _tail_alphas(net)
@@ -105,8 +107,7 @@ def _trained(cell: dict[str, Any]) -> dict[str, Any]:
     with torch.no_grad():
         found = find_fixed_points(net, starts=images[stored], n_starts=cell["starts"],
                                   seed=cell["seed"])  # fmt: skip
-    classifier = LogisticRegression(max_iter=2000).fit(images[order[:-200]].numpy(),
-                                                       labels[order[:-200]])  # fmt: skip
+    classifier = LogisticRegression(max_iter=2000).fit(images[rest].numpy(), labels[rest])
     corruptions = {
         "mask": lambda x: mask_block(x, 4, seed=cell["seed"]),
         "salt_pepper": lambda x: salt_and_pepper(x, 0.2, seed=cell["seed"]),
@@ -206,9 +207,10 @@ class BerlyandSlavin:
                   for L in for_L for seed in seeds]  # fmt: skip
         cells += [{"part": "heavy", "N": N, "L": L0, "seed": seed, "starts": starts}
                   for N in for_N if N != N0 for seed in seeds]  # fmt: skip
-        cells += [{"part": "trained", "init": init, "L": L, "seed": seed,
+        cells += [{"part": "trained", "data": data, "init": init, "L": L, "seed": seed,
                    "n_train": 10, "epochs": 1500, "lr": 1e-2, "input_noise": 0.3,
                    "starts": 1000 if full else 300}
+                  for data in ("digits", "faces")
                   for init in ("gaussian", "cauchy")
                   for L in ((1, 2, 3) if full else (2,))
                   for seed in range(3 if full else 1)]  # fmt: skip
