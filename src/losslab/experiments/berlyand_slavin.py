@@ -314,7 +314,7 @@ class BerlyandSlavin:
                 "(PSNR improves)",
                 "mean PSNR gain (dB) on damaged stored images: "
                 + ", ".join(f"{k.split('/')[1]} {v:+.2f}" for k, v in stored.items())
-                + "; on unseen test digits: "
+                + "; on unseen images: "
                 + ", ".join(f"{k.split('/')[1]} {v:+.2f}" for k, v in gains.items()
                             if k.startswith("unseen/")),
                 all(v > 0 for v in stored.values()),
