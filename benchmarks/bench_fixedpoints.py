@@ -53,7 +53,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"certify": [], "search": [], "adam": []}
     for seed in range(N_NETS):
         net = SquareNet(N, L, init="cauchy", weight_scale=SCALE, seed=seed)
-        proof = certify_fixed_points(net, time_limit=60.0, max_boxes=2_000_000)
+        proof = certify_fixed_points(net, time_limit=60.0)
         start = time.perf_counter()
         found = find_fixed_points(net, n_starts=STARTS, seed=seed, basin_starts=0)
         search = time.perf_counter() - start

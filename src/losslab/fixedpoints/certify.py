@@ -324,7 +324,7 @@ def certify_fixed_points(
     net: Any,
     box: tuple[Tensor | float, Tensor | float] | None = None,
     *,
-    max_boxes: int = 200_000,
+    max_boxes: int = 2_000_000,
     time_limit: float = 60.0,
     min_width: float = 1e-12,
     batch_size: int = 4096,
