@@ -584,11 +584,12 @@ def preactivation_starts(net: SquareNet, n_starts: int, generator: torch.Generat
     ``L - 1`` layers with their activations). Where ``sigma`` saturates, ``F(x) = f(x) - x``
     is steep (Jacobian norms of 1e5 are common at heavy-tailed weights) and few uniform
     starts in ``x`` reach such a root; in ``y`` the same root is well conditioned. Newton /
-    Levenberg-Marquardt on ``G`` from ``n_starts`` uniform ``y`` in ``[-R, R]^N`` (``R``
-    bounds ``|A_L(.)|`` on the activation's range) gives ``sigma(y*)``: starts for the
-    search in ``x``, which confirms them there. :func:`find_fixed_points` adds
-    ``max(64, n_starts // 4)`` of them for a SquareNet with ``N <= 16`` (beyond, the
-    generic Jacobians of ``G`` cost more than the uniform starts themselves).
+    Levenberg-Marquardt on ``G`` from ``n_starts`` random ``y`` (random signs, magnitudes
+    log-uniform in ``[0.1, R]``; ``R`` bounds ``|A_L(.)|`` on the activation's range)
+    gives ``sigma(y*)``: starts for the search in ``x``, which confirms them there.
+    :func:`find_fixed_points` adds ``max(64, n_starts // 4)`` of them for a SquareNet
+    with ``N <= 16`` (beyond, the generic Jacobians of ``G`` cost more than the uniform
+    starts themselves).
     """
     from losslab.nets.square import ACTIVATIONS
 
@@ -603,8 +604,12 @@ def preactivation_starts(net: SquareNet, n_starts: int, generator: torch.Generat
             z = sigma(z @ W.T + b)
         return z @ W_last.T + b_last - y
 
-    uniform = torch.rand(n_starts, net.N, generator=generator, dtype=torch.float64)
-    y0 = (2 * uniform - 1).to(radius) * radius
+    # Magnitudes log-uniform in [0.1, R] (random signs): a root can be saturated in some
+    # coordinates (|y| large) and moderate in others; uniform y would rarely be moderate.
+    uniform = torch.rand(2, n_starts, net.N, generator=generator, dtype=torch.float64)
+    top = torch.log10(radius.clamp(min=1.0)).cpu()
+    magnitude = 10 ** (-1 + uniform[0] * (top + 1))
+    y0 = (torch.where(uniform[1] < 0.5, -magnitude, magnitude)).to(radius)
     solved = newton_batch(G, y0, tol=1e-10 * (1 + float(radius.max())), max_iter=60)
     return sigma(solved.x[solved.converged])
 
