@@ -353,3 +353,22 @@ def test_saturated_roots_are_found_as_the_proof_counts():
     assert proof.status == "certified"
     assert proof.count == 5
     assert find_fixed_points(net, n_starts=1000, seed=18, basin_starts=0).count == 5
+
+
+def test_preactivation_map_jacobian_matches_autograd(monkeypatch):
+    import losslab.fixedpoints.search as search
+    from losslab.solve import batched_jacobian
+
+    seen = {}
+    solve = search.newton_batch
+
+    def spy(G, y0, *, jacobian=None, **kwargs):
+        seen.update(G=G, jacobian=jacobian, y0=y0)
+        return solve(G, y0, jacobian=jacobian, **kwargs)
+
+    monkeypatch.setattr(search, "newton_batch", spy)
+    for activation in ("sigmoid", "tanh"):
+        net = SquareNet(4, 3, activation=activation, init="cauchy", weight_scale=8.0, seed=1)
+        search.preactivation_starts(net, 16, torch.Generator().manual_seed(0))
+        y = seen["y0"][:5]
+        torch.testing.assert_close(seen["jacobian"](y), batched_jacobian(seen["G"], y))

@@ -598,11 +598,22 @@ def preactivation_starts(net: SquareNet, n_starts: int, generator: torch.Generat
     W_last, b_last = weights[-1]
     radius = b_last.abs() + W_last.abs().sum(dim=1)  # |A_L(z)| for |z| <= 1
 
+    sigmoid = net.activation == "sigmoid"
+
     def G(y: torch.Tensor) -> torch.Tensor:
         z = sigma(y)
         for W, b in weights[:-1]:
             z = sigma(z @ W.T + b)
         return z @ W_last.T + b_last - y
+
+    def G_jacobian(y: torch.Tensor) -> torch.Tensor:
+        # J_G = W_L D_{L-1} W_{L-1} ... D_1 W_1 D_0 - I, D_l = diag(sigma'), as transposes
+        h = sigma(y)
+        KT = torch.diag_embed(h * (1 - h) if sigmoid else 1 - h * h)
+        for W, b in weights[:-1]:
+            h = sigma(h @ W.T + b)
+            KT = (KT @ W.T) * (h * (1 - h) if sigmoid else 1 - h * h).unsqueeze(1)
+        return (KT @ W_last.T).mT - torch.eye(y.shape[1], dtype=y.dtype, device=y.device)
 
     # Magnitudes log-uniform in [0.1, R] (random signs): a root can be saturated in some
     # coordinates (|y| large) and moderate in others; uniform y would rarely be moderate.
@@ -610,7 +621,8 @@ def preactivation_starts(net: SquareNet, n_starts: int, generator: torch.Generat
     top = torch.log10(radius.clamp(min=1.0)).cpu()
     magnitude = 10 ** (-1 + uniform[0] * (top + 1))
     y0 = (torch.where(uniform[1] < 0.5, -magnitude, magnitude)).to(radius)
-    solved = newton_batch(G, y0, tol=1e-10 * (1 + float(radius.max())), max_iter=60)
+    solved = newton_batch(G, y0, jacobian=G_jacobian, tol=1e-10 * (1 + float(radius.max())),
+                          max_iter=60)  # fmt: skip
     return sigma(solved.x[solved.converged])
 
 
