@@ -296,3 +296,12 @@ def test_trained_denoising_autoencoder_restores_its_stored_digits():
     restored = restore(net, corrupted)
     assert restored.converged.all()
     assert psnr(clean, restored.images).mean() > psnr(clean, corrupted).mean() + 10
+
+
+def test_float32_images_follow_a_float64_net():
+    net = SquareNet(4, 1, seed=0)
+    images = torch.rand(3, 4, generator=torch.Generator().manual_seed(0))  # float32
+    result = restore(net, images, max_iter=500)
+    assert result.images.dtype == torch.float64
+    assert bool(result.converged.all())
+    torch.testing.assert_close(net(result.images), result.images, atol=1e-7, rtol=0)

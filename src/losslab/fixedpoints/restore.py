@@ -206,13 +206,17 @@ def restore(f: Map, corrupted: torch.Tensor, max_iter: int = 200, tol: float = 1
     the last iterate is returned with ``converged=False`` (a cycle or slow contraction).
     Runs without gradient tracking.
 
-    Defaults: ``max_iter = 200``, ``tol = 1e-8`` (pixel units; peak 1.0).
+    Defaults: ``max_iter = 200``, ``tol = 1e-8`` (pixel units; peak 1.0). When ``f`` is an
+    ``nn.Module`` with parameters, the images are cast to their dtype and device first.
 
     Raises:
         FixedPointError: images not (n, N) or not finite, ``max_iter < 1``, ``tol < 0``,
             ``f`` changes the shape or returns NaN/inf.
     """
     x = _check_images(corrupted, "corrupted")
+    parameter = next(f.parameters(), None) if isinstance(f, torch.nn.Module) else None
+    if parameter is not None:
+        x = x.to(dtype=parameter.dtype, device=parameter.device)
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise FixedPointError(f"max_iter must be an integer >= 1; got {max_iter!r}")
     if not (math.isfinite(tol) and tol >= 0):
