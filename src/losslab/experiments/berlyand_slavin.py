@@ -323,22 +323,32 @@ class BerlyandSlavin:
 
 
 def _count_figure(counts: pd.DataFrame) -> Figure:
+    """Mean number of fixed points over depth (Gaussian nets per N; Cauchy nets at N0)
+    and over width (Cauchy nets at L0)."""
     figure = Figure(figsize=(10, 3.5))
     by_L, by_N = figure.subplots(1, 2)
-    for (part, N), group in counts.groupby(["part", "N"]):
-        mean = group.groupby("L")["count"].mean()
-        by_L.plot(mean.index, mean.values, "o-", label=f"{part}, N={N}")
+    gaussian = counts[counts["part"] == "gaussian"]
+    for N in sorted({int(v) for v in gaussian["N"]}):
+        mean = gaussian[gaussian["N"] == N].groupby("L")["count"].mean()
+        by_L.plot(mean.index, mean.values, "o-", label=f"Gaussian, N = {N}")
+    heavy = counts[counts["part"] == "heavy"]
+    slice_L = heavy[heavy["N"] == N0].groupby("L")["count"].mean()
+    if not slice_L.empty:
+        by_L.plot(slice_L.index, slice_L.values, "o-", color="C3",
+                  label=f"Cauchy (scale {CAUCHY_SCALE:g}), N = {N0}")  # fmt: skip
+    by_L.set_xscale("log", base=2)
+    ticks = sorted({int(v) for v in counts["L"]})
+    by_L.set_xticks(ticks, [str(t) for t in ticks])
     by_L.set_xlabel("depth L")
     by_L.set_ylabel("mean number of fixed points")
-    by_L.set_xscale("log", base=2)
     by_L.legend(fontsize=7)
-    heavy = counts[(counts["part"] == "heavy") & (counts["L"] == L0)]
-    if not heavy.empty:
-        mean = heavy.groupby("N")["count"].mean()
-        by_N.plot(mean.index, mean.values, "o-", color="C3")
+    slice_N = heavy[heavy["L"] == L0].groupby("N")["count"].mean()
+    if not slice_N.empty:
+        by_N.plot(slice_N.index, slice_N.values, "o-", color="C3")
+        by_N.set_xticks([int(v) for v in slice_N.index], [str(int(v)) for v in slice_N.index])
     by_N.set_xlabel(f"width N (Cauchy, L = {L0})")
     by_N.set_ylabel(f"Q(N, {L0})")
-    figure.suptitle("Number of fixed points")
+    figure.suptitle("Number of fixed points (mean over seeds)")
     figure.tight_layout()
     return figure
 
