@@ -464,7 +464,8 @@ def fixedpoints_count(
                   f"{found.unassigned_fraction:.1%} of forward iterations reached no attractor; "
                   f"{found.seconds:.2f} s")  # fmt: skip
     if certify:
-        proof = certify_fixed_points(net, time_limit=time_limit)
+        with console.status(f"proving the count (at most {time_limit:g} s) ..."):
+            proof = certify_fixed_points(net, time_limit=time_limit)
         if proof.status == "certified":
             agree = "[green]agrees[/]" if proof.count == found.count else "[red]DISAGREES[/]"
             console.print(
@@ -515,10 +516,16 @@ def fixedpoints_restore(
     order = np.random.default_rng(seed).permutation(len(labels))
     kept, unseen, rest = order[:stored], order[-200:], order[:-200]
     net = SquareNet(64, L, init=init.value, weight_scale=scale, seed=seed)
-    training = train_autoencoder(
-        net, images[kept], epochs=epochs, lr=1e-2, batch_size=64, seed=seed,
-        input_noise=input_noise, record_tails=False,
-    )  # fmt: skip
+    from rich.progress import Progress
+
+    with Progress(console=_out(), transient=True) as progress:
+        task = progress.add_task("training", total=epochs)
+        training = train_autoencoder(
+            net, images[kept], epochs=epochs, lr=1e-2, batch_size=64, seed=seed,
+            input_noise=input_noise, record_tails=False,
+            callback=lambda epoch, loss: progress.update(task, completed=epoch,
+                                                         description=f"loss {loss:.2e}"),
+        )  # fmt: skip
     damage = {
         Corruption.mask: lambda x: mask_block(x, 4, seed=seed),
         Corruption.salt_pepper: lambda x: salt_and_pepper(x, 0.2, seed=seed),
