@@ -453,7 +453,7 @@ def fixedpoints_count(
                    "basin"):  # fmt: skip
         table.add_column(column)
     for i in range(found.count):
-        point = ", ".join(f"{v:.4f}" for v in found.points[i, :6].tolist())
+        point = ", ".join(f"{v:.4g}" for v in found.points[i, :6].tolist())
         basin = found.basin_fraction[i]
         table.add_row(str(i), point + (", ..." if N > 6 else ""), f"{found.residuals[i]:.1e}",
                       f"{found.spectral_radius[i]:.4f}", found.kinds[i],
