@@ -12,7 +12,7 @@ from losslab.convex import (
     enumerate_patterns,
     sample_gates,
 )
-from losslab.convex.interior_point import InteriorPointResult, solve_relu_interior_point
+from losslab.convex.interior_point_method import InteriorPointResult, solve_relu_interior_point
 from tests.convex_reference import clarabel_objective, relu_teacher
 
 

@@ -305,3 +305,19 @@ def test_float32_images_follow_a_float64_net():
     assert result.images.dtype == torch.float64
     assert bool(result.converged.all())
     torch.testing.assert_close(net(result.images), result.images, atol=1e-7, rtol=0)
+
+
+def test_standard_corruptions_are_the_documented_ones():
+    from losslab.fixedpoints.restore import standard_corruptions
+
+    images = torch.full((2, 64), 0.5, dtype=torch.float64)
+    damage = standard_corruptions(seed=3)
+    assert set(damage) == {"mask", "salt_pepper", "noise"}
+    assert int((damage["mask"](images) == 0).sum(dim=1)[0]) == 16  # one 4x4 block
+    flipped = damage["salt_pepper"](images) != 0.5
+    assert int(flipped.sum(dim=1)[0]) == round(0.2 * 64)
+    noisy = damage["noise"](images)
+    assert 0.1 < float((noisy - images).std()) < 0.3
+    torch.testing.assert_close(
+        damage["noise"](images), standard_corruptions(seed=3)["noise"](images)
+    )

@@ -502,12 +502,10 @@ def fixedpoints_restore(
 
     from losslab.fixedpoints import (
         digits_unit,
-        gaussian_noise,
-        mask_block,
         psnr,
         restoration_figure,
         restore,
-        salt_and_pepper,
+        standard_corruptions,
         train_autoencoder,
     )
     from losslab.nets import SquareNet
@@ -526,11 +524,7 @@ def fixedpoints_restore(
             callback=lambda epoch, loss: progress.update(task, completed=epoch,
                                                          description=f"loss {loss:.2e}"),
         )  # fmt: skip
-    damage = {
-        Corruption.mask: lambda x: mask_block(x, 4, seed=seed),
-        Corruption.salt_pepper: lambda x: salt_and_pepper(x, 0.2, seed=seed),
-        Corruption.noise: lambda x: gaussian_noise(x, 0.2, seed=seed),
-    }[corruption]
+    damage = standard_corruptions(seed)[corruption.name]
     classifier = LogisticRegression(max_iter=2000).fit(images[rest].numpy(), labels[rest])
     table = Table(title=f"restoring damaged digits ({corruption.value}) with SquareNet(64, {L}, "
                         f"{init.value}), final training loss {training.loss[-1]:.3g}")  # fmt: skip

@@ -1,7 +1,8 @@
 r"""Regularization paths of the convex ReLU programs (P3): ``lam -> solution``.
 
 From ``lam_max`` (the smallest ``lam`` at which ``U = 0`` is optimal) down a log grid,
-each point warm-started from the previous one, each with its duality-gap certificate.
+each point warm-started from the previous one (gated form; the ReLU form's interior-point
+solver starts from its own interior point), each with its duality-gap certificate.
 The optimal *fit* ``A U*(lam)`` is unique (the loss is strictly convex in the fit), so
 it moves continuously with ``lam``; where it moves much faster per unit of ``log lam``
 than along the rest of the path, the grid is too coarse to follow it and the interval
@@ -98,7 +99,7 @@ def regularization_path(
     jump_factor: float = 10.0,
 ) -> RegularizationPath:
     """Solve along ``lams`` (default: ``n_lams`` log-spaced values from ``lam_max`` down to
-    ``lam_min_ratio * lam_max``), warm-starting each point from the previous one.
+    ``lam_min_ratio * lam_max``), warm-starting each point from the previous one (gated form).
 
     The patterns are sampled once (``n_gates`` Gaussian gates, or ``gates``) and shared
     by every point, so the points are solutions of one family of programs.

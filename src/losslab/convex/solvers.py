@@ -9,7 +9,7 @@ r"""Solvers of the convex ReLU programs (:mod:`losslab.convex.program`), in torc
   point and polishes again at a 10-fold smaller gap (three polishes at most).
 - ReLU form: a primal-dual interior-point method with Nesterov-Todd scaling, finished by
   Newton's method on the optimal face it identifies
-  (:mod:`losslab.convex.interior_point`); its iterates stay exactly in the cones.
+  (:mod:`losslab.convex.interior_point_method`); its iterates stay exactly in the cones.
 
 Both stop on the relative duality gap ``(P(U) - D(q)) / |P(U)| <= tol`` (the gated form
 pairs the lowest objective with the highest dual bound seen, checked every
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from losslab.convex.fista import fista, group_soft_threshold
-from losslab.convex.interior_point import solve_relu_interior_point
+from losslab.convex.interior_point_method import solve_relu_interior_point
 from losslab.convex.operator import PatternOperator
 from losslab.convex.program import ConvexReLUProgram
 

@@ -84,13 +84,7 @@ def _tail_alphas(net: SquareNet) -> list[float]:
 def _trained(cell: dict[str, Any]) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
 
-    from losslab.fixedpoints.restore import (
-        gaussian_noise,
-        mask_block,
-        psnr,
-        restore,
-        salt_and_pepper,
-    )
+    from losslab.fixedpoints.restore import psnr, restore, standard_corruptions
     from losslab.fixedpoints.training import digits_unit, faces_unit, train_autoencoder
 
     images, labels = faces_unit(8) if cell.get("data") == "faces" else digits_unit()
@@ -108,11 +102,7 @@ def _trained(cell: dict[str, Any]) -> dict[str, Any]:
         found = find_fixed_points(net, starts=images[stored], n_starts=cell["starts"],
                                   seed=cell["seed"])  # fmt: skip
     classifier = LogisticRegression(max_iter=2000).fit(images[rest].numpy(), labels[rest])
-    corruptions = {
-        "mask": lambda x: mask_block(x, 4, seed=cell["seed"]),
-        "salt_pepper": lambda x: salt_and_pepper(x, 0.2, seed=cell["seed"]),
-        "noise": lambda x: gaussian_noise(x, 0.2, seed=cell["seed"]),
-    }
+    corruptions = standard_corruptions(cell["seed"])
     restoration: dict[str, dict[str, float]] = {}
     examples: dict[str, np.ndarray] = {}
     for split, rows in (("stored", stored), ("unseen", test)):

@@ -13,6 +13,7 @@ from losslab.fixedpoints.restore import (
     restoration_figure,
     restore,
     salt_and_pepper,
+    standard_corruptions,
 )
 from losslab.fixedpoints.search import (
     FixedPointSet,
@@ -73,5 +74,6 @@ __all__ = [
     "restore",
     "salt_and_pepper",
     "square_net_jacobian",
+    "standard_corruptions",
     "train_autoencoder",
 ]

@@ -158,6 +158,17 @@ def gaussian_noise(
     return out.clamp(0.0, 1.0) if clip else out
 
 
+def standard_corruptions(seed: int = 0) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The damage used by the experiment and the command line, by name: ``"mask"`` (a 4x4
+    block set to 0), ``"salt_pepper"`` (20% of the pixels set to 0 or 1), ``"noise"``
+    (Gaussian, sigma 0.2, clipped to [0, 1]); each seeded by ``seed``."""
+    return {
+        "mask": lambda x: mask_block(x, 4, seed=seed),
+        "salt_pepper": lambda x: salt_and_pepper(x, 0.2, seed=seed),
+        "noise": lambda x: gaussian_noise(x, 0.2, seed=seed),
+    }
+
+
 @dataclass(frozen=True)
 class Restoration:
     """The result of iterating ``x <- f(x)`` from each damaged image.
