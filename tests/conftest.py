@@ -22,3 +22,14 @@ def sample():
         return load_experiment(sample_spec(name))
 
     return load
+
+
+@pytest.fixture
+def float64_default():
+    """Make float64 torch's default dtype for one test, and restore the previous one."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

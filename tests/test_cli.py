@@ -206,3 +206,47 @@ def test_fixedpoints_restore_writes_a_figure(capsys, tmp_path):
     assert "5 stored" in out
     assert "200 unseen" in out
     assert figure.stat().st_size > 0
+
+
+def test_critical_spectrum_eigenpairs_match_dense(capsys, tmp_path):
+    figure = tmp_path / "density.png"
+    code, out, _ = run(capsys, "critical", "spectrum", "--data", "wine", "--depth", "1",
+                       "--width", "4", "--epochs", "2", "--k", "2", "--figure", figure)  # fmt: skip
+    assert code == 0, out
+    assert "Hessian of E: ReLU MLP (1 x 4) on wine" in out
+    assert "largest: converged" in out
+    assert figure.stat().st_size > 0
+    # the printed top eigenvalue against a dense Hessian of the same trained network
+    import torch
+
+    from losslab.critical import classification_data, squared_error, train_squared_loss
+    from losslab.linalg import HessianOperator
+    from losslab.nets import ReLUMLP
+
+    inputs, targets = classification_data("wine", seed=0)
+    model = ReLUMLP(13, [4], 3, seed=0)
+    train_squared_loss(model, inputs, targets, weight_decay=1e-3, epochs=2, momentum=0.9)
+    top = float(torch.linalg.eigvalsh(HessianOperator(model, squared_error, (inputs, targets))
+                                      .dense())[-1])  # fmt: skip
+    assert f"{top:.6g}" in out
+
+
+def test_critical_classify_and_slice(capsys, tmp_path):
+    code, out, _ = run(capsys, "critical", "classify", "--epochs", "20", "--max-iter", "5")
+    assert code == 0, out
+    assert "Newton-MR:" in out
+    assert "threshold E*" in out
+    assert "isolated minimum" in out
+    for kind in ("line", "contour"):
+        figure = tmp_path / f"{kind}.png"
+        code, out, _ = run(capsys, "critical", "slice", "--data", "wine", "--depth", "1",
+                           "--width", "4", "--epochs", "2", "--points", "5", "--kind", kind,
+                           "--figure", figure)  # fmt: skip
+        assert code == 0, out
+        assert figure.stat().st_size > 0
+
+
+def test_critical_bad_input(capsys):
+    code, _, err = run(capsys, "critical", "spectrum", "--data", "diabetes", "--epochs", "1")
+    assert code == 1
+    assert "classification" in err

@@ -38,6 +38,11 @@ fixedpoints_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(fixedpoints_app, name="fixedpoints")
+critical_app = typer.Typer(
+    help="Hessian spectra, critical points and strong convexity of ReLU MLPs (Milne).",
+    no_args_is_help=True,
+)
+app.add_typer(critical_app, name="critical")
 
 
 class Preset(StrEnum):
@@ -65,6 +70,12 @@ class Corruption(StrEnum):
     mask = "mask"
     salt_pepper = "salt-pepper"
     noise = "noise"
+
+
+class SliceKind(StrEnum):
+    contour = "contour"
+    surface = "surface"
+    line = "line"
 
 
 class StatusFilter(StrEnum):
@@ -548,6 +559,208 @@ def fixedpoints_restore(
         figure.parent.mkdir(parents=True, exist_ok=True)
         restoration_figure(*examples).savefig(figure, dpi=120)
         _out().print(f"Wrote {figure}")
+
+
+ClassificationData = Annotated[
+    str, typer.Option("--data", help="A built-in classification dataset (losslab data list).")
+]
+DepthOption = Annotated[int, typer.Option(min=0, help="Hidden layers of the ReLU MLP.")]
+WidthOption = Annotated[int, typer.Option(min=1, help="Units per hidden layer.")]
+EpochsOption = Annotated[int, typer.Option(min=0, help="SGD epochs before the analysis.")]
+DecayOption = Annotated[float, typer.Option(help="Weight decay lambda of the squared loss.")]
+NTrainOption = Annotated[int | None, typer.Option(help="Training samples (default: all).")]
+
+
+def _trained_mlp(
+    data: str,
+    depth: int,
+    width: int,
+    epochs: int,
+    weight_decay: float,
+    n_train: int | None,
+    seed: int,
+    float32: bool = False,
+) -> tuple[Any, Any]:
+    """A ReLU MLP trained by SGD on the weight-decayed squared loss, with a progress bar."""
+    import math
+
+    import torch
+    from rich.progress import Progress
+
+    from losslab.critical import classification_data, train_squared_loss
+    from losslab.nets import ReLUMLP
+
+    inputs, targets = classification_data(data, n_train, seed=seed)
+    dtype = torch.float32 if float32 else torch.float64
+    inputs, targets = inputs.to(dtype), targets.to(dtype)
+    model = ReLUMLP(inputs.shape[1], [width] * depth, targets.shape[1], seed=seed, dtype=dtype)
+    total = epochs * math.ceil(len(inputs) / 32)
+    with Progress(console=_out(), transient=True) as progress:
+        task = progress.add_task(f"SGD on {data}", total=total)
+        train_squared_loss(model, inputs, targets, weight_decay=weight_decay, epochs=epochs,
+                           momentum=0.9, seed=seed,
+                           on_step=lambda step: progress.update(task, completed=step))  # fmt: skip
+    return model, (inputs, targets)
+
+
+def _model_title(data: str, depth: int, width: int, epochs: int, weight_decay: float) -> str:
+    return f"ReLU MLP ({depth} x {width}) on {data}, {epochs} epochs, weight decay {weight_decay:g}"
+
+
+@critical_app.command("spectrum")
+def critical_spectrum(
+    data: ClassificationData = "digits",
+    depth: DepthOption = 2,
+    width: WidthOption = 32,
+    epochs: EpochsOption = 20,
+    weight_decay: DecayOption = 1e-3,
+    n_train: NTrainOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the weights, data and probes.")] = 0,
+    k: Annotated[int, typer.Option("--k", min=1, help="Eigenpairs at each end.")] = 5,
+    tol: Annotated[float, typer.Option(help="Relative residual of the eigenpairs.")] = 1e-6,
+    gauss_newton: Annotated[bool, typer.Option(help="The Gauss-Newton matrix instead.")] = False,
+    float32: Annotated[bool, typer.Option(help="Analyse in float32.")] = False,
+    figure: Annotated[Path | None, typer.Option(help="Write the density (PNG) here.")] = None,
+) -> None:
+    """Extreme eigenpairs (Lanczos), trace (Hutch++) and spectral density (stochastic
+    Lanczos quadrature) of the Hessian of the training error E of a briefly trained MLP."""
+    from losslab.critical import squared_error
+    from losslab.linalg import GaussNewtonOperator, HessianOperator
+
+    model, batch = _trained_mlp(data, depth, width, epochs, weight_decay, n_train, seed, float32)
+    kind = GaussNewtonOperator if gauss_newton else HessianOperator
+    operator = kind(model, squared_error, batch)
+    console = _out()
+    with console.status("Lanczos ..."):
+        top = operator.eigenpairs(k, tol=tol, seed=seed)
+        bottom = operator.eigenpairs(k, which="smallest", tol=tol, seed=seed)
+        trace = operator.trace(seed=seed)
+        density = operator.density(seed=seed)
+    name = "Gauss-Newton" if gauss_newton else "Hessian"
+    table = Table(title=f"{name} of E: {_model_title(data, depth, width, epochs, weight_decay)}, "
+                        f"{operator.dim} parameters")  # fmt: skip
+    for column in ("end", "#", "eigenvalue", "residual ||Hv - lambda v||"):
+        table.add_column(column)
+    for end, pairs in (("largest", top), ("smallest", bottom)):
+        for i, (value, residual) in enumerate(zip(pairs.values.tolist(), pairs.residuals.tolist(),
+                                                  strict=True)):  # fmt: skip
+            table.add_row(end if i == 0 else "", str(i + 1), f"{value:.6g}", f"{residual:.1e}")
+    console.print(table)
+    for end, pairs in (("largest", top), ("smallest", bottom)):
+        state = "converged" if pairs.converged else f"[yellow]not converged[/] ({pairs.reason})"
+        console.print(f"{end}: {state}, {pairs.matvecs} products, {pairs.seconds:.2f} s")
+    console.print(f"trace (Hutch++, {trace.matvecs} products): {trace.value:.6g} "
+                  f"+- {trace.std_error:.2g}; density: {density.matvecs} products")  # fmt: skip
+    if figure is not None:
+        from matplotlib.figure import Figure
+
+        plot = Figure(figsize=(6, 3.5))
+        axes = plot.subplots()
+        axes.semilogy(density.grid.numpy(), density.curve.clamp_min(1e-12).numpy())
+        axes.set_xlabel("eigenvalue")
+        axes.set_ylabel("density (smoothed)")
+        axes.set_title(f"{name} spectral density (SLQ)")
+        plot.tight_layout()
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        plot.savefig(figure, dpi=120)
+        console.print(f"Wrote {figure}")
+
+
+@critical_app.command("classify")
+def critical_classify(
+    data: ClassificationData = "wine",
+    depth: DepthOption = 1,
+    width: WidthOption = 16,
+    epochs: EpochsOption = 150,
+    weight_decay: DecayOption = 1e-2,
+    n_train: NTrainOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the weights and data.")] = 0,
+    max_iter: Annotated[int, typer.Option(min=1, help="Newton-MR iterations.")] = 50,
+) -> None:
+    """Train an MLP, refine its end point to a critical point of the weight-decayed loss
+    (Newton-MR), classify it by its Hessian, and certify strong convexity in its region."""
+    import torch
+
+    from losslab.critical import classify, find_critical_point, squared_error, strong_convexity
+    from losslab.linalg import ModelLoss
+
+    model, batch = _trained_mlp(data, depth, width, epochs, weight_decay, n_train, seed)
+    objective = ModelLoss(model, squared_error, batch)
+
+    def regularised(theta: Any) -> Any:
+        return objective(theta) + weight_decay / 2 * (theta @ theta)
+
+    console = _out()
+    with console.status("Newton-MR ..."):
+        search = find_critical_point(regularised, objective.theta0, max_iter=max_iter)
+        point = classify(regularised, search.params)
+        assert isinstance(search.params, torch.Tensor)
+        torch.nn.utils.vector_to_parameters(search.params, model.parameters())
+        region = strong_convexity(model, batch, weight_decay)
+    console.print(
+        f"Newton-MR: {search.reason} after {search.iterations} iterations, "
+        f"||grad|| {search.gradient_norm:.2e} (from {search.gradient_norms[0]:.2e})"
+    )
+    table = Table(title=f"{_model_title(data, depth, width, epochs, weight_decay)}: "
+                        f"{objective.dim} parameters")  # fmt: skip
+    table.add_column("quantity")
+    table.add_column("value")
+    rows = [
+        ("kind", point.kind), ("Morse index", str(point.morse_index)),
+        ("nullity", str(point.nullity)), ("smallest eigenvalue", f"{point.min_eigenvalue:.4g}"),
+        ("largest eigenvalue", f"{point.max_eigenvalue:.4g}"),
+        ("training error E", f"{region.training_error:.4g}"),
+        ("threshold E*", f"{region.error_threshold:.3g}"),
+        ("below threshold", str(region.below_threshold)),
+        ("proven lower bound", f"{region.lower_bound:.4g}"),
+        ("region margin", f"{region.margin:.3g}"),
+        ("strongly convex in region", str(region.strongly_convex)),
+        ("isolated minimum", str(region.isolated_minimum)),
+    ]  # fmt: skip
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+
+
+@critical_app.command("slice")
+def critical_slice(
+    data: ClassificationData = "digits",
+    depth: DepthOption = 2,
+    width: WidthOption = 32,
+    epochs: EpochsOption = 20,
+    weight_decay: DecayOption = 1e-3,
+    n_train: NTrainOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the weights, data and directions.")] = 0,
+    kind: Annotated[SliceKind, typer.Option(help="Contour, surface or a line.")] = (
+        SliceKind.contour
+    ),
+    points: Annotated[int, typer.Option(min=2, help="Grid points per axis.")] = 25,
+    span: Annotated[float, typer.Option(help="Half-width of the grid in direction units.")] = 1.0,
+    figure: Annotated[Path, typer.Option(help="Write the slice (PNG) here.")] = Path("slice.png"),
+) -> None:
+    """Loss of a briefly trained MLP along filter-normalised random directions (Li et al.
+    2018): a 1-D line or a 2-D contour / surface, written as a PNG."""
+    from losslab.critical import plot_slice_1d, plot_slice_2d, slice_1d, slice_2d, squared_error
+
+    model, batch = _trained_mlp(data, depth, width, epochs, weight_decay, n_train, seed)
+    console = _out()
+    with console.status("evaluating the grid ..."):
+        if kind == SliceKind.line:
+            line = slice_1d(model, squared_error, batch, span=(-span, span), n_points=points,
+                            seed=seed)  # fmt: skip
+            plot, losses, centre = plot_slice_1d(line), line.losses, line.center_loss
+        else:
+            plane = slice_2d(model, squared_error, batch, span=(-span, span), n_points=points,
+                             seed=seed)  # fmt: skip
+            plot = plot_slice_2d(plane, kind="surface" if kind == SliceKind.surface else "contour")
+            losses, centre = plane.losses, plane.center_loss
+    finite = losses[losses.isfinite()]
+    console.print(f"{_model_title(data, depth, width, epochs, weight_decay)}: E at the centre "
+                  f"{centre:.4g}, over the grid {float(finite.min()):.4g} .. "
+                  f"{float(finite.max()):.4g}")  # fmt: skip
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    plot.savefig(figure, dpi=120)
+    console.print(f"Wrote {figure}")
 
 
 @app.command()

@@ -38,3 +38,8 @@ class FixedPointError(LosslabError, ValueError):
 
 class IntervalError(LosslabError, ValueError):
     """An interval is malformed: lo > hi, NaN end points, mismatched shapes or dtype."""
+
+
+class CurvatureError(LosslabError, ValueError):
+    """A curvature or critical-point question is malformed: a model without trainable
+    parameters, data with NaN, ``k`` larger than the dimension, a non-finite loss."""

@@ -20,6 +20,7 @@ from losslab.experiments.protocol import Experiment, check_experiment
 REGISTERED_MODULES: tuple[str, ...] = (
     "losslab.experiments.mishkin_pilanci",
     "losslab.experiments.berlyand_slavin",
+    "losslab.experiments.milne",
 )
 
 

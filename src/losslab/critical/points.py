@@ -1,0 +1,415 @@
+r"""Critical points of a smooth loss: find them (saddles as well as minima) and classify them.
+
+A critical point of ``L: R^p -> R`` is a zero of the gradient ``g(theta) = nabla L(theta)``.
+Gradient descent is attracted by minima only; to reach saddles too we drive ``||g||`` to
+zero with the Hessian ``H = nabla g``:
+
+- ``method="newton_mr"`` (Roosta, Liu, Xu & Mahoney 2022, *Newton-MR*): the step ``p`` is
+  the minimum-norm least-squares solution of ``H p = -g``, i.e. ``p = -H^+ g`` (computed
+  from the eigendecomposition of ``H`` when ``p <= dense_limit``, by MINRES on
+  Hessian-vector products otherwise), followed by a backtracking Armijo line search on
+  ``||g||^2``, whose derivative along ``p`` is ``2 p^T H g = -2 g^T H H^+ g <= 0``. Near a
+  non-degenerate critical point of any index the unit step is accepted and convergence is
+  quadratic.
+- ``method="levenberg_marquardt"``: Gauss-Newton on ``g(theta) = 0`` with Jacobian ``H``:
+  ``(H^2 + mu I) p = -H g``, ``mu`` adapted by the gain ratio of the actual to the
+  predicted decrease of ``||g||^2`` (Nielsen's rule), ``mu = 0`` allowed near the solution.
+
+Both stop when ``||g||_2 <= tol`` (absolute, default ``1e-10``: reachable in float64 on
+small models), or report ``converged=False`` with the reason (``max_iter``, ``stalled``: no
+decrease of ``||g||`` possible, a minimum of ``||g||`` that is not a critical point;
+``nan``: non-finite loss or gradient).
+
+:func:`classify` reads the Hessian's spectrum at a point: the Morse index (negative
+eigenvalues), the nullity (eigenvalues of magnitude at most ``zero_tol``, a tolerance
+that scales with the spectrum: ``max(rtol * max|lambda|, p * eps * max|lambda|)``), and
+the kind: ``minimum`` (all eigenvalues > tol), ``maximum`` (all < -tol), ``saddle`` (both
+signs present, whatever the nullity: a direction of descent and one of ascent exist),
+``degenerate`` (semidefinite with zero eigenvalues: second order cannot decide), or
+``not critical`` when ``||g|| > grad_tol``.
+
+``loss_fn`` takes a flat parameter tensor, or a dict of named tensors as
+``torch.func.functional_call`` takes them (``ModelLoss(model, loss, data)`` of
+:mod:`losslab.linalg` is one, with its start ``.theta0``); ``params`` is given in the same
+form and returned so.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.func import grad, jacrev
+
+from losslab.errors import CurvatureError
+from losslab.linalg.hvp import HessianVectorProduct
+from losslab.linalg.lanczos import lanczos_eigenpairs
+from losslab.linalg.model_loss import ParameterLayout
+
+Params = torch.Tensor | dict[str, torch.Tensor]
+Method = Literal["newton_mr", "levenberg_marquardt"]
+Kind = Literal["minimum", "maximum", "saddle", "degenerate", "not critical"]
+
+#: Above this many parameters the Hessian is not formed: steps use MINRES / CG on
+#: Hessian-vector products and classification uses Lanczos on the extreme eigenvalues.
+DENSE_LIMIT = 3000
+
+
+class _FlatLoss:
+    """``loss_fn`` as a function of one flat tensor, whatever form the user gave."""
+
+    def __init__(self, loss_fn: Callable[[Any], torch.Tensor], params: Params) -> None:
+        if isinstance(params, dict):
+            if not params:
+                raise CurvatureError("params is an empty dict: nothing to differentiate")
+            names = tuple(params)
+            self.layout: ParameterLayout | None = ParameterLayout(
+                names, tuple(params[n].shape for n in names)
+            )
+            self.theta0 = self.layout.flatten({n: params[n].detach() for n in names})
+        elif isinstance(params, torch.Tensor):
+            if params.ndim != 1 or params.numel() == 0:
+                raise CurvatureError(
+                    f"params must be a non-empty flat tensor or a dict, got shape "
+                    f"{tuple(params.shape)}"
+                )
+            self.layout = None
+            self.theta0 = params.detach()
+        else:
+            raise CurvatureError("params must be a flat tensor or a dict of named tensors")
+        if not self.theta0.is_floating_point():
+            raise CurvatureError("params must be floating point (float64 for analysis)")
+        if not bool(torch.isfinite(self.theta0).all()):
+            raise CurvatureError("params hold NaN or inf")
+        self.loss_fn = loss_fn
+        self._hessian_vector_product = HessianVectorProduct(self)
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        if self.layout is None:
+            return self.loss_fn(theta)
+        return self.loss_fn(self.layout.unflatten(theta))
+
+    def as_given(self, theta: torch.Tensor) -> Params:
+        return theta if self.layout is None else self.layout.unflatten(theta.clone())
+
+    def gradient(self, theta: torch.Tensor) -> torch.Tensor:
+        return grad(self)(theta)
+
+    def hvp(self, theta: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        return self._hessian_vector_product(theta, vector)
+
+    def hessian(self, theta: torch.Tensor) -> torch.Tensor:
+        matrix = jacrev(grad(self), chunk_size=256)(theta)
+        return (matrix + matrix.T) / 2
+
+
+@dataclass(frozen=True)
+class CriticalPointSearch:
+    """Outcome of :func:`find_critical_point`.
+
+    Attributes:
+        params: the last iterate, in the form ``params0`` was given (flat or a dict).
+        loss: ``L`` there.
+        gradient_norm: ``||nabla L||_2`` there.
+        converged: ``gradient_norm <= tol``.
+        reason: ``converged``, ``max_iter``, ``stalled`` or ``nan``.
+        iterations: Newton / LM iterations taken.
+        gradient_norms: ``||nabla L||`` at every accepted iterate, from the start.
+        seconds: wall time.
+    """
+
+    params: Params
+    loss: float
+    gradient_norm: float
+    converged: bool
+    reason: str
+    iterations: int
+    method: str
+    gradient_norms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "loss": self.loss,
+            "gradient_norm": self.gradient_norm,
+            "converged": self.converged,
+            "reason": self.reason,
+            "iterations": self.iterations,
+            "method": self.method,
+            "gradient_norms": list(self.gradient_norms),
+            "seconds": self.seconds,
+        }
+
+
+def find_critical_point(
+    loss_fn: Callable[[Any], torch.Tensor],
+    params0: Params,
+    *,
+    method: Method = "newton_mr",
+    tol: float = 1e-10,
+    max_iter: int = 200,
+    dense_limit: int = DENSE_LIMIT,
+) -> CriticalPointSearch:
+    """Drive ``||nabla L||`` to ``tol`` from ``params0`` by Newton-MR or Levenberg-Marquardt
+    (module docstring); converges to saddles and maxima as well as minima.
+
+    Args:
+        loss_fn: ``L`` of a flat tensor or of a dict of named tensors.
+        params0: the start, flat or a dict (use float64 to reach ``tol = 1e-10``).
+        method: ``"newton_mr"`` (default) or ``"levenberg_marquardt"``.
+        tol: absolute gradient-norm tolerance.
+        max_iter: iterations (each one Hessian, or one Krylov solve, and a few gradients).
+        dense_limit: form the Hessian when the dimension is at most this.
+    """
+    if method not in ("newton_mr", "levenberg_marquardt"):
+        raise CurvatureError(
+            f"unknown method {method!r}: choose 'newton_mr' or 'levenberg_marquardt'"
+        )
+    if not tol > 0 or max_iter < 1:
+        raise CurvatureError(f"need tol > 0 and max_iter >= 1, got {tol}, {max_iter}")
+    flat = _FlatLoss(loss_fn, params0)
+    start_time = time.perf_counter()
+    theta = flat.theta0.clone()
+    value, gradient = _value_and_gradient(flat, theta)
+    norms = [float(gradient.norm())]
+    reason = "nan" if not math.isfinite(norms[0]) or not math.isfinite(value) else "max_iter"
+    damping = None
+    iterations = 0
+    while reason == "max_iter" and norms[-1] > tol and iterations < max_iter:
+        iterations += 1
+        if method == "newton_mr":
+            step = _newton_mr_step(flat, theta, gradient, dense_limit)
+            accepted = _armijo_on_gradient_norm(flat, theta, gradient, step)
+        else:
+            accepted, damping = _levenberg_marquardt_step(
+                flat, theta, gradient, damping, dense_limit
+            )
+        if accepted is None:
+            reason = "stalled"
+            break
+        theta, value, gradient = accepted
+        norms.append(float(gradient.norm()))
+    if norms[-1] <= tol:
+        reason = "converged"
+    return CriticalPointSearch(
+        params=flat.as_given(theta),
+        loss=float(value),
+        gradient_norm=norms[-1],
+        converged=reason == "converged",
+        reason=reason,
+        iterations=iterations,
+        method=method,
+        gradient_norms=norms,
+        seconds=time.perf_counter() - start_time,
+    )
+
+
+def _value_and_gradient(flat: _FlatLoss, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+    gradient, value = torch.func.grad_and_value(flat)(theta)
+    return float(value), gradient
+
+
+Accepted = tuple[torch.Tensor, float, torch.Tensor]
+
+
+def _newton_mr_step(
+    flat: _FlatLoss, theta: torch.Tensor, gradient: torch.Tensor, dense_limit: int
+) -> torch.Tensor:
+    """``-H^+ g``: from the eigendecomposition when small, else MINRES on products."""
+    if theta.numel() <= dense_limit:
+        values, vectors = torch.linalg.eigh(flat.hessian(theta))
+        cutoff = values.abs().max() * theta.numel() * torch.finfo(theta.dtype).eps
+        inverse = torch.where(values.abs() > cutoff, 1 / values, torch.zeros_like(values))
+        return -(vectors @ (inverse * (vectors.T @ gradient)))
+    return -_krylov_solve(lambda v: flat.hvp(theta, v), gradient, "minres")
+
+
+def _krylov_solve(
+    matvec: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, solver: str
+) -> torch.Tensor:
+    from scipy.sparse.linalg import LinearOperator, cg, minres
+
+    size = rhs.numel()
+
+    def apply(vector: np.ndarray) -> np.ndarray:
+        as_tensor = torch.as_tensor(vector, dtype=rhs.dtype, device=rhs.device)
+        return matvec(as_tensor).detach().cpu().numpy()
+
+    operator = LinearOperator((size, size), matvec=apply, dtype=np.float64)
+    routine = minres if solver == "minres" else cg
+    solution, _ = routine(operator, rhs.detach().cpu().numpy(), rtol=1e-10, maxiter=4 * size)
+    return torch.as_tensor(solution, dtype=rhs.dtype, device=rhs.device)
+
+
+def _armijo_on_gradient_norm(
+    flat: _FlatLoss, theta: torch.Tensor, gradient: torch.Tensor, step: torch.Tensor
+) -> Accepted | None:
+    """Backtrack from the unit step until ``||g||^2`` falls by the Armijo fraction."""
+    norm_sq = float(gradient @ gradient)
+    slope = 2 * float(flat.hvp(theta, step) @ gradient)
+    if not slope < 0:
+        slope = -1e-4 * norm_sq  # rounding: still demand a decrease
+    size = 1.0
+    for _ in range(40):
+        candidate = theta + size * step
+        value, candidate_gradient = _value_and_gradient(flat, candidate)
+        candidate_sq = float(candidate_gradient @ candidate_gradient)
+        if math.isfinite(value) and candidate_sq <= norm_sq + 1e-4 * size * slope:
+            return candidate, value, candidate_gradient
+        size /= 2
+    return None
+
+
+def _levenberg_marquardt_step(
+    flat: _FlatLoss,
+    theta: torch.Tensor,
+    gradient: torch.Tensor,
+    damping: float | None,
+    dense_limit: int,
+) -> tuple[Accepted | None, float | None]:
+    """One accepted LM step on ``g(theta) = 0`` (Jacobian ``H``), or ``None`` after 30
+    rejected trials; returns the adapted damping."""
+    small = theta.numel() <= dense_limit
+    if small:
+        values, vectors = torch.linalg.eigh(flat.hessian(theta))
+        projected = vectors.T @ gradient
+        scale = float(values.abs().max()) ** 2
+    else:
+        hg = flat.hvp(theta, gradient)
+        scale = float(hg.norm() / max(float(gradient.norm()), 1e-300)) ** 2
+    mu = 1e-3 * scale if damping is None else damping
+    norm_sq = float(gradient @ gradient)
+    factor = 2.0
+    for _ in range(30):
+        if small:
+            step = -(vectors @ (values * projected / (values**2 + mu)))
+            predicted_residual = gradient + vectors @ (values * (vectors.T @ step))
+        else:
+
+            def normal(v: torch.Tensor, mu: float = mu) -> torch.Tensor:
+                return flat.hvp(theta, flat.hvp(theta, v)) + mu * v
+
+            step = -_krylov_solve(normal, hg, "cg")
+            predicted_residual = gradient + flat.hvp(theta, step)
+        value, candidate_gradient = _value_and_gradient(flat, theta + step)
+        actual = norm_sq - float(candidate_gradient @ candidate_gradient)
+        predicted = norm_sq - float(predicted_residual @ predicted_residual)
+        if math.isfinite(value) and predicted > 0 and actual > 1e-4 * predicted:
+            gain = actual / predicted
+            mu *= max(1 / 3, 1 - (2 * gain - 1) ** 3)
+            return (theta + step, value, candidate_gradient), mu
+        mu = max(mu * factor, 1e-12 * scale, 1e-300)
+        factor *= 2
+    return None, mu
+
+
+@dataclass(frozen=True)
+class CriticalPoint:
+    """The classification of a point by its gradient and Hessian spectrum.
+
+    Attributes:
+        gradient_norm: ``||nabla L||_2``.
+        loss: ``L``.
+        kind: ``minimum``, ``maximum``, ``saddle``, ``degenerate`` or ``not critical``.
+        morse_index: the number of negative eigenvalues (``None`` when only extreme
+            eigenvalues were computed, i.e. above ``dense_limit`` parameters).
+        nullity: the number of eigenvalues with ``|lambda| <= zero_tol`` (``None`` likewise).
+        min_eigenvalue, max_eigenvalue: the extreme Hessian eigenvalues.
+        zero_tol: the tolerance below which an eigenvalue counts as zero.
+        eigenvalues: every eigenvalue (ascending) when dense, else the extreme ones found.
+        exact: whether the whole spectrum was computed (dense ``eigh``).
+    """
+
+    gradient_norm: float
+    loss: float
+    kind: Kind
+    morse_index: int | None
+    nullity: int | None
+    min_eigenvalue: float
+    max_eigenvalue: float
+    zero_tol: float
+    eigenvalues: torch.Tensor
+    exact: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gradient_norm": self.gradient_norm,
+            "loss": self.loss,
+            "kind": self.kind,
+            "morse_index": self.morse_index,
+            "nullity": self.nullity,
+            "min_eigenvalue": self.min_eigenvalue,
+            "max_eigenvalue": self.max_eigenvalue,
+            "zero_tol": self.zero_tol,
+            "exact": self.exact,
+        }
+
+
+def classify(
+    loss_fn: Callable[[Any], torch.Tensor],
+    params: Params,
+    *,
+    grad_tol: float = 1e-8,
+    rtol: float = 1e-8,
+    dense_limit: int = DENSE_LIMIT,
+    seed: int = 0,
+) -> CriticalPoint:
+    """Classify ``params`` by the gradient norm and the Hessian spectrum (module docstring).
+
+    Eigenvalues below ``zero_tol = max(rtol, p eps) * max|lambda|`` in magnitude count as
+    zero. Up to ``dense_limit`` parameters the whole spectrum is computed (Morse index and
+    nullity exact); above, the extreme eigenvalues by Lanczos decide the kind (a minimum
+    needs the smallest > ``zero_tol``, a saddle one of each sign) and the index is ``None``.
+    """
+    flat = _FlatLoss(loss_fn, params)
+    theta = flat.theta0
+    value, gradient = _value_and_gradient(flat, theta)
+    if not math.isfinite(value) or not bool(torch.isfinite(gradient).all()):
+        raise CurvatureError(f"the loss or its gradient is not finite at params ({value})")
+    size = theta.numel()
+    exact = size <= dense_limit
+    if exact:
+        eigenvalues = torch.linalg.eigvalsh(flat.hessian(theta))
+    else:
+
+        def matvec(vector: torch.Tensor) -> torch.Tensor:
+            return flat.hvp(theta, vector)
+
+        pairs = lanczos_eigenpairs(
+            matvec, size, 2, which="both", tol=1e-8, seed=seed, dtype=theta.dtype
+        )
+        eigenvalues = torch.sort(pairs.values).values
+    if not bool(torch.isfinite(eigenvalues).all()):
+        raise CurvatureError("the Hessian has non-finite entries at params")
+    spectral_norm = float(eigenvalues.abs().max())
+    zero_tol = max(rtol, size * torch.finfo(theta.dtype).eps) * spectral_norm
+    smallest, largest = float(eigenvalues[0]), float(eigenvalues[-1])
+    gradient_norm = float(gradient.norm())
+    kind: Kind
+    if gradient_norm > grad_tol:
+        kind = "not critical"
+    elif smallest < -zero_tol and largest > zero_tol:
+        kind = "saddle"
+    elif smallest > zero_tol:
+        kind = "minimum"
+    elif largest < -zero_tol:
+        kind = "maximum"
+    else:
+        kind = "degenerate"
+    return CriticalPoint(
+        gradient_norm=gradient_norm,
+        loss=value,
+        kind=kind,
+        morse_index=int((eigenvalues < -zero_tol).sum()) if exact else None,
+        nullity=int((eigenvalues.abs() <= zero_tol).sum()) if exact else None,
+        min_eigenvalue=smallest,
+        max_eigenvalue=largest,
+        zero_tol=zero_tol,
+        eigenvalues=eigenvalues,
+        exact=exact,
+    )

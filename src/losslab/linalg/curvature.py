@@ -1,0 +1,216 @@
+r"""Matrix-free curvature of any model's loss: the Hessian and the generalised Gauss-Newton.
+
+For ``L(theta)`` the mean loss of a model on data (:class:`~losslab.linalg.model_loss.ModelLoss`)
+at the model's current parameters ``theta``:
+
+- :class:`HessianOperator`: ``v -> H v`` with ``H = nabla^2 L(theta)``, by forward-over-reverse
+  differentiation, ``H v = d/dt nabla L(theta + t v) |_{t=0}`` (``torch.func.jvp`` of
+  ``torch.func.grad``): one product costs about two gradient evaluations and never forms
+  ``H`` (``dim x dim``).
+- :class:`GaussNewtonOperator`: ``v -> G v`` with the generalised Gauss-Newton matrix
+  ``G = sum_b w_b J_b^T (nabla^2_f l_b) J_b`` (Schraudolph 2002), ``J_b`` the Jacobian of the
+  batch's outputs in ``theta`` and ``nabla^2_f l_b`` the Hessian of the loss in the outputs
+  (positive semidefinite for convex losses such as MSE and cross-entropy, and then so is
+  ``G``). Computed as a JVP (``J v``), an output-space Hessian-vector product and a VJP.
+  ``H = G + sum_b w_b sum_k (d l_b / d f_k) nabla^2 f_k``: the two agree where the model is
+  linear in ``theta`` or the residuals vanish.
+
+Both share the spectral tools of :mod:`losslab.linalg`: :meth:`~CurvatureOperator.eigenpairs`
+(Lanczos with full reorthogonalisation and thick restarts),
+:meth:`~CurvatureOperator.trace` (Hutch++), :meth:`~CurvatureOperator.density` (stochastic
+Lanczos quadrature) and :meth:`~CurvatureOperator.dense` for small models. Products follow
+the dtype and device of the model's parameters; run the model in float64 for analysis.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vjp
+
+from losslab.errors import CurvatureError
+from losslab.linalg.density import SpectralDensity, spectral_density
+from losslab.linalg.hvp import HessianVectorProduct
+from losslab.linalg.lanczos import Eigenpairs, lanczos_eigenpairs
+from losslab.linalg.model_loss import Data, LossFn, ModelLoss
+from losslab.linalg.trace import TraceEstimate, hutch_plus_plus_trace, hutchinson_trace
+
+Which = Literal["largest", "smallest", "both"]
+
+#: ``dense()`` refuses models with more parameters than this (a ``dim x dim`` matrix and
+#: ``dim`` products); pass ``max_dim`` to override.
+MAX_DENSE_DIM = 10_000
+
+
+class CurvatureOperator:
+    """A symmetric ``dim x dim`` curvature matrix of a model's loss, seen through products.
+
+    Subclasses define :meth:`matvec`. ``theta`` is the point (flat, detached), ``dim``
+    its length, ``loss`` the :class:`ModelLoss` it differentiates.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Data) -> None:
+        self.loss = ModelLoss(model, loss_fn, data)
+        self.theta = self.loss.theta0
+        self.dim = self.loss.dim
+        value = self.loss(self.theta)
+        if not bool(torch.isfinite(value)):
+            raise CurvatureError(
+                f"the loss is {float(value)} at the model's parameters: curvature of a "
+                "non-finite loss is meaningless; check the data and the model"
+            )
+
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        """The product of the matrix with a flat vector of length ``dim``."""
+        raise NotImplementedError
+
+    def _check_vector(self, vector: torch.Tensor) -> torch.Tensor:
+        if vector.shape != (self.dim,):
+            raise CurvatureError(
+                f"expected a vector of shape ({self.dim},), got {tuple(vector.shape)}"
+            )
+        return vector.to(dtype=self.theta.dtype, device=self.theta.device)
+
+    def dense(self, *, max_dim: int = MAX_DENSE_DIM, chunk_size: int = 256) -> torch.Tensor:
+        """The full ``dim x dim`` matrix, column by column (``dim`` products, vectorised in
+        chunks), symmetrised as ``(A + A^T) / 2``. For small models only."""
+        if self.dim > max_dim:
+            raise CurvatureError(
+                f"the model has {self.dim} parameters: a dense {self.dim} x {self.dim} matrix "
+                f"is over max_dim={max_dim}; use eigenpairs(), trace() or density(), or "
+                "raise max_dim"
+            )
+        basis = torch.eye(self.dim, dtype=self.theta.dtype, device=self.theta.device)
+        columns = []
+        for start in range(0, self.dim, chunk_size):
+            block = basis[start : start + chunk_size]
+            try:
+                columns.append(torch.func.vmap(self.matvec)(block))
+            except RuntimeError:
+                columns.append(torch.stack([self.matvec(row) for row in block]))
+        matrix = torch.cat(columns)
+        return (matrix + matrix.T) / 2
+
+    def eigenpairs(
+        self,
+        k: int = 1,
+        *,
+        which: Which = "largest",
+        tol: float = 1e-6,
+        max_matvecs: int | None = None,
+        seed: int = 0,
+    ) -> Eigenpairs:
+        """``k`` extreme eigenpairs by Lanczos (:func:`~losslab.linalg.lanczos_eigenpairs`):
+        each pair has relative residual ``||A v - lambda v|| <= tol max|lambda|``, or the
+        result says ``converged=False`` and why."""
+        return lanczos_eigenpairs(
+            self.matvec,
+            self.dim,
+            k,
+            which=which,
+            tol=tol,
+            max_matvecs=max_matvecs,
+            seed=seed,
+            dtype=self.theta.dtype,
+            device=self.theta.device,
+        )
+
+    def trace(
+        self,
+        n_matvecs: int = 100,
+        *,
+        method: Literal["hutch++", "hutchinson"] = "hutch++",
+        seed: int = 0,
+    ) -> TraceEstimate:
+        """``tr A`` from ``n_matvecs`` products with random sign vectors: Hutch++ (Meyer
+        et al. 2021) by default, plain Hutchinson on request; exact when
+        ``n_matvecs >= dim``."""
+        estimate = hutch_plus_plus_trace if method == "hutch++" else hutchinson_trace
+        return estimate(
+            self.matvec,
+            self.dim,
+            n_matvecs,
+            seed=seed,
+            dtype=self.theta.dtype,
+            device=self.theta.device,
+        )
+
+    def density(
+        self, *, n_steps: int = 100, n_vectors: int = 1, sigma: float | None = None, seed: int = 0
+    ) -> SpectralDensity:
+        """The spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019):
+        Ritz nodes and Gauss weights per probe, and a Gaussian-smoothed curve."""
+        return spectral_density(
+            self.matvec,
+            self.dim,
+            n_steps=n_steps,
+            n_vectors=n_vectors,
+            sigma=sigma,
+            seed=seed,
+            dtype=self.theta.dtype,
+            device=self.theta.device,
+        )
+
+
+class HessianOperator(CurvatureOperator):
+    """The Hessian ``nabla^2 L(theta)`` of ``loss_fn`` on ``data`` at ``model``'s parameters.
+
+    Example::
+
+        hessian = HessianOperator(model, torch.nn.CrossEntropyLoss(), (X, y))
+        top = hessian.eigenpairs(5)          # top.values, top.vectors, top.residuals
+        hessian.trace().value, hessian.density().curve
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Data) -> None:
+        super().__init__(model, loss_fn, data)
+        self._products = [
+            HessianVectorProduct(partial(self.loss.batch_loss, index=index))
+            for index in range(len(self.loss.batches))
+        ]
+
+    def gradient(self) -> torch.Tensor:
+        """``nabla L(theta)``, flat."""
+        total = torch.zeros_like(self.theta)
+        for index, weight in enumerate(self.loss.weights):
+            total = total + weight * grad(self.loss.batch_loss)(self.theta, index)
+        return total
+
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        """``H v`` by forward-over-reverse differentiation (reverse-over-reverse where torch
+        lacks a forward-mode rule), batch by batch."""
+        vector = self._check_vector(vector)
+        total = torch.zeros_like(self.theta)
+        for product, weight in zip(self._products, self.loss.weights, strict=True):
+            total = total + weight * product(self.theta, vector)
+        return total
+
+
+class GaussNewtonOperator(CurvatureOperator):
+    """The generalised Gauss-Newton matrix ``sum_b w_b J_b^T (nabla^2_f l_b) J_b`` of
+    ``loss_fn`` on ``data`` at ``model``'s parameters (positive semidefinite for a convex
+    loss)."""
+
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        """``G v = J^T (nabla^2_f l) (J v)``: a JVP, an output-space HVP and a VJP per batch."""
+        vector = self._check_vector(vector)
+        loss = self.loss
+        total = torch.zeros_like(self.theta)
+        for (inputs, targets), weight in zip(loss.batches, loss.weights, strict=True):
+
+            def outputs_of(theta: torch.Tensor, inputs: torch.Tensor = inputs) -> torch.Tensor:
+                named = loss.layout.unflatten(theta)
+                return functional_call(loss.model, (named, loss._buffers), (inputs,))
+
+            def loss_of(outputs: torch.Tensor, targets: torch.Tensor = targets) -> torch.Tensor:
+                return loss.loss_fn(outputs, targets)
+
+            forward = jvp(outputs_of, (self.theta,), (vector,))
+            outputs, jacobian_vector = forward[0], forward[1]
+            curvature_vector = HessianVectorProduct(loss_of)(outputs, jacobian_vector)
+            pullback = vjp(outputs_of, self.theta)[1]
+            total = total + weight * pullback(curvature_vector)[0]
+        return total

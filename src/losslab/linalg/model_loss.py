@@ -1,0 +1,163 @@
+r"""The loss of a model on data as a function of one flat parameter vector.
+
+Matrix-free curvature (Hessian- and Gauss-Newton-vector products), critical-point search
+and loss-landscape slices all need the same object: the map
+
+.. math::  \theta \mapsto L(\theta) = \frac{\sum_b n_b\, \ell(f_\theta(X_b), y_b)}{\sum_b n_b},
+
+where ``theta`` stacks the model's trainable parameters (in ``model.named_parameters()``
+order, each flattened row-major), ``f_theta`` is the model evaluated with those
+parameters by :func:`torch.func.functional_call`, ``(X_b, y_b)`` are the data's batches of
+``n_b`` samples and ``loss_fn(outputs, targets)`` returns the *mean* loss of a batch (as
+``torch.nn.MSELoss()`` and ``torch.nn.CrossEntropyLoss()`` do by default). With one batch
+this is ``loss_fn(model(X), y)``; with several it is the mean over every sample.
+
+The model is never modified: parameters are passed functionally, buffers are taken as
+they are. Put the model in ``eval()`` mode first when it has dropout or batch norm, or the
+loss will be random.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from losslab.errors import CurvatureError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor]
+Data = Batch | Iterable[Batch]
+
+
+def as_batches(data: Data) -> list[Batch]:
+    """The data as a list of ``(inputs, targets)`` batches, checked: at least one batch,
+    no empty batch, inputs and targets with the same number of rows, every floating
+    tensor finite. ``data`` is one ``(inputs, targets)`` pair or an iterable of them (a
+    ``DataLoader`` is read once and kept)."""
+    if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        batches = [(data[0], data[1])]
+    else:
+        try:
+            batches = [tuple(batch) for batch in data]
+        except TypeError as error:
+            raise CurvatureError(
+                "data must be an (inputs, targets) pair of tensors or an iterable of them"
+            ) from error
+    if not batches:
+        raise CurvatureError("data holds no batch: give at least one (inputs, targets) pair")
+    checked: list[Batch] = []
+    for index, batch in enumerate(batches):
+        if len(batch) != 2 or not all(isinstance(t, torch.Tensor) for t in batch):
+            raise CurvatureError(f"batch {index} is not an (inputs, targets) pair of tensors")
+        inputs, targets = batch
+        if inputs.shape[0] == 0:
+            raise CurvatureError(f"batch {index} is empty")
+        if inputs.shape[0] != targets.shape[0]:
+            raise CurvatureError(
+                f"batch {index}: {inputs.shape[0]} inputs but {targets.shape[0]} targets"
+            )
+        for name, tensor in (("inputs", inputs), ("targets", targets)):
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise CurvatureError(f"batch {index}: {name} hold NaN or inf; clean the data")
+        checked.append((inputs, targets))
+    return checked
+
+
+@dataclass(frozen=True)
+class ParameterLayout:
+    """Where each named parameter sits in the flat vector: ``names[i]`` has shape
+    ``shapes[i]`` and occupies ``flat[offsets[i] : offsets[i] + numels[i]]``."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+
+    @property
+    def numels(self) -> tuple[int, ...]:
+        return tuple(math.prod(shape) for shape in self.shapes)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        starts, total = [], 0
+        for count in self.numels:
+            starts.append(total)
+            total += count
+        return tuple(starts)
+
+    @property
+    def dim(self) -> int:
+        return sum(self.numels)
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The flat vector as a dict of named tensors (views, no copy)."""
+        if flat.shape != (self.dim,):
+            raise CurvatureError(
+                f"expected a flat vector of shape ({self.dim},), got {tuple(flat.shape)}"
+            )
+        pieces = torch.split(flat, list(self.numels))
+        return {n: p.view(s) for n, p, s in zip(self.names, pieces, self.shapes, strict=True)}
+
+    def flatten(self, named: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The named tensors stacked into one flat vector, in layout order."""
+        return torch.cat([named[name].reshape(-1) for name in self.names])
+
+
+def parameter_layout(model: nn.Module) -> ParameterLayout:
+    """The layout of ``model``'s trainable parameters (``requires_grad``), in
+    ``named_parameters()`` order; a model without any is an error."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise CurvatureError(
+            f"{type(model).__name__} has no trainable parameters: nothing to differentiate"
+        )
+    return ParameterLayout(tuple(n for n, _ in named), tuple(p.shape for _, p in named))
+
+
+class ModelLoss:
+    """``L(theta)``, the mean loss of ``model`` on ``data`` at flat parameters ``theta``.
+
+    Args:
+        model: any ``nn.Module``; its trainable parameters define ``theta``.
+        loss_fn: ``loss_fn(outputs, targets)``, the mean loss of a batch.
+        data: an ``(inputs, targets)`` pair or an iterable of such batches.
+
+    Attributes:
+        layout: the :class:`ParameterLayout` of ``theta``.
+        batches: the checked batches.
+        weights: each batch's share of the samples, ``n_b / sum n``.
+        theta0: the model's current parameters, flat and detached.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Data) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.layout = parameter_layout(model)
+        self.batches = as_batches(data)
+        sizes = [inputs.shape[0] for inputs, _ in self.batches]
+        self.n_samples = sum(sizes)
+        self.weights = tuple(size / self.n_samples for size in sizes)
+        params = dict(model.named_parameters())
+        self.theta0 = self.layout.flatten({n: params[n].detach() for n in self.layout.names})
+        self._buffers = dict(model.named_buffers())
+
+    @property
+    def dim(self) -> int:
+        return self.layout.dim
+
+    def batch_loss(self, theta: torch.Tensor, index: int) -> torch.Tensor:
+        """The mean loss of batch ``index`` at ``theta`` (differentiable by torch.func)."""
+        inputs, targets = self.batches[index]
+        named = self.layout.unflatten(theta)
+        outputs = functional_call(self.model, (named, self._buffers), (inputs,))
+        return self.loss_fn(outputs, targets)
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        """``L(theta)``, the sample-weighted mean over every batch."""
+        total = self.batch_loss(theta, 0) * self.weights[0]
+        for index in range(1, len(self.batches)):
+            total = total + self.batch_loss(theta, index) * self.weights[index]
+        return total

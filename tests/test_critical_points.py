@@ -1,0 +1,167 @@
+"""Critical points: Newton-MR and LM reach minima, saddles and maxima; classification
+against analytic Hessians and dense eigenvalues."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from losslab.critical.points import classify, find_critical_point
+from losslab.errors import CurvatureError
+from losslab.linalg.model_loss import ModelLoss
+from losslab.nets import ReLUMLP
+
+pytestmark = pytest.mark.usefixtures("float64_default")
+
+
+def double_well(theta: torch.Tensor) -> torch.Tensor:
+    """``x^4/4 - x^2/2 + y^2/2 - z^2/2``: saddles of index 1 at (+-1, 0, 0), index 2 at 0."""
+    x, y, z = theta
+    return x**4 / 4 - x**2 / 2 + y**2 / 2 - z**2 / 2
+
+
+@pytest.mark.parametrize("method", ["newton_mr", "levenberg_marquardt"])
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [((0.3, 0.2, -0.1), (0.0, 0.0, 0.0)), ((1.4, -0.3, 0.2), (1.0, 0.0, 0.0))],
+)
+def test_converges_to_saddles_of_the_double_well(method, start, expected) -> None:
+    result = find_critical_point(double_well, torch.tensor(start), method=method)
+    assert result.converged
+    assert result.reason == "converged"
+    assert result.gradient_norm <= 1e-10
+    torch.testing.assert_close(result.params, torch.tensor(expected), atol=1e-10, rtol=0)
+    point = classify(double_well, result.params)
+    # the Hessian is diag(3x^2 - 1, 1, -1): index 2 at the origin, 1 at x = +-1
+    assert point.kind == "saddle"
+    assert point.morse_index == (2 if expected[0] == 0 else 1)
+    assert point.nullity == 0
+
+
+@pytest.mark.parametrize("method", ["newton_mr", "levenberg_marquardt"])
+def test_rosenbrock_minimum_and_a_maximum(method) -> None:
+    def rosenbrock(theta: torch.Tensor) -> torch.Tensor:
+        return (1 - theta[0]) ** 2 + 100 * (theta[1] - theta[0] ** 2) ** 2
+
+    # from the classic start LM on ||g||^2 crawls along a valley of ||g||: start it closer
+    start = [-1.2, 1.0] if method == "newton_mr" else [0.6, 0.3]
+    result = find_critical_point(rosenbrock, torch.tensor(start), method=method)
+    assert result.converged
+    torch.testing.assert_close(result.params, torch.tensor([1.0, 1.0]), atol=1e-9, rtol=0)
+    point = classify(rosenbrock, result.params)
+    assert point.kind == "minimum"
+    assert point.morse_index == 0
+    # the Hessian at (1, 1) is [[802, -400], [-400, 200]]
+    exact = torch.linalg.eigvalsh(torch.tensor([[802.0, -400.0], [-400.0, 200.0]]))
+    torch.testing.assert_close(point.eigenvalues, exact, rtol=1e-10, atol=0)
+
+    def bump(theta: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-(theta**2).sum())  # a maximum at 0
+
+    top = find_critical_point(bump, torch.tensor([0.2, -0.1]), method=method)
+    assert top.converged
+    assert classify(bump, top.params).kind == "maximum"
+
+
+def test_two_layer_linear_network_at_zero_is_a_saddle() -> None:
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(20, 3, generator=generator)
+    targets = torch.randn(20, 2, generator=generator)
+
+    def loss(named: dict[str, torch.Tensor]) -> torch.Tensor:
+        prediction = inputs @ named["first"].T @ named["second"].T
+        return ((prediction - targets) ** 2).sum() / 40
+
+    zero = {"first": torch.zeros(4, 3), "second": torch.zeros(2, 4)}
+    point = classify(loss, zero)
+    assert point.gradient_norm == 0
+    assert point.kind == "saddle"
+    # at zero the Hessian is [[0, -C], [-C^T, 0]] built from C = Y^T X / n: its eigenvalues
+    # are +-(singular values of C), each repeated once per hidden unit, and zeros
+    singular = torch.linalg.svdvals(targets.T @ inputs / 20)
+    expected = torch.sort(torch.cat([singular.repeat(4), -singular.repeat(4), torch.zeros(4)]))
+    torch.testing.assert_close(point.eigenvalues, expected.values, atol=1e-12, rtol=0)
+    assert point.morse_index == 8
+    assert point.nullity == 4
+
+
+def test_dict_parameters_of_a_model_reach_tol_and_match_autograd() -> None:
+    model = ReLUMLP(3, [4], 2, seed=1)
+    model[1] = torch.nn.Tanh()  # smooth, so Newton converges quadratically
+    generator = torch.Generator().manual_seed(1)
+    data = (torch.randn(30, 3, generator=generator), torch.randn(30, 2, generator=generator))
+    model_loss = ModelLoss(model, torch.nn.MSELoss(), data)
+
+    def regularised(named: dict[str, torch.Tensor]) -> torch.Tensor:
+        flat = model_loss.layout.flatten(named)
+        return model_loss(flat) + 1e-2 * (flat @ flat)
+
+    # Newton-type searches converge from nearby: start from gradient descent's end point
+    theta = model_loss.theta0.clone()
+    for _ in range(300):
+        theta = theta - 0.5 * torch.func.grad(
+            lambda t: regularised(model_loss.layout.unflatten(t))
+        )(theta)
+    start = model_loss.layout.unflatten(theta)
+    result = find_critical_point(regularised, start)
+    assert result.converged
+    assert result.gradient_norm <= 1e-10
+    assert set(result.params) == set(start)
+    # an independent gradient: load the point into the model and backpropagate
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            parameter.copy_(result.params[name])
+    model.zero_grad()
+    flat = torch.cat([p.reshape(-1) for p in model.parameters()])
+    value = torch.nn.MSELoss()(model(data[0]), data[1]) + 1e-2 * (flat @ flat)
+    value.backward()
+    gradient = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert float(gradient.norm()) <= 1e-9
+
+
+def test_matrix_free_paths_agree_with_dense() -> None:
+    result_dense = find_critical_point(double_well, torch.tensor([0.3, 0.2, -0.1]))
+    result_free = find_critical_point(double_well, torch.tensor([0.3, 0.2, -0.1]), dense_limit=0)
+    torch.testing.assert_close(result_free.params, result_dense.params, atol=1e-10, rtol=0)
+    lm_free = find_critical_point(
+        double_well, torch.tensor([1.4, -0.3, 0.2]), method="levenberg_marquardt", dense_limit=0
+    )
+    assert lm_free.converged
+    point = classify(double_well, result_free.params, dense_limit=0)
+    assert point.kind == "saddle"
+    assert point.morse_index is None
+    assert not point.exact
+    torch.testing.assert_close(
+        torch.tensor([point.min_eigenvalue, point.max_eigenvalue]),
+        torch.tensor([-1.0, 1.0]),
+        atol=1e-8,
+        rtol=0,
+    )
+
+
+def test_degenerate_and_not_critical() -> None:
+    def quartic(theta: torch.Tensor) -> torch.Tensor:
+        return theta[0] ** 4 + theta[1] ** 2
+
+    assert classify(quartic, torch.zeros(2)).kind == "degenerate"
+    assert classify(quartic, torch.ones(2)).kind == "not critical"
+
+
+def test_bad_input_and_stalling() -> None:
+    with pytest.raises(CurvatureError, match="method"):
+        find_critical_point(double_well, torch.zeros(3), method="adam")  # type: ignore[arg-type]
+    with pytest.raises(CurvatureError, match="NaN"):
+        find_critical_point(double_well, torch.tensor([float("nan"), 0.0, 0.0]))
+    with pytest.raises(CurvatureError, match="flat"):
+        find_critical_point(double_well, torch.zeros(3, 1))
+    with pytest.raises(CurvatureError, match="not finite"):
+        classify(lambda t: torch.log(t).sum(), torch.tensor([-1.0]))
+
+    def no_root(theta: torch.Tensor) -> torch.Tensor:
+        # gradient x^2 + 1 never vanishes: the search must stop, not claim success
+        return theta[0] ** 3 / 3 + theta[0]
+
+    result = find_critical_point(no_root, torch.tensor([0.5]), max_iter=50)
+    assert not result.converged
+    assert result.reason in ("stalled", "max_iter")
+    assert result.gradient_norm >= 1.0 - 1e-12

@@ -1,0 +1,173 @@
+"""Piecewise strong convexity (Milne, P4): the in-region Hessian, the curvature bound, the
+threshold, the certified margin and the isolated-minimum check, against finite differences
+and dense linear algebra."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call, grad, hessian
+
+from losslab.critical.points import find_critical_point
+from losslab.critical.regions import output_hessian_bounds, strong_convexity
+from losslab.errors import CurvatureError
+from losslab.linalg.model_loss import ModelLoss
+from losslab.nets import ReLUMLP
+
+pytestmark = pytest.mark.usefixtures("float64_default")
+
+
+def problem(depth: int, seed: int, n: int = 25, width: int = 5, bias: bool = True):
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(n, 3, generator=generator)
+    targets = torch.randn(n, 2, generator=generator)
+    model = ReLUMLP(3, [width] * depth, 2, seed=seed, bias=bias)
+    return model, inputs, targets
+
+
+def regularised_loss(model, inputs, targets, weight_decay):
+    model_loss = ModelLoss(
+        model, lambda out, y: ((out - y) ** 2).sum() / (2 * len(y)), (inputs, targets)
+    )
+
+    def loss(theta: torch.Tensor) -> torch.Tensor:
+        return model_loss(theta) + weight_decay / 2 * (theta @ theta)
+
+    return loss, model_loss.theta0
+
+
+@pytest.mark.parametrize(("depth", "seed"), [(1, 0), (2, 1), (3, 2)])
+def test_in_region_hessian_matches_finite_differences_of_the_gradient(depth, seed) -> None:
+    model, inputs, targets = problem(depth, seed)
+    certificate = strong_convexity(model, (inputs, targets), 1e-2)
+    loss, theta = regularised_loss(model, inputs, targets, 1e-2)
+    step = 1e-6
+    assert certificate.margin > 10 * step  # the differences stay inside the region
+    gradient = grad(loss)
+    columns = []
+    for index in range(theta.numel()):
+        offset = torch.zeros_like(theta)
+        offset[index] = step
+        columns.append((gradient(theta + offset) - gradient(theta - offset)) / (2 * step))
+    differenced = torch.stack(columns)
+    smallest = torch.linalg.eigvalsh((differenced + differenced.T) / 2)[0]
+    # exact (dense) or a converged Lanczos value that proved a negative eigenvalue
+    assert certificate.eigenvalue_exact or certificate.hessian_min_eigenvalue < 0
+    assert abs(certificate.hessian_min_eigenvalue - float(smallest)) <= 1e-6
+    assert certificate.strongly_convex == (certificate.hessian_min_eigenvalue > 0)
+    assert certificate.training_error == pytest.approx(
+        float(((model(inputs) - targets) ** 2).sum() / (2 * len(inputs))), rel=1e-12
+    )
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_output_hessian_bound_holds(depth, bias) -> None:
+    """||sum_k c_k nabla^2 f_k(x)||_2 <= B(x) for unit c, at each sample, dense."""
+    model, inputs, _targets = problem(depth, 10 + depth, n=8, width=6, bias=bias)
+    bounds = output_hessian_bounds(model, inputs)
+    names = [n for n, _ in model.named_parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    shapes = [p.shape for p in model.parameters()]
+    generator = torch.Generator().manual_seed(depth)
+
+    def output(theta: torch.Tensor, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        pieces = torch.split(theta, [s.numel() for s in shapes])
+        named = {n: p.view(s) for n, p, s in zip(names, pieces, shapes, strict=True)}
+        return functional_call(model, named, (x[None],))[0] @ c
+
+    tightest = 0.0
+    for sample in range(len(inputs)):
+        for _ in range(3):
+            direction = torch.randn(2, generator=generator)
+            direction /= direction.norm()
+            matrix = hessian(output)(theta, inputs[sample], direction)
+            norm = float(torch.linalg.matrix_norm(matrix, ord=2))
+            assert norm <= float(bounds[sample]) * (1 + 1e-12)
+            tightest = max(tightest, norm / float(bounds[sample]))
+    assert tightest > 0.01  # the bound is not vacuous
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_threshold_inequality_on_random_networks(seed) -> None:
+    depth = 1 + seed % 3
+    model, inputs, targets = problem(depth, 20 + seed, n=15, width=4)
+    for weight_decay in (1e-3, 1e-1, 10.0):
+        certificate = strong_convexity(model, (inputs, targets), weight_decay)
+        assert certificate.hessian_min_eigenvalue >= certificate.lower_bound - 1e-10
+        if certificate.below_threshold:
+            assert certificate.lower_bound > 0
+            assert certificate.strongly_convex
+    # the threshold is lambda^2 / (2 mean B^2), recomputed independently
+    bounds = output_hessian_bounds(model, inputs)
+    assert certificate.error_threshold == pytest.approx(100.0 / (2 * float((bounds**2).mean())))
+
+
+def test_margin_is_certified() -> None:
+    model, inputs, targets = problem(2, 5, n=30)
+    certificate = strong_convexity(model, (inputs, targets), 1e-2)
+    assert 0 < certificate.margin < float("inf")
+    base = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        direction = torch.randn(base.shape, generator=generator)
+        moved = base + 0.999 * certificate.margin * direction / direction.norm()
+        clone = ReLUMLP(3, [5, 5], 2)
+        torch.nn.utils.vector_to_parameters(moved, clone.parameters())
+        moved_patterns = strong_convexity(clone, (inputs, targets), 1e-2).patterns
+        for before, after in zip(certificate.patterns, moved_patterns, strict=True):
+            assert torch.equal(before, after)
+
+
+def single_unit_problem(output_scale: float, weight_decay: float):
+    """A one-unit ReLU teacher and student, started at the teacher; Newton-MR then finds
+    the weight-decayed critical point next to it."""
+    generator = torch.Generator().manual_seed(3)
+    inputs = torch.randn(40, 2, generator=generator)
+    targets = output_scale * torch.relu(inputs @ torch.tensor([[1.0], [-0.5]]) + 0.3)
+    model = ReLUMLP(2, [1], 1)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -0.5]]))
+        model[0].bias.fill_(0.3)
+        model[2].weight.fill_(output_scale)
+        model[2].bias.zero_()
+    loss, theta = regularised_loss(model, inputs, targets, weight_decay)
+    search = find_critical_point(loss, theta)
+    assert search.converged
+    torch.nn.utils.vector_to_parameters(search.params, model.parameters())
+    return model, (inputs, targets), loss, search.params
+
+
+@pytest.mark.parametrize(
+    ("output_scale", "weight_decay", "isolated"), [(1.0, 0.1, True), (10.0, 1.0, False)]
+)
+def test_isolated_minimum_check_against_dense_eigenvalues(
+    output_scale, weight_decay, isolated
+) -> None:
+    model, data, loss, params = single_unit_problem(output_scale, weight_decay)
+    certificate = strong_convexity(model, data, weight_decay)
+    assert certificate.gradient_norm <= 1e-9
+    eigenvalues = torch.linalg.eigvalsh(hessian(loss)(params))
+    assert float(eigenvalues[0]) == pytest.approx(certificate.hessian_min_eigenvalue, abs=1e-9)
+    assert certificate.isolated_minimum == isolated
+    if isolated:
+        assert certificate.margin > 1e-4
+        assert float(eigenvalues[0]) > 0
+    else:  # a saddle of the regularised loss: a negative eigenvalue
+        assert float(eigenvalues[0]) < 0
+
+
+def test_bad_input() -> None:
+    model, inputs, targets = problem(1, 0)
+    with pytest.raises(CurvatureError, match="weight_decay"):
+        strong_convexity(model, (inputs, targets), 0.0)
+    with pytest.raises(CurvatureError, match="NaN"):
+        strong_convexity(model, (inputs * float("nan"), targets), 1e-2)
+    with pytest.raises(CurvatureError, match="Sequential"):
+        strong_convexity(torch.nn.Linear(3, 2), (inputs, targets), 1e-2)
+    with pytest.raises(CurvatureError, match="pattern"):
+        strong_convexity(
+            torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Tanh(), torch.nn.Linear(2, 2)),
+            (inputs, targets),
+            1e-2,
+        )

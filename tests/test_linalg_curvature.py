@@ -1,0 +1,146 @@
+"""Curvature operators of a model's loss against dense Hessians, finite differences and
+explicit Jacobians."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, hessian, jacrev
+
+from losslab.errors import CurvatureError
+from losslab.linalg import GaussNewtonOperator, HessianOperator, ModelLoss
+from losslab.nets import ReLUMLP
+
+pytestmark = pytest.mark.usefixtures("float64_default")
+
+
+def small_problem(seed: int = 0, loss: str = "mse"):
+    generator = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    inputs = torch.randn(40, 4, generator=generator)
+    if loss == "mse":
+        return model, nn.MSELoss(), (inputs, torch.randn(40, 3, generator=generator))
+    labels = torch.randint(0, 3, (40,), generator=generator)
+    return model, nn.CrossEntropyLoss(), (inputs, labels)
+
+
+def dense_hessian(model, loss_fn, data) -> torch.Tensor:
+    model_loss = ModelLoss(model, loss_fn, data)
+    return hessian(model_loss)(model_loss.theta0)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_hessian_matches_dense_and_finite_differences(loss) -> None:
+    model, loss_fn, data = small_problem(1, loss)
+    operator = HessianOperator(model, loss_fn, data)
+    reference = dense_hessian(model, loss_fn, data)
+    torch.testing.assert_close(operator.dense(), reference, atol=1e-12, rtol=1e-10)
+    # an HVP against central differences of the gradient
+    vector = torch.randn(operator.dim, generator=torch.Generator().manual_seed(2))
+    model_loss = ModelLoss(model, loss_fn, data)
+    step = 1e-5
+    gradient = torch.func.grad(model_loss)
+    differenced = (
+        gradient(operator.theta + step * vector) - gradient(operator.theta - step * vector)
+    ) / (2 * step)
+    torch.testing.assert_close(operator.matvec(vector), differenced, atol=1e-7, rtol=1e-6)
+
+
+def test_batches_give_the_full_data_hessian() -> None:
+    model, loss_fn, (inputs, targets) = small_problem(3)
+    batches = [
+        (inputs[:10], targets[:10]),
+        (inputs[10:35], targets[10:35]),
+        (inputs[35:], targets[35:]),
+    ]
+    split = HessianOperator(model, loss_fn, batches)
+    whole = HessianOperator(model, loss_fn, (inputs, targets))
+    torch.testing.assert_close(split.dense(), whole.dense(), atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(split.gradient(), whole.gradient(), atol=1e-13, rtol=1e-11)
+
+
+def test_eigenpairs_trace_density_against_eigh() -> None:
+    model, loss_fn, data = small_problem(4)
+    operator = HessianOperator(model, loss_fn, data)
+    exact = torch.linalg.eigvalsh(dense_hessian(model, loss_fn, data))
+    top = operator.eigenpairs(3, tol=1e-10)
+    assert top.converged
+    torch.testing.assert_close(top.values, exact.flip(0)[:3], atol=1e-8, rtol=1e-8)
+    assert float(top.residuals.max()) <= 1e-8 * float(exact.abs().max())
+    bottom = operator.eigenpairs(2, which="smallest", tol=1e-10)
+    torch.testing.assert_close(bottom.values, exact[:2], atol=1e-8, rtol=1e-8)
+    assert operator.trace(n_matvecs=operator.dim).value == pytest.approx(
+        float(exact.sum()), rel=1e-10
+    )
+    density = operator.density(n_steps=operator.dim, n_vectors=1)
+    # full-length Lanczos: the nodes are the eigenvalues (the probe meets every eigenvector)
+    torch.testing.assert_close(torch.sort(density.nodes[0]).values, exact, atol=1e-7, rtol=1e-7)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_gauss_newton_equals_jacobian_form(loss) -> None:
+    model, loss_fn, data = small_problem(5, loss)
+    operator = GaussNewtonOperator(model, loss_fn, data)
+    model_loss = ModelLoss(model, loss_fn, data)
+    inputs, targets = data
+
+    def outputs_of(theta: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, model_loss.layout.unflatten(theta), (inputs,)).reshape(-1)
+
+    jacobian = jacrev(outputs_of)(model_loss.theta0)
+    outputs = outputs_of(model_loss.theta0)
+    output_hessian = hessian(lambda o: loss_fn(o.reshape(len(inputs), -1), targets))(outputs)
+    reference = jacobian.T @ output_hessian @ jacobian
+    torch.testing.assert_close(operator.dense(), reference, atol=1e-12, rtol=1e-10)
+    assert float(torch.linalg.eigvalsh(operator.dense())[0]) >= -1e-12  # PSD for convex losses
+
+
+def test_gauss_newton_equals_hessian_for_a_linear_model() -> None:
+    generator = torch.Generator().manual_seed(6)
+    model = nn.Linear(5, 2)
+    data = (torch.randn(30, 5, generator=generator), torch.randn(30, 2, generator=generator))
+    hessian_matrix = HessianOperator(model.double(), nn.MSELoss(), data).dense()
+    gauss_newton = GaussNewtonOperator(model, nn.MSELoss(), data).dense()
+    torch.testing.assert_close(gauss_newton, hessian_matrix, atol=1e-13, rtol=1e-12)
+
+
+def test_float32_follows_the_model() -> None:
+    model = ReLUMLP(4, [5], 2, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    data = (
+        torch.randn(20, 4, generator=generator).float(),
+        torch.randn(20, 2, generator=generator).float(),
+    )
+    operator = HessianOperator(model, nn.MSELoss(), data)
+    product = operator.matvec(torch.ones(operator.dim))
+    assert product.dtype == torch.float32
+    top = operator.eigenpairs(1, tol=1e-4)
+    assert top.values.dtype == torch.float32
+
+
+def test_bad_input() -> None:
+    model, loss_fn, (inputs, targets) = small_problem(7)
+    frozen = nn.Linear(4, 3).requires_grad_(False)
+    with pytest.raises(CurvatureError, match="no trainable"):
+        HessianOperator(frozen, loss_fn, (inputs, targets))
+    with pytest.raises(CurvatureError, match="NaN"):
+        HessianOperator(model, loss_fn, (inputs * float("nan"), targets))
+    with pytest.raises(CurvatureError, match="no batch"):
+        HessianOperator(model, loss_fn, [])
+    with pytest.raises(CurvatureError, match="targets"):
+        HessianOperator(model, loss_fn, (inputs, targets[:5]))
+    with pytest.raises(CurvatureError, match=r"not finite|non-finite"):
+        HessianOperator(
+            model, lambda out, y: torch.log(out - out.detach() - 1).sum(), (inputs, targets)
+        )
+    operator = HessianOperator(model, loss_fn, (inputs, targets))
+    with pytest.raises(CurvatureError, match=r"larger than|dimension|k"):
+        operator.eigenpairs(operator.dim + 1)
+    with pytest.raises(CurvatureError, match="shape"):
+        operator.matvec(torch.ones(3))
+    with pytest.raises(CurvatureError, match="max_dim"):
+        operator.dense(max_dim=10)
