@@ -92,12 +92,17 @@ def test_output_hessian_bound_holds(depth, bias) -> None:
 def test_threshold_inequality_on_random_networks(seed) -> None:
     depth = 1 + seed % 3
     model, inputs, targets = problem(depth, 20 + seed, n=15, width=4)
+    below = []
     for weight_decay in (1e-3, 1e-1, 10.0):
         certificate = strong_convexity(model, (inputs, targets), weight_decay)
         assert certificate.hessian_min_eigenvalue >= certificate.lower_bound - 1e-10
+        below.append(certificate.below_threshold)
         if certificate.below_threshold:
             assert certificate.lower_bound > 0
             assert certificate.strongly_convex
+    assert below[0] is False  # at lambda = 1e-3 the threshold is far below E
+    if depth < 3:  # shallow nets at lambda = 10 lie below it: the implication is exercised
+        assert below[-1] is True
     # the threshold is lambda^2 / (2 mean B^2), recomputed independently
     bounds = output_hessian_bounds(model, inputs)
     assert certificate.error_threshold == pytest.approx(100.0 / (2 * float((bounds**2).mean())))

@@ -44,10 +44,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.func import grad, jacrev
+from torch.func import grad
 
 from losslab.errors import CurvatureError
-from losslab.linalg.hvp import HessianVectorProduct
+from losslab.linalg.hvp import HessianVectorProduct, dense_hessian
 from losslab.linalg.lanczos import lanczos_eigenpairs
 from losslab.linalg.model_loss import ParameterLayout
 
@@ -104,8 +104,7 @@ class _FlatLoss:
         return self._hessian_vector_product(theta, vector)
 
     def hessian(self, theta: torch.Tensor) -> torch.Tensor:
-        matrix = jacrev(grad(self), chunk_size=256)(theta)
-        return (matrix + matrix.T) / 2
+        return dense_hessian(self, theta)
 
 
 @dataclass(frozen=True)

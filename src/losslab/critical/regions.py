@@ -69,7 +69,7 @@ from torch import nn
 from torch.func import grad
 
 from losslab.errors import CurvatureError
-from losslab.linalg.hvp import HessianVectorProduct
+from losslab.linalg.hvp import CachedHessianVectorProduct, dense_from_products
 from losslab.linalg.lanczos import lanczos_eigenpairs
 from losslab.linalg.model_loss import ParameterLayout, parameter_layout
 
@@ -315,13 +315,10 @@ def _smallest_eigenvalue(
     ``r`` bounds the spectrum, ``lambda_min <= t``, and an eigenvalue lies in
     ``[t - r, t + r]``; when ``t + r < 0`` the Hessian is certainly indefinite and ``t``
     is returned. Otherwise, up to ``dense_limit`` parameters, the dense Hessian
-    (forward-over-reverse products against the identity, in chunks) and ``eigvalsh``
+    (products with the identity, in chunks) and ``eigvalsh``
     give the exact value; above it, the Lanczos value is returned as an estimate."""
-    product = HessianVectorProduct(function)
+    matvec = CachedHessianVectorProduct(function, theta)
     size = theta.numel()
-
-    def matvec(vector: torch.Tensor) -> torch.Tensor:
-        return product(theta, vector)
 
     if size > 64:
         pairs = lanczos_eigenpairs(matvec, size, 1, which="smallest", tol=1e-8, seed=seed,
@@ -329,12 +326,8 @@ def _smallest_eigenvalue(
         value, residual = float(pairs.values[0]), float(pairs.residuals[0])
         if value + residual < 0 or size > dense_limit:
             return value, False
-    identity = torch.eye(size, dtype=theta.dtype, device=theta.device)
-    try:
-        matrix = torch.func.vmap(matvec, chunk_size=256)(identity)
-    except RuntimeError:  # a kernel without a batching rule
-        matrix = torch.stack([matvec(row) for row in identity])
-    return float(torch.linalg.eigvalsh((matrix + matrix.T) / 2)[0]), True
+    matrix = dense_from_products(matvec, size, dtype=theta.dtype, device=theta.device)
+    return float(torch.linalg.eigvalsh(matrix)[0]), True
 
 
 def _augmented_norms(

@@ -179,12 +179,19 @@ class Milne:
             "minima",
             bool(critical_below) and all(c["isolated_minimum"] for c in critical_below),
         ))  # fmt: skip
-        medians = points.groupby("depth")["error_threshold"].median().sort_index()
+        at_start = points[points["step"] == 0].groupby(["data", "depth"])["error_threshold"]
+        along = points.groupby(["data", "depth"])["error_threshold"].median()
+        shrinks, texts = [], []
+        for data, medians in at_start.median().groupby(level="data"):
+            values = medians.droplevel("data").sort_index()
+            shrinks.append(len(values) > 1 and bool((np.diff(values.to_numpy()) < 0).all()))
+            trajectory = ", ".join(f"{v:.2g}" for v in along[data].sort_index())
+            texts.append(f"{data}: " + ", ".join(f"{d}: {v:.2g}" for d, v in values.items())
+                         + f" (median along the trajectories: {trajectory})")  # fmt: skip
         claims.append(Claim(
             "the error threshold shrinks with depth",
-            "median threshold E* by depth: "
-            + ", ".join(f"{d}: {v:.3g}" for d, v in medians.items()),
-            bool(len(medians) > 1 and (np.diff(medians.to_numpy()) < 0).all()),
+            "median threshold E* at initialisation by depth, " + "; ".join(texts),
+            bool(shrinks) and all(shrinks),
         ))  # fmt: skip
         share = float(points["strongly_convex"].mean())
         by_depth = points.groupby("depth")["strongly_convex"].mean()

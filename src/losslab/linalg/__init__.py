@@ -6,7 +6,12 @@ float64 interval arithmetic for certified computations."""
 from losslab.errors import CurvatureError, IntervalError
 from losslab.linalg.curvature import CurvatureOperator, GaussNewtonOperator, HessianOperator
 from losslab.linalg.density import SpectralDensity, spectral_density
-from losslab.linalg.hvp import HessianVectorProduct
+from losslab.linalg.hvp import (
+    CachedHessianVectorProduct,
+    HessianVectorProduct,
+    dense_from_products,
+    dense_hessian,
+)
 from losslab.linalg.interval import (
     Interval,
     matmul,
@@ -24,6 +29,7 @@ from losslab.linalg.power_iteration import power_iteration_eigenpairs
 from losslab.linalg.trace import TraceEstimate, hutch_plus_plus_trace, hutchinson_trace
 
 __all__ = [
+    "CachedHessianVectorProduct",
     "CurvatureError",
     "CurvatureOperator",
     "Eigenpairs",
@@ -37,6 +43,8 @@ __all__ = [
     "SpectralDensity",
     "TraceEstimate",
     "as_batches",
+    "dense_from_products",
+    "dense_hessian",
     "hutch_plus_plus_trace",
     "hutchinson_trace",
     "lanczos_eigenpairs",
