@@ -71,6 +71,8 @@ from losslab.linalg.interval import (
     Interval,
     matmul,
     matvec,
+    round_down,
+    round_up,
     sigmoid,
     sigmoid_derivative,
     tanh,
@@ -80,6 +82,32 @@ from losslab.linalg.interval import (
 __all__ = ["CertifiedCount", "certify_fixed_points"]
 
 Status = Literal["certified", "incomplete"]
+
+
+def _inverse_sigmoid(a: Interval) -> Interval:
+    """Enclosure of ``logit`` over ``a ∩ [0, 1]`` (``-inf`` at 0, ``+inf`` at 1)."""
+    return _widened_inverse(torch.logit(a.lo.clamp(0.0, 1.0)), torch.logit(a.hi.clamp(0.0, 1.0)))
+
+
+def _inverse_tanh(a: Interval) -> Interval:
+    """Enclosure of ``atanh`` over ``a ∩ [-1, 1]`` (infinite at -1 and 1)."""
+    return _widened_inverse(torch.atanh(a.lo.clamp(-1.0, 1.0)), torch.atanh(a.hi.clamp(-1.0, 1.0)))
+
+
+def _widened_inverse(lo: Tensor, hi: Tensor) -> Interval:
+    """End points of ``logit`` / ``atanh`` widened by ``2^-50 (1 + |y|)``: the argument
+    ``x / (1 - x)`` (or ``(1 + x) / (1 - x)``) carries at most 2 roundings (relative
+    ``2u``, so absolute ``2u`` after the logarithm), the logarithm at most 4 ulps of its
+    result; ``2^-50 = 8u`` covers both. NaN cannot occur on clamped arguments."""
+    lo_err = round_up(lo.abs() * INVERSE_ERROR + INVERSE_ERROR)
+    hi_err = round_up(hi.abs() * INVERSE_ERROR + INVERSE_ERROR)
+    lo = torch.where(torch.isfinite(lo), round_down(lo - lo_err), lo)
+    hi = torch.where(torch.isfinite(hi), round_up(hi + hi_err), hi)
+    return Interval(lo, hi)
+
+
+INVERSE_ERROR = 2.0**-50
+_INVERSE_ACTIVATIONS = {"sigmoid": _inverse_sigmoid, "tanh": _inverse_tanh}
 
 _ACTIVATIONS = {
     "sigmoid": (sigmoid, sigmoid_derivative, (0.0, 1.0)),
@@ -183,8 +211,20 @@ class _IntervalMap:
     def __init__(self, weights: list[tuple[Tensor, Tensor]], activation: str) -> None:
         self.weights = weights
         self.act, self.dact, _ = _ACTIVATIONS[activation]
+        self.inverse = _INVERSE_ACTIVATIONS[activation]
         self.N = weights[0][0].shape[0]
         self.eye = torch.eye(self.N, dtype=torch.float64, device=weights[0][0].device)
+        # backward contraction: any M gives a = M (z - b) + (I - M W) a exactly when
+        # z = W a + b; M = float inverse of W makes the enclosure tight
+        self.inverses: list[Tensor | None] = []
+        self.residual_maps: list[Interval | None] = []
+        for W, _ in weights:
+            M, info = torch.linalg.inv_ex(W)
+            usable = int(info) == 0 and bool(torch.isfinite(M).all())
+            self.inverses.append(M if usable else None)
+            self.residual_maps.append(
+                Interval(self.eye, self.eye) - matmul(M, W) if usable else None
+            )
 
     def forward(self, X: Interval) -> tuple[Interval, list[Interval]]:
         """``f(X)`` and the pre-activation enclosures ``Z_l``."""
@@ -195,6 +235,34 @@ class _IntervalMap:
             Zs.append(Z)
             A = self.act(Z)
         return A, Zs
+
+    def contract_backward(self, X: Interval, Zs: list[Interval]) -> Interval:
+        """Shrink ``X`` (which holds every fixed point in it) from the output back.
+
+        A fixed point ``x`` in ``X`` has ``z_l = W_l a_{l-1} + b_l`` in ``Z_l``,
+        ``a_l = sigma(z_l)`` (``a_0 = x``) and ``a_L = x``. So ``z_L`` lies in
+        ``Z_L ∩ sigma^-1(X)``; from ``z_l`` back to ``a_{l-1}`` the identity
+        ``a = M (z - b) + (I - M W) a`` (any matrix ``M``; here the float inverse of ``W``)
+        gives ``A_{l-1} ∩ (M (Z_l - b_l) + (I - M W_l) A_{l-1})``; and so on down to
+        ``a_0 = x``. The result encloses every fixed point of ``X`` (it may be empty)."""
+        A_out = X
+        dead = torch.zeros(X.shape[0], dtype=torch.bool, device=X.lo.device)
+        for layer in range(len(self.weights) - 1, -1, -1):
+            A_in = X if layer == 0 else self.act(Zs[layer - 1])
+            M, C = self.inverses[layer], self.residual_maps[layer]
+            if M is None or C is None:
+                return X
+            Z = Zs[layer].intersect(self.inverse(A_out))
+            back = matvec(M, Z - self.weights[layer][1]) + matvec(C, A_in)
+            # unbounded or NaN end points (an infinite Z) carry no information
+            lo = torch.where(torch.isnan(back.lo), torch.full_like(back.lo, -math.inf), back.lo)
+            hi = torch.where(torch.isnan(back.hi), torch.full_like(back.hi, math.inf), back.hi)
+            A_out = A_in.intersect(Interval(lo, hi))
+            dead |= ~(A_out.lo <= A_out.hi).all(dim=-1)  # empty, or NaN from an empty input
+        # a box found empty at any layer holds no fixed point: mark it empty for good
+        lo = torch.where(dead[:, None], torch.full_like(A_out.lo, math.inf), A_out.lo)
+        hi = torch.where(dead[:, None], torch.full_like(A_out.hi, -math.inf), A_out.hi)
+        return Interval(lo, hi)
 
     def jacobian(self, Zs: list[Interval]) -> Interval:
         """``J_f = diag(sigma'(Z_L)) W_L ... diag(sigma'(Z_1)) W_1``, (B, N, N)."""
@@ -452,7 +520,7 @@ def _step(
     X1 = X
     for _ in range(_CONTRACT_STEPS):  # X <- X ∩ f(X) keeps every fixed point of X
         fX, Zs = fmap.forward(X1)
-        X_next = X1.intersect(fX)
+        X_next = fmap.contract_backward(X1.intersect(fX), Zs)
         alive = ~X_next.is_empty().any(dim=-1)
         if not bool(alive.all()):
             X, X1, X_next = X[alive], X1[alive], X_next[alive]
