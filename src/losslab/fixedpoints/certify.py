@@ -117,7 +117,7 @@ _INFLATE_FRACTION = 2.0**-10  # try epsilon-inflation on boxes this small (relat
 _PROGRESS_RATIO = 0.5  # keep a contracted box whole if its volume fell below this ratio
 _INFLATE_FLOOR = 2.0**-33  # ~1e-10: smallest inflation radius, far above rounding
 _TIGHTEN_STEPS = 12  # at most; stops when K(T) ∩ T no longer halves T
-_CONTRACT_STEPS = 4  # at most this many X <- X ∩ f(X) passes per box and step
+_CONTRACT_STEPS = 2  # at most this many X <- X ∩ f(X) (and backward) passes per box and step
 
 
 @dataclass(frozen=True)
