@@ -176,3 +176,33 @@ def test_bad_input() -> None:
             (inputs, targets),
             1e-2,
         )
+
+
+def test_a_zero_layer_keeps_the_bound_valid() -> None:
+    """A zero last layer (a common initialisation) leaves the cross terms that perturb it:
+    the bound must not collapse to zero, and no false proof of convexity may come out."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.rand(20, 3, generator=generator)
+    targets = 5 * torch.randn(20, 2, generator=generator)
+    model = ReLUMLP(3, [4], 2, seed=1, bias=False)
+    with torch.no_grad():
+        model[2].weight.zero_()
+    bounds = output_hessian_bounds(model, inputs)
+    torch.testing.assert_close(bounds, inputs.norm(dim=1))  # one hidden layer: B = ||x||
+    certificate = strong_convexity(model, (inputs, targets), 1e-3)
+    assert certificate.hessian_min_eigenvalue >= certificate.lower_bound - 1e-12
+    assert certificate.hessian_min_eigenvalue < 0
+    assert not certificate.below_threshold
+
+
+def test_float32_model_is_certified_in_float64() -> None:
+    model, inputs, targets = problem(2, 3)
+    single = ReLUMLP(3, [5, 5], 2, seed=3, dtype=torch.float32)
+    single.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    data32 = (inputs.float(), targets.float())
+    reference = strong_convexity(single.double(), (data32[0].double(), data32[1].double()), 1e-2)
+    single.float()
+    certificate = strong_convexity(single, data32, 1e-2)
+    assert certificate.hessian_min_eigenvalue == pytest.approx(
+        reference.hessian_min_eigenvalue, rel=1e-12
+    )

@@ -144,3 +144,43 @@ def test_bad_input() -> None:
         operator.matvec(torch.ones(3))
     with pytest.raises(CurvatureError, match="max_dim"):
         operator.dense(max_dim=10)
+
+
+def test_many_batches_recompute_products_and_agree() -> None:
+    """Above MAX_CACHED_BATCHES the products are recomputed per batch (no cached graphs)."""
+    from losslab.linalg.curvature import MAX_CACHED_BATCHES
+
+    model, loss_fn, (inputs, targets) = small_problem(8)
+    size = len(inputs) // (MAX_CACHED_BATCHES + 2)
+    batches = [(inputs[i : i + size], targets[i : i + size]) for i in range(0, len(inputs), size)]
+    assert len(batches) > MAX_CACHED_BATCHES
+    split = HessianOperator(model, loss_fn, batches)
+    torch.testing.assert_close(split.dense(), dense_hessian(model, loss_fn, (inputs, targets)),
+                               atol=1e-12, rtol=1e-10)  # fmt: skip
+
+
+def test_hutch_plus_plus_on_a_model_hessian_is_unbiased() -> None:
+    model, loss_fn, data = small_problem(9)
+    operator = HessianOperator(model, loss_fn, data)
+    exact = float(torch.linalg.eigvalsh(operator.dense()).sum())
+    estimates = torch.tensor([operator.trace(n_matvecs=30, seed=s).value for s in range(40)])
+    plain = torch.tensor(
+        [operator.trace(n_matvecs=30, method="hutchinson", seed=s).value for s in range(40)]
+    )
+    # the mean of 40 estimates within 4 standard errors of the exact trace
+    assert abs(float(estimates.mean()) - exact) <= 4 * float(estimates.std()) / 40**0.5 + 1e-12
+    assert float(estimates.std()) < float(plain.std())  # variance reduction
+
+
+def test_training_mode_dropout_is_refused_and_dtypes_follow_the_model() -> None:
+    model = ReLUMLP(4, [5], 2, dropout=0.5)
+    generator = torch.Generator().manual_seed(0)
+    data = (torch.randn(20, 4, generator=generator), torch.randn(20, 2, generator=generator))
+    with pytest.raises(CurvatureError, match="eval"):
+        HessianOperator(model, nn.MSELoss(), data)
+    model.eval()
+    single = ReLUMLP(4, [5], 2, dtype=torch.float32)
+    operator = HessianOperator(single, nn.MSELoss(), data)  # float64 data, float32 model
+    assert operator.matvec(torch.ones(operator.dim)).dtype == torch.float32
+    with pytest.raises(CurvatureError, match="unknown trace method"):
+        operator.trace(method="exact")  # type: ignore[arg-type]

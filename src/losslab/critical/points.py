@@ -56,7 +56,8 @@ Method = Literal["newton_mr", "levenberg_marquardt"]
 Kind = Literal["minimum", "maximum", "saddle", "degenerate", "not critical"]
 
 #: Above this many parameters the Hessian is not formed: steps use MINRES / CG on
-#: Hessian-vector products and classification uses Lanczos on the extreme eigenvalues.
+#: Hessian-vector products, classification and ``strong_convexity`` use Lanczos on the
+#: extreme eigenvalues.
 DENSE_LIMIT = 3000
 
 
@@ -322,6 +323,11 @@ class CriticalPoint:
         zero_tol: the tolerance below which an eigenvalue counts as zero.
         eigenvalues: every eigenvalue (ascending) when dense, else the extreme ones found.
         exact: whether the whole spectrum was computed (dense ``eigh``).
+        converged: the eigenvalues are exact, or the Lanczos pairs met their tolerance.
+            From Lanczos, ``saddle`` and ``maximum`` / ``minimum`` rest on extreme Ritz
+            values: a Ritz value lies inside the spectrum, so a negative smallest and a
+            positive largest one prove a saddle, while ``minimum`` means only that no
+            negative eigenvalue was found.
     """
 
     gradient_norm: float
@@ -334,6 +340,7 @@ class CriticalPoint:
     zero_tol: float
     eigenvalues: torch.Tensor
     exact: bool
+    converged: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -346,6 +353,7 @@ class CriticalPoint:
             "max_eigenvalue": self.max_eigenvalue,
             "zero_tol": self.zero_tol,
             "exact": self.exact,
+            "converged": self.converged,
         }
 
 
@@ -372,6 +380,7 @@ def classify(
         raise CurvatureError(f"the loss or its gradient is not finite at params ({value})")
     size = theta.numel()
     exact = size <= dense_limit
+    converged = True
     if exact:
         eigenvalues = torch.linalg.eigvalsh(flat.hessian(theta))
     else:
@@ -383,6 +392,7 @@ def classify(
             matvec, size, 2, which="both", tol=1e-8, seed=seed, dtype=theta.dtype
         )
         eigenvalues = torch.sort(pairs.values).values
+        converged = pairs.converged
     if not bool(torch.isfinite(eigenvalues).all()):
         raise CurvatureError("the Hessian has non-finite entries at params")
     spectral_norm = float(eigenvalues.abs().max())
@@ -411,4 +421,5 @@ def classify(
         zero_tol=zero_tol,
         eigenvalues=eigenvalues,
         exact=exact,
+        converged=converged,
     )

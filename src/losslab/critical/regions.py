@@ -33,7 +33,8 @@ perturbations:
            = \|\tilde x\| P\, s^T M s \le \|\tilde x\| P \lambda_{\max}(M) =: B(x),
 
 with ``w_l = ||W~_l||_2``, ``P = prod_l w_l`` and ``M_ab = 1 / (w_a w_b)`` for ``a != b``,
-``M_aa = 0`` (an ``L x L`` matrix). For one hidden layer ``B(x) = ||x~||``; for a linear
+``M_aa = 0`` (an ``L x L`` matrix; computed as ``(P M)_ab = prod_{l != a, b} w_l``, which
+stays right when a layer is zero). For one hidden layer ``B(x) = ||x~||``; for a linear
 model ``B = 0``. ``B`` grows with depth (``lambda_max(M) P`` has ``L - 2`` norm factors and
 grows like ``L - 1``).
 
@@ -62,20 +63,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.func import grad
 
+from losslab.critical.points import DENSE_LIMIT
 from losslab.errors import CurvatureError
 from losslab.linalg.hvp import CachedHessianVectorProduct, dense_from_products
 from losslab.linalg.lanczos import lanczos_eigenpairs
 from losslab.linalg.model_loss import ParameterLayout, parameter_layout
-
-#: Above this many parameters the smallest in-region eigenvalue comes from Lanczos (an
-#: estimate from above) instead of a dense ``eigvalsh`` (exact).
-DENSE_LIMIT = 3000
 
 
 @dataclass(frozen=True)
@@ -211,6 +209,7 @@ def strong_convexity(
     *,
     grad_tol: float = 1e-8,
     dense_limit: int = DENSE_LIMIT,
+    eigenvalue_method: Literal["auto", "dense"] = "auto",
     seed: int = 0,
 ) -> RegionCertificate:
     """Is the weight-decayed squared loss strongly convex in ``model``'s activation region?
@@ -223,6 +222,10 @@ def strong_convexity(
         weight_decay: ``lambda > 0``, on every parameter.
         grad_tol: gradient norm below which the point counts as critical.
         dense_limit: the most parameters for a dense in-region Hessian.
+        eigenvalue_method: ``"auto"``: Lanczos first, and the dense Hessian only when
+            Lanczos does not prove a negative eigenvalue (fast; a proven-negative value is
+            a Ritz value, an upper bound of the smallest eigenvalue); ``"dense"``: always
+            the exact value up to ``dense_limit`` parameters.
 
     Returns:
         A :class:`RegionCertificate` (module docstring for each number).
@@ -241,7 +244,8 @@ def strong_convexity(
         raise CurvatureError("X or Y hold NaN or inf; clean the data")
     layout = network.layout
     params = dict(model.named_parameters())
-    theta = layout.flatten({n: params[n].detach() for n in layout.names})
+    # a certificate: analysed in float64 whatever the model's dtype
+    theta = layout.flatten({n: params[n].detach() for n in layout.names}).to(torch.float64)
     inputs = inputs.to(theta)
     targets = targets.to(theta)
     n = inputs.shape[0]
@@ -264,7 +268,9 @@ def strong_convexity(
     if not math.isfinite(loss):
         raise CurvatureError(f"the loss is {loss}: not finite")
 
-    min_eigenvalue, exact = _smallest_eigenvalue(region_loss, theta, dense_limit, seed)
+    min_eigenvalue, exact = _smallest_eigenvalue(
+        region_loss, theta, dense_limit, seed, probe_first=eigenvalue_method == "auto"
+    )
     augmented = any(b is not None for _, b in maps)
     weight_norms = _augmented_norms(maps, augmented)
     bounds = _second_derivative_bounds(inputs, weight_norms, augmented)
@@ -301,18 +307,21 @@ def output_hessian_bounds(model: nn.Module, inputs: torch.Tensor) -> torch.Tenso
     parameter directions ``u``, valid in every activation region (module docstring)."""
     network = relu_layers(model)
     params = dict(model.named_parameters())
-    maps = _affine_maps(network, {n: params[n].detach() for n in network.layout.names})
+    maps = _affine_maps(
+        network, {n: params[n].detach().to(torch.float64) for n in network.layout.names}
+    )
     augmented = any(b is not None for _, b in maps)
+    inputs = inputs.to(torch.float64)
     return _second_derivative_bounds(inputs, _augmented_norms(maps, augmented), augmented)
 
 
 def _smallest_eigenvalue(
-    function: Any, theta: torch.Tensor, dense_limit: int, seed: int
+    function: Any, theta: torch.Tensor, dense_limit: int, seed: int, *, probe_first: bool
 ) -> tuple[float, bool]:
     """The smallest Hessian eigenvalue of ``function`` at ``theta`` and whether it is exact.
 
-    Lanczos first (a few hundred products): its smallest Ritz value ``t`` with residual
-    ``r`` bounds the spectrum, ``lambda_min <= t``, and an eigenvalue lies in
+    With ``probe_first``, Lanczos first (a few hundred products): its smallest Ritz value
+    ``t`` with residual ``r`` bounds the spectrum, ``lambda_min <= t``, and an eigenvalue lies in
     ``[t - r, t + r]``; when ``t + r < 0`` the Hessian is certainly indefinite and ``t``
     is returned. Otherwise, up to ``dense_limit`` parameters, the dense Hessian
     (products with the identity, in chunks) and ``eigvalsh``
@@ -320,7 +329,7 @@ def _smallest_eigenvalue(
     matvec = CachedHessianVectorProduct(function, theta)
     size = theta.numel()
 
-    if size > 64:
+    if (probe_first and size > 64) or size > dense_limit:
         pairs = lanczos_eigenpairs(matvec, size, 1, which="smallest", tol=1e-8, seed=seed,
                                    max_matvecs=min(size, 300), dtype=theta.dtype)  # fmt: skip
         value, residual = float(pairs.values[0]), float(pairs.residuals[0])
@@ -351,15 +360,20 @@ def _augmented_norms(
 def _second_derivative_bounds(
     inputs: torch.Tensor, weight_norms: list[float], augmented: bool
 ) -> torch.Tensor:
-    """``B(x_i) = ||x~_i|| P lambda_max(M)`` per sample (module docstring)."""
+    """``B(x_i) = ||x~_i|| lambda_max(P M)`` per sample (module docstring), with
+    ``(P M)_ab = prod_{l != a, b} w_l`` formed without division (a layer of norm zero
+    leaves the terms that perturb it)."""
     count = len(weight_norms)
-    norms = torch.tensor(weight_norms, dtype=torch.float64)
-    if count < 2 or bool((norms == 0).any()):
+    if count < 2:
         return torch.zeros(inputs.shape[0], dtype=inputs.dtype, device=inputs.device)
-    reciprocal = 1 / norms
-    coupling = torch.outer(reciprocal, reciprocal)
-    coupling.fill_diagonal_(0)
-    factor = float(torch.prod(norms) * torch.linalg.eigvalsh(coupling)[-1])
+    norms = torch.tensor(weight_norms, dtype=torch.float64)
+    coupling = torch.zeros(count, count, dtype=torch.float64)
+    for a in range(count):
+        for b in range(count):
+            if a != b:
+                others = [norms[layer] for layer in range(count) if layer not in (a, b)]
+                coupling[a, b] = torch.stack(others).prod() if others else 1.0
+    factor = float(torch.linalg.eigvalsh(coupling)[-1])
     input_norms = inputs.norm(dim=1)
     if augmented:
         input_norms = torch.sqrt(input_norms**2 + 1)

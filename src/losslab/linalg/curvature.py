@@ -40,11 +40,9 @@ from losslab.linalg.hvp import (
     HessianVectorProduct,
     dense_from_products,
 )
-from losslab.linalg.lanczos import Eigenpairs, lanczos_eigenpairs
+from losslab.linalg.lanczos import Eigenpairs, Which, lanczos_eigenpairs
 from losslab.linalg.model_loss import Data, LossFn, ModelLoss
 from losslab.linalg.trace import TraceEstimate, hutch_plus_plus_trace, hutchinson_trace
-
-Which = Literal["largest", "smallest", "both"]
 
 #: Up to this many batches, :class:`HessianOperator` keeps each batch's gradient graph and
 #: takes every product as one backward pass through it (about 2.5x faster); with more, the
@@ -64,6 +62,16 @@ class CurvatureOperator:
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Data) -> None:
+        stochastic = nn.modules.dropout._DropoutNd | nn.modules.batchnorm._NormBase
+        random = [
+            type(m).__name__ for m in model.modules() if m.training and isinstance(m, stochastic)
+        ]
+        if random:
+            raise CurvatureError(
+                f"the model is in training mode with {', '.join(sorted(set(random)))}: its "
+                "loss changes from call to call (random masks, batch statistics). Call "
+                "model.eval() first"
+            )
         self.loss = ModelLoss(model, loss_fn, data)
         self.theta = self.loss.theta0
         self.dim = self.loss.dim
@@ -131,7 +139,10 @@ class CurvatureOperator:
         """``tr A`` from ``n_matvecs`` products with random sign vectors: Hutch++ (Meyer
         et al. 2021) by default, plain Hutchinson on request; exact when
         ``n_matvecs >= dim``."""
-        estimate = hutch_plus_plus_trace if method == "hutch++" else hutchinson_trace
+        estimators = {"hutch++": hutch_plus_plus_trace, "hutchinson": hutchinson_trace}
+        if method not in estimators:
+            raise CurvatureError(f"unknown trace method {method!r}: 'hutch++' or 'hutchinson'")
+        estimate = estimators[method]
         return estimate(
             self.matvec,
             self.dim,

@@ -37,7 +37,8 @@ Data = Batch | Iterable[Batch]
 def as_batches(data: Data) -> list[Batch]:
     """The data as a list of ``(inputs, targets)`` batches, checked: at least one batch,
     no empty batch, inputs and targets with the same number of rows, every floating
-    tensor finite. ``data`` is one ``(inputs, targets)`` pair or an iterable of them (a
+    tensor finite (:class:`ModelLoss` then casts floating tensors to the parameters' dtype
+    and device). ``data`` is one ``(inputs, targets)`` pair or an iterable of them (a
     ``DataLoader`` is read once and kept)."""
     if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         batches = [(data[0], data[1])]
@@ -136,7 +137,16 @@ class ModelLoss:
         self.model = model
         self.loss_fn = loss_fn
         self.layout = parameter_layout(model)
-        self.batches = as_batches(data)
+        reference = next(p for p in model.parameters() if p.requires_grad)
+        self.batches = [
+            tuple(  # floating data follow the parameters' dtype and device
+                t.to(dtype=reference.dtype, device=reference.device)
+                if t.is_floating_point()
+                else t.to(device=reference.device)
+                for t in batch
+            )
+            for batch in as_batches(data)
+        ]
         sizes = [inputs.shape[0] for inputs, _ in self.batches]
         self.n_samples = sum(sizes)
         self.weights = tuple(size / self.n_samples for size in sizes)

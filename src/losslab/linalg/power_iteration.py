@@ -12,13 +12,15 @@ with ``v`` orthogonal to ``V`` and of unit length throughout. ``rho`` is the Ray
 quotient of ``v``; the pair ``(rho, v)`` is accepted when its residual, available from the
 product already taken,
 
-.. math::  ||A v - \rho v||_2 \le \mathrm{tol}\, |\rho|,
+.. math::  ||A v - \rho v||_2 \le \mathrm{tol}\, \max_i |\rho_i|,
 
-i.e. ``tol`` is relative to *that* eigenvalue. The test uses the residual of the
+i.e. ``tol`` is relative to the largest eigenvalue found (the scale of
+:func:`~losslab.linalg.lanczos.lanczos_eigenpairs`, so the two are compared at the same
+accuracy). The test uses the residual of the
 *deflated* operator, ``||(I - V V^T) A v - rho v||``: the earlier pairs are only accurate to
 their own tolerance, and ``A v`` keeps components of size ``~ tol lambda_1`` along them, which
 the full residual ``||A v - rho v||`` (reported in ``Eigenpairs.residuals``) cannot drop
-below, however long one iterates (it can thus exceed ``tol |rho|`` for later pairs). One
+below, however long one iterates (it can thus exceed the tolerance for later pairs). One
 product per iteration, nothing more.
 
 Power iteration converges to the eigenvalue of largest **magnitude** (here: of the deflated
@@ -73,8 +75,8 @@ def power_iteration_eigenpairs(
         matvec: ``v -> A v`` for a symmetric ``A``, (dim,) -> (dim,).
         dim: the size of ``A``.
         k: how many pairs (``1 <= k <= dim``).
-        tol: a pair stops when ``||(I - V V^T) A v - rho v|| <= tol |rho|`` (relative to
-            its own eigenvalue; > 0).
+        tol: a pair stops when ``||(I - V V^T) A v - rho v|| <= tol max_i |rho_i|`` (relative
+            to the largest eigenvalue found, the scale :func:`lanczos_eigenpairs` uses; > 0).
         max_iter: most iterations (products) per pair; a pair that does not meet ``tol`` is
             kept as it is and the next pair starts (``converged=False, reason="max_iter"``).
         seed: seeds the random start of each pair.
@@ -109,22 +111,27 @@ def power_iteration_eigenpairs(
     values: list[float] = []
     residuals: list[float] = []
     all_converged = True
+    scale = 0.0  # max |rho| so far: the same relative scale as lanczos_eigenpairs' tol
     for _ in range(k):
         v = fresh()
         rho, residual, done = 0.0, math.inf, False
-        for _ in range(max_iter):
+        for iteration in range(max_iter):
             w = op(v)
             rho = float(v @ w)
             residual = float(torch.linalg.vector_norm(w - rho * v))
             w = _project_out(vectors, w)
             deflated = float(torch.linalg.vector_norm(w - rho * v))
-            if deflated <= tol * abs(rho):
+            if deflated <= tol * max(scale, abs(rho)):
                 done = True
                 break
             norm = float(torch.linalg.vector_norm(w))
-            # A v in span(V) (v in the null space of the deflated operator): restart randomly
-            v = w / norm if norm > 0 else fresh()
+            if norm == 0:  # A v in span(V) (v in the deflated null space): restart
+                v = fresh()
+                continue
+            if iteration + 1 < max_iter:
+                v = w / norm  # (on the last iteration v stays the vector rho belongs to)
         all_converged = all_converged and done
+        scale = max(scale, abs(rho))
         vectors.append(v)
         values.append(rho)
         residuals.append(residual)
