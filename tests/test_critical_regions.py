@@ -206,3 +206,22 @@ def test_float32_model_is_certified_in_float64() -> None:
     assert certificate.hessian_min_eigenvalue == pytest.approx(
         reference.hessian_min_eigenvalue, rel=1e-12
     )
+
+
+def test_region_objective_is_the_loss_inside_the_region() -> None:
+    from losslab.critical import region_objective
+
+    model, inputs, targets = problem(2, 4, n=30)
+    region = region_objective(model, (inputs, targets), 1e-2)
+    loss, theta = regularised_loss(model, inputs, targets, 1e-2)
+    margin = strong_convexity(model, (inputs, targets), 1e-2).margin
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        direction = torch.randn(theta.shape, generator=generator)
+        inside = theta + 0.9 * margin * direction / direction.norm()
+        assert region.contains(inside)
+        assert float(region.function(inside)) == pytest.approx(float(loss(inside)), rel=1e-13)
+    # far away the patterns change and the polynomial is no longer the network's loss
+    far = theta + 10.0 * torch.randn(theta.shape, generator=generator)
+    assert not region.contains(far)
+    assert float(region.function(far)) != pytest.approx(float(loss(far)), rel=1e-6)

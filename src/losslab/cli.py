@@ -678,31 +678,29 @@ def critical_classify(
     max_iter: Annotated[int, typer.Option(min=1, help="Newton-MR iterations.")] = 50,
 ) -> None:
     """Train an MLP, refine its end point to a critical point of the weight-decayed loss
-    (Newton-MR), classify it by its Hessian, and certify strong convexity in its region."""
+    on its activation region (Newton-MR on the region's polynomial), say whether it stayed
+    in the region, classify it by its Hessian, and certify strong convexity there."""
     import torch
 
-    from losslab.critical import classify, find_critical_point, squared_error, strong_convexity
-    from losslab.linalg import ModelLoss
+    from losslab.critical import classify, find_critical_point, region_objective, strong_convexity
 
     model, batch = _trained_mlp(data, depth, width, epochs, weight_decay, n_train, seed)
-    objective = ModelLoss(model, squared_error, batch)
-
-    def regularised(theta: Any) -> Any:
-        return objective(theta) + weight_decay / 2 * (theta @ theta)
-
+    objective = region_objective(model, batch, weight_decay)
     console = _out()
     with console.status("Newton-MR ..."):
-        search = find_critical_point(regularised, objective.theta0, max_iter=max_iter)
-        point = classify(regularised, search.params)
+        search = find_critical_point(objective.function, objective.theta, max_iter=max_iter)
+        point = classify(objective.function, search.params)
         assert isinstance(search.params, torch.Tensor)
+        inside = objective.contains(search.params)
         torch.nn.utils.vector_to_parameters(search.params, model.parameters())
         region = strong_convexity(model, batch, weight_decay)
+    where = "inside its region" if inside else "[yellow]outside its start's region[/]"
     console.print(
         f"Newton-MR: {search.reason} after {search.iterations} iterations, "
-        f"||grad|| {search.gradient_norm:.2e} (from {search.gradient_norms[0]:.2e})"
+        f"||grad|| {search.gradient_norm:.2e} (from {search.gradient_norms[0]:.2e}), {where}"
     )
     table = Table(title=f"{_model_title(data, depth, width, epochs, weight_decay)}: "
-                        f"{objective.dim} parameters")  # fmt: skip
+                        f"{objective.theta.numel()} parameters")  # fmt: skip
     table.add_column("quantity")
     table.add_column("value")
     rows = [

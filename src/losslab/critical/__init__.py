@@ -8,7 +8,13 @@ from losslab.critical.points import (
     classify,
     find_critical_point,
 )
-from losslab.critical.regions import RegionCertificate, output_hessian_bounds, strong_convexity
+from losslab.critical.regions import (
+    RegionCertificate,
+    RegionObjective,
+    output_hessian_bounds,
+    region_objective,
+    strong_convexity,
+)
 from losslab.critical.slices import (
     Slice1D,
     Slice2D,
@@ -29,6 +35,7 @@ __all__ = [
     "CriticalPoint",
     "CriticalPointSearch",
     "RegionCertificate",
+    "RegionObjective",
     "Slice1D",
     "Slice2D",
     "classification_data",
@@ -39,6 +46,7 @@ __all__ = [
     "output_hessian_bounds",
     "plot_slice_1d",
     "plot_slice_2d",
+    "region_objective",
     "slice_1d",
     "slice_2d",
     "squared_error",

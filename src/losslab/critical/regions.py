@@ -62,6 +62,7 @@ inside that ball.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -202,6 +203,82 @@ def _forward_with_masks(
     raise AssertionError("unreachable")
 
 
+@dataclass(frozen=True)
+class RegionObjective:
+    """The weight-decayed squared loss on one activation region, as the polynomial it is.
+
+    Attributes:
+        function: ``theta -> E(theta) + (lambda/2) ||theta||^2`` with every sample's
+            activation pattern frozen at ``theta0`` (ReLU replaced by fixed 0/1 masks):
+            smooth everywhere, and equal to the network's loss on the region.
+        theta: ``theta0``, the model's parameters, flat, float64.
+        inputs, targets: the data in float64, targets as (n, m).
+        patterns: per hidden layer, the (n, width) patterns at ``theta0``.
+    """
+
+    function: Callable[[torch.Tensor], torch.Tensor]
+    theta: torch.Tensor
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    patterns: list[torch.Tensor]
+    network: _ReLUNetwork
+
+    def patterns_at(self, theta: torch.Tensor) -> list[torch.Tensor]:
+        """The activation patterns of the network at other parameters ``theta``."""
+        maps = _affine_maps(self.network, self.network.layout.unflatten(theta))
+        return [z > 0 for z in _forward_with_masks(maps, self.inputs, None)[1]]
+
+    def contains(self, theta: torch.Tensor) -> bool:
+        """Whether ``theta`` lies in the same activation region as ``theta0`` (every
+        pattern equal), where ``function`` is the network's loss."""
+        return all(
+            torch.equal(a, b) for a, b in zip(self.patterns, self.patterns_at(theta), strict=True)
+        )
+
+
+def region_objective(
+    model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], weight_decay: float
+) -> RegionObjective:
+    """The loss of ``model``'s activation region as a smooth function of flat parameters
+    (:class:`RegionObjective`), in float64; inputs are checked as in
+    :func:`strong_convexity`. Newton-type searches on ``function`` do not stall at the
+    kinks of the ReLU loss; a critical point they find is one of the network's loss when
+    :meth:`RegionObjective.contains` it."""
+    if not weight_decay > 0 or not math.isfinite(weight_decay):
+        raise CurvatureError(f"weight_decay must be a positive number, got {weight_decay}")
+    network = relu_layers(model)
+    inputs, targets = data
+    if inputs.ndim != 2 or inputs.shape[0] == 0:
+        raise CurvatureError(f"X must be a non-empty (n, d) matrix, got {tuple(inputs.shape)}")
+    if targets.ndim == 1:
+        targets = targets[:, None]
+    if targets.shape[0] != inputs.shape[0]:
+        raise CurvatureError(f"{inputs.shape[0]} inputs but {targets.shape[0]} targets")
+    if not bool(torch.isfinite(inputs).all() & torch.isfinite(targets).all()):
+        raise CurvatureError("X or Y hold NaN or inf; clean the data")
+    layout = network.layout
+    params = dict(model.named_parameters())
+    # a certificate: analysed in float64 whatever the model's dtype
+    theta = layout.flatten({n: params[n].detach() for n in layout.names}).to(torch.float64)
+    inputs = inputs.to(theta)
+    targets = targets.to(theta)
+    n = inputs.shape[0]
+    maps = _affine_maps(network, layout.unflatten(theta))
+    outputs, preactivations, _ = _forward_with_masks(maps, inputs, None)
+    if outputs.shape != targets.shape:
+        raise CurvatureError(f"outputs {tuple(outputs.shape)} but targets {tuple(targets.shape)}")
+    masks = [(z > 0).to(theta.dtype) for z in preactivations]
+
+    def region_loss(flat: torch.Tensor) -> torch.Tensor:
+        prediction = _forward_with_masks(
+            _affine_maps(network, layout.unflatten(flat)), inputs, masks
+        )[0]
+        return ((prediction - targets) ** 2).sum() / (2 * n) + weight_decay / 2 * (flat @ flat)
+
+    patterns = [z > 0 for z in preactivations]
+    return RegionObjective(region_loss, theta, inputs, targets, patterns, network)
+
+
 def strong_convexity(
     model: nn.Module,
     data: tuple[torch.Tensor, torch.Tensor],
@@ -230,37 +307,12 @@ def strong_convexity(
     Returns:
         A :class:`RegionCertificate` (module docstring for each number).
     """
-    if not weight_decay > 0 or not math.isfinite(weight_decay):
-        raise CurvatureError(f"weight_decay must be a positive number, got {weight_decay}")
-    network = relu_layers(model)
-    inputs, targets = data
-    if inputs.ndim != 2 or inputs.shape[0] == 0:
-        raise CurvatureError(f"X must be a non-empty (n, d) matrix, got {tuple(inputs.shape)}")
-    if targets.ndim == 1:
-        targets = targets[:, None]
-    if targets.shape[0] != inputs.shape[0]:
-        raise CurvatureError(f"{inputs.shape[0]} inputs but {targets.shape[0]} targets")
-    if not bool(torch.isfinite(inputs).all() & torch.isfinite(targets).all()):
-        raise CurvatureError("X or Y hold NaN or inf; clean the data")
-    layout = network.layout
-    params = dict(model.named_parameters())
-    # a certificate: analysed in float64 whatever the model's dtype
-    theta = layout.flatten({n: params[n].detach() for n in layout.names}).to(torch.float64)
-    inputs = inputs.to(theta)
-    targets = targets.to(theta)
+    objective = region_objective(model, data, weight_decay)
+    theta, inputs, targets = objective.theta, objective.inputs, objective.targets
     n = inputs.shape[0]
-    maps = _affine_maps(network, layout.unflatten(theta))
+    maps = _affine_maps(objective.network, objective.network.layout.unflatten(theta))
     outputs, preactivations, layer_inputs = _forward_with_masks(maps, inputs, None)
-    if outputs.shape != targets.shape:
-        raise CurvatureError(f"outputs {tuple(outputs.shape)} but targets {tuple(targets.shape)}")
-    masks = [(z > 0).to(theta.dtype) for z in preactivations]
-
-    def region_loss(flat: torch.Tensor) -> torch.Tensor:
-        prediction = _forward_with_masks(
-            _affine_maps(network, layout.unflatten(flat)), inputs, masks
-        )[0]
-        return ((prediction - targets) ** 2).sum() / (2 * n) + weight_decay / 2 * (flat @ flat)
-
+    region_loss = objective.function
     residuals = outputs - targets
     training_error = float((residuals**2).sum() / (2 * n))
     loss = training_error + weight_decay / 2 * float(theta @ theta)

@@ -14,8 +14,11 @@ end included; the network in ``eval()`` mode, so dropout is off) the full-batch
 threshold ``E*`` (derived in :mod:`losslab.critical.regions`), the smallest eigenvalue of
 the in-region Hessian (dense, exact), the proven lower bound and the certified margin. From
 the end point, :func:`losslab.critical.find_critical_point` (Newton-MR, full batch) looks
-for a nearby critical point, which is then checked for being an isolated minimum (positive
-definite in-region Hessian, strictly inside its region). One cell per preset also stores a
+for a nearby critical point of the end point's region polynomial
+(:func:`losslab.critical.region_objective`: smooth, so Newton does not stall at ReLU
+kinks); one that stays inside the region is a critical point of the network's loss, and
+is then checked for being an isolated minimum (positive definite in-region Hessian,
+strictly inside its region). One cell per preset also stores a
 2-D loss slice around the trained network along filter-normalised directions.
 
 Claims checked: below the threshold every sampled point is strongly convex in its region;
@@ -52,12 +55,12 @@ def _run(cell: dict[str, Any]) -> dict[str, Any]:
     from losslab.critical import (
         classification_data,
         find_critical_point,
+        region_objective,
         slice_2d,
         squared_error,
         strong_convexity,
         train_squared_loss,
     )
-    from losslab.linalg import ModelLoss
     from losslab.nets import ReLUMLP
 
     inputs, targets = classification_data(cell["data"], cell["n_train"], seed=cell["seed"])
@@ -78,18 +81,20 @@ def _run(cell: dict[str, Any]) -> dict[str, Any]:
     train_squared_loss(model, inputs, targets, weight_decay=decay, epochs=cell["epochs"],
                        batch_size=cell["batch_size"], lr=cell["lr"],
                        momentum=cell["momentum"], seed=cell["seed"], on_step=record)  # fmt: skip
-    objective = ModelLoss(model, squared_error, (inputs, targets))
-    search = find_critical_point(lambda t: objective(t) + decay / 2 * (t @ t),
-                                 objective.theta0, max_iter=cell["newton_iter"])  # fmt: skip
-    row: dict[str, Any] = {"points": points, "critical_converged": search.converged,
-                           "critical_reason": search.reason}  # fmt: skip
-    if search.converged:
+    end = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    region = region_objective(model, (inputs, targets), decay)
+    search = find_critical_point(region.function, region.theta, max_iter=cell["newton_iter"])
+    inside = search.converged and region.contains(search.params)  # type: ignore[arg-type]
+    reason = "left its region" if search.converged and not inside else search.reason
+    row: dict[str, Any] = {"points": points, "critical_converged": inside,
+                           "critical_reason": reason}  # fmt: skip
+    if inside:
         assert isinstance(search.params, torch.Tensor)
         torch.nn.utils.vector_to_parameters(search.params, model.parameters())
         certificate = strong_convexity(model, (inputs, targets), decay, eigenvalue_method="dense")
         row["critical"] = _point(certificate)
     if cell.get("slice"):
-        torch.nn.utils.vector_to_parameters(objective.theta0, model.parameters())
+        torch.nn.utils.vector_to_parameters(end, model.parameters())
         landscape = slice_2d(model, squared_error, (inputs, targets), n_points=21,
                              seed=cell["seed"])  # fmt: skip
         row["arrays"] = {"alphas": landscape.alphas.numpy(), "betas": landscape.betas.numpy(),
@@ -179,7 +184,8 @@ class Milne:
         isolated = sum(c["isolated_minimum"] for c in critical)
         claims.append(Claim(
             "critical points below the threshold are isolated local minima",
-            f"Newton-MR converged from {len(critical)} of {len(frame)} trajectory ends; "
+            f"Newton-MR reached a critical point inside the end point's region from "
+            f"{len(critical)} of {len(frame)} trajectory ends; "
             f"{len(critical_below)} critical points lie below the threshold, "
             f"{sum(c['isolated_minimum'] for c in critical_below)} of them isolated minima; "
             f"over all critical points found, {isolated} of {len(critical)} are isolated "
