@@ -225,3 +225,20 @@ def test_region_objective_is_the_loss_inside_the_region() -> None:
     far = theta + 10.0 * torch.randn(theta.shape, generator=generator)
     assert not region.contains(far)
     assert float(region.function(far)) != pytest.approx(float(loss(far)), rel=1e-6)
+
+
+def test_training_with_dropout_depends_on_the_seed_only() -> None:
+    from losslab.critical import classification_data, train_squared_loss
+
+    inputs, targets = classification_data("wine", 60, seed=0)
+    histories = []
+    for burn in (0, 7):
+        torch.rand(burn)  # move torch's global generator
+        model = ReLUMLP(13, [6], 3, dropout=0.3, seed=2)
+        histories.append(
+            train_squared_loss(model, inputs, targets, weight_decay=1e-2, epochs=3, seed=1)
+        )
+    assert histories[0] == histories[1]
+    model = ReLUMLP(13, [6], 3, dropout=0.3, seed=2)
+    other = train_squared_loss(model, inputs, targets, weight_decay=1e-2, epochs=3, seed=2)
+    assert other != histories[0]

@@ -5,10 +5,10 @@ Gradient descent is attracted by minima only; to reach saddles too we drive ``||
 zero with the Hessian ``H = nabla g``:
 
 - ``method="newton_mr"`` (Roosta, Liu, Xu & Mahoney 2022, *Newton-MR*): the step ``p`` is
-  the minimum-norm least-squares solution of ``H p = -g``, i.e. ``p = -H^+ g`` (computed
-  from the eigendecomposition of ``H`` when ``p <= dense_limit``, by MINRES on
-  Hessian-vector products otherwise), followed by a backtracking Armijo line search on
-  ``||g||^2``, whose derivative along ``p`` is ``2 p^T H g = -2 g^T H H^+ g <= 0``. Near a
+  the minimum-norm least-squares solution of ``H p = -g``, i.e. ``p = -H^+ g`` (when
+  ``p <= dense_limit``: an LU solve where ``H`` is regular, the eigendecomposition of ``H``
+  where it is not; by MINRES on Hessian-vector products otherwise), followed by a
+  backtracking Armijo line search on ``||g||^2``, whose derivative along ``p`` is ``2 p^T H g = -2 g^T H H^+ g <= 0``. Near a
   non-degenerate critical point of any index the unit step is accepted and convergence is
   quadratic.
 - ``method="levenberg_marquardt"``: Gauss-Newton on ``g(theta) = 0`` with Jacobian ``H``:
@@ -220,9 +220,20 @@ Accepted = tuple[torch.Tensor, float, torch.Tensor]
 def _newton_mr_step(
     flat: _FlatLoss, theta: torch.Tensor, gradient: torch.Tensor, dense_limit: int
 ) -> torch.Tensor:
-    """``-H^+ g``: from the eigendecomposition when small, else MINRES on products."""
+    """``-H^+ g``: when small, the LU solution of ``H p = -g`` if ``H`` is regular (it is
+    then ``-H^+ g``; checked by its residual), else from the eigendecomposition; above
+    ``dense_limit``, MINRES on products."""
     if theta.numel() <= dense_limit:
-        values, vectors = torch.linalg.eigh(flat.hessian(theta))
+        hessian = flat.hessian(theta)
+        step, info = torch.linalg.solve_ex(hessian, -gradient)
+        residual = torch.linalg.vector_norm(hessian @ step + gradient)
+        if (
+            int(info) == 0
+            and bool(torch.isfinite(step).all())
+            and residual <= 1e-10 * gradient.norm()
+        ):
+            return step
+        values, vectors = torch.linalg.eigh(hessian)
         cutoff = values.abs().max() * theta.numel() * torch.finfo(theta.dtype).eps
         inverse = torch.where(values.abs() > cutoff, 1 / values, torch.zeros_like(values))
         return -(vectors @ (inverse * (vectors.T @ gradient)))

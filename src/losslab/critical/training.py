@@ -63,9 +63,11 @@ def train_squared_loss(
     """Minibatch SGD on ``E + (lambda/2) ||theta||^2``; returns the objective per epoch
     (full batch, model in ``eval()`` mode). With ``anneal`` the step size follows a cosine
     from ``lr`` down to ``lr / 1000`` over the run, so that the end point lies near a
-    critical point rather than in SGD's noise ball. ``on_step(step)`` is called before every SGD
-    step (``step = 0, 1, ...``) and once after the last one, with the model in ``eval()``
-    mode, e.g. to record points along the trajectory; the model is left in ``eval()``."""
+    critical point rather than in SGD's noise ball. Batches and dropout masks are drawn
+    from ``seed`` alone (torch's global generator is restored afterwards).
+    ``on_step(step)`` is called before every SGD step (``step = 0, 1, ...``) and once after
+    the last one, with the model in ``eval()`` mode, e.g. to record points along the
+    trajectory; the model is left in ``eval()``."""
     if epochs < 0 or batch_size < 1 or not lr > 0 or not weight_decay >= 0:
         raise CurvatureError(
             "need epochs >= 0, batch_size >= 1, lr > 0 and weight_decay >= 0, got "
@@ -90,23 +92,27 @@ def train_squared_loss(
             on_step(step)
         model.train()
 
-    step = 0
-    model.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(n, generator=generator).split(batch_size):
-            notify(step)
-            optimizer.zero_grad()
-            loss = squared_error(model(inputs[batch]), targets[batch]) + objective()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-        model.eval()
-        with torch.no_grad():
-            value = float(squared_error(model(inputs), targets) + objective())
-        if not math.isfinite(value):
-            raise CurvatureError(f"SGD diverged (objective {value}); lower lr (now {lr})")
-        history.append(value)
+    # dropout draws from torch's global generators: seed them here, restore them after
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        step = 0
+        model.train()
+        for _ in range(epochs):
+            for batch in torch.randperm(n, generator=generator).split(batch_size):
+                notify(step)
+                optimizer.zero_grad()
+                loss = squared_error(model(inputs[batch]), targets[batch]) + objective()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+            model.eval()
+            with torch.no_grad():
+                value = float(squared_error(model(inputs), targets) + objective())
+            if not math.isfinite(value):
+                raise CurvatureError(f"SGD diverged (objective {value}); lower lr (now {lr})")
+            history.append(value)
     notify(step)
     model.eval()
     return history
