@@ -8,9 +8,9 @@ zero with the Hessian ``H = nabla g``:
   the minimum-norm least-squares solution of ``H p = -g``, i.e. ``p = -H^+ g`` (when
   ``p <= dense_limit``: an LU solve where ``H`` is regular, the eigendecomposition of ``H``
   where it is not; by MINRES on Hessian-vector products otherwise), followed by a
-  backtracking Armijo line search on ``||g||^2``, whose derivative along ``p`` is ``2 p^T H g = -2 g^T H H^+ g <= 0``. Near a
-  non-degenerate critical point of any index the unit step is accepted and convergence is
-  quadratic.
+  backtracking Armijo line search on ``||g||^2``, whose derivative along ``p`` is
+  ``2 p^T H g = -2 g^T H H^+ g <= 0``. Near a non-degenerate critical point of any index
+  the unit step is accepted and convergence is quadratic.
 - ``method="levenberg_marquardt"``: Gauss-Newton on ``g(theta) = 0`` with Jacobian ``H``:
   ``(H^2 + mu I) p = -H g``, ``mu`` adapted by the gain ratio of the actual to the
   predicted decrease of ``||g||^2`` (Nielsen's rule), ``mu = 0`` allowed near the solution.
