@@ -250,3 +250,12 @@ def test_critical_bad_input(capsys):
     code, _, err = run(capsys, "critical", "spectrum", "--data", "diabetes", "--epochs", "1")
     assert code == 1
     assert "classification" in err
+
+
+def test_critical_spectrum_of_a_square_autoencoder(capsys):
+    code, out, _ = run(capsys, "critical", "spectrum", "--model", "square", "--depth", "1",
+                       "--epochs", "5", "--n-train", "50", "--k", "2")  # fmt: skip
+    assert code == 0, out
+    assert "SquareNet(64, 1) autoencoder on digits" in out
+    assert "4160 parameters" in out  # 64 x 64 weights and 64 biases
+    assert "largest: converged" in out

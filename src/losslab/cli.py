@@ -72,6 +72,11 @@ class Corruption(StrEnum):
     noise = "noise"
 
 
+class ModelFamily(StrEnum):
+    mlp = "mlp"
+    square = "square"
+
+
 class SliceKind(StrEnum):
     contour = "contour"
     surface = "surface"
@@ -603,6 +608,32 @@ def _trained_mlp(
     return model, (inputs, targets)
 
 
+def _trained_square_net(
+    depth: int, epochs: int, n_train: int | None, seed: int, float32: bool
+) -> tuple[Any, Any]:
+    """SquareNet(64, depth) trained as an autoencoder on the first digits (scaled to
+    [0, 1]), with a progress bar; the data are ``(images, images)``."""
+    import torch
+    from rich.progress import Progress
+
+    from losslab.fixedpoints import digits_unit, train_autoencoder
+    from losslab.nets import SquareNet
+
+    images, _ = digits_unit(n_train or 200)
+    dtype = torch.float32 if float32 else torch.float64
+    net = SquareNet(64, depth, seed=seed)
+    with Progress(console=_out(), transient=True) as progress:
+        task = progress.add_task("training the autoencoder", total=epochs)
+
+        def advance(epoch: int, loss: float) -> None:
+            progress.update(task, completed=epoch)
+
+        train_autoencoder(net, images, epochs=epochs, lr=1e-2, batch_size=64, seed=seed,
+                          record_tails=False, callback=advance)  # fmt: skip
+    net = net.to(dtype).eval()
+    return net, (images.to(dtype), images.to(dtype))
+
+
 def _model_title(data: str, depth: int, width: int, epochs: int, weight_decay: float) -> str:
     return f"ReLU MLP ({depth} x {width}) on {data}, {epochs} epochs, weight decay {weight_decay:g}"
 
@@ -620,14 +651,28 @@ def critical_spectrum(
     tol: Annotated[float, typer.Option(help="Relative residual of the eigenpairs.")] = 1e-6,
     gauss_newton: Annotated[bool, typer.Option(help="The Gauss-Newton matrix instead.")] = False,
     float32: Annotated[bool, typer.Option(help="Analyse in float32.")] = False,
+    model_family: Annotated[
+        ModelFamily,
+        typer.Option(
+            "--model",
+            help="mlp: a ReLU MLP classifier on --data; square: SquareNet(64, depth) trained "
+            "as an autoencoder on the digits (P5).",
+        ),
+    ] = ModelFamily.mlp,
     figure: Annotated[Path | None, typer.Option(help="Write the density (PNG) here.")] = None,
 ) -> None:
     """Extreme eigenpairs (Lanczos), trace (Hutch++) and spectral density (stochastic
-    Lanczos quadrature) of the Hessian of the training error E of a briefly trained MLP."""
+    Lanczos quadrature) of the Hessian of the training error E of a briefly trained model."""
     from losslab.critical import squared_error
     from losslab.linalg import GaussNewtonOperator, HessianOperator
 
-    model, batch = _trained_mlp(data, depth, width, epochs, weight_decay, n_train, seed, float32)
+    if model_family == ModelFamily.square:
+        model, batch = _trained_square_net(max(depth, 1), epochs, n_train, seed, float32)
+        title = f"SquareNet(64, {max(depth, 1)}) autoencoder on digits, {epochs} epochs"
+    else:
+        model, batch = _trained_mlp(data, depth, width, epochs, weight_decay, n_train, seed,
+                                    float32)  # fmt: skip
+        title = _model_title(data, depth, width, epochs, weight_decay)
     kind = GaussNewtonOperator if gauss_newton else HessianOperator
     operator = kind(model, squared_error, batch)
     console = _out()
@@ -637,8 +682,7 @@ def critical_spectrum(
         trace = operator.trace(seed=seed)
         density = operator.density(seed=seed)
     name = "Gauss-Newton" if gauss_newton else "Hessian"
-    table = Table(title=f"{name} of E: {_model_title(data, depth, width, epochs, weight_decay)}, "
-                        f"{operator.dim} parameters")  # fmt: skip
+    table = Table(title=f"{name} of E: {title}, {operator.dim} parameters")
     for column in ("end", "#", "eigenvalue", "residual ||Hv - lambda v||"):
         table.add_column(column)
     for end, pairs in (("largest", top), ("smallest", bottom)):
