@@ -232,11 +232,14 @@ def test_critical_spectrum_eigenpairs_match_dense(capsys, tmp_path):
 
 
 def test_critical_classify_and_slice(capsys, tmp_path):
-    code, out, _ = run(capsys, "critical", "classify", "--epochs", "20", "--max-iter", "5")
+    spectrum = tmp_path / "eigenvalues.png"
+    code, out, _ = run(capsys, "critical", "classify", "--epochs", "20", "--max-iter", "5",
+                       "--figure", spectrum)  # fmt: skip
     assert code == 0, out
     assert "Newton-MR:" in out
     assert "threshold E*" in out
     assert "isolated minimum" in out
+    assert spectrum.stat().st_size > 0
     for kind in ("line", "contour"):
         figure = tmp_path / f"{kind}.png"
         code, out, _ = run(capsys, "critical", "slice", "--data", "wine", "--depth", "1",

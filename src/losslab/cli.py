@@ -720,6 +720,9 @@ def critical_classify(
     n_train: NTrainOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the weights and data.")] = 0,
     max_iter: Annotated[int, typer.Option(min=1, help="Newton-MR iterations.")] = 50,
+    figure: Annotated[
+        Path | None, typer.Option(help="Write the Hessian's eigenvalues (PNG) here.")
+    ] = None,
 ) -> None:
     """Train an MLP, refine its end point to a critical point of the weight-decayed loss
     on its activation region (Newton-MR on the region's polynomial), say whether it stayed
@@ -762,6 +765,23 @@ def critical_classify(
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+    if figure is not None:
+        from matplotlib.figure import Figure
+
+        plot = Figure(figsize=(6, 3.5))
+        axes = plot.subplots()
+        values = point.eigenvalues.numpy()
+        axes.hist(values, bins=80, color="C0")
+        axes.set_xscale("symlog", linthresh=max(point.zero_tol, 1e-12))
+        axes.set_yscale("log")
+        axes.axvline(0, color="k", lw=0.6)
+        axes.set_xlabel("Hessian eigenvalue (symmetric log scale)")
+        axes.set_ylabel("count")
+        axes.set_title(f"{point.kind}: Morse index {point.morse_index}, nullity {point.nullity}")
+        plot.tight_layout()
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        plot.savefig(figure, dpi=120)
+        console.print(f"Wrote {figure}")
 
 
 @critical_app.command("slice")
