@@ -138,7 +138,7 @@ class _ReLUNetwork:
     layout: ParameterLayout
 
 
-def relu_layers(model: nn.Module) -> _ReLUNetwork:
+def _relu_layers(model: nn.Module) -> _ReLUNetwork:
     """The ``Linear`` layers of a ``Linear (ReLU [Dropout] Linear)*`` ``nn.Sequential``."""
     if not isinstance(model, nn.Sequential):
         raise CurvatureError(
@@ -246,7 +246,7 @@ def region_objective(
     :meth:`RegionObjective.contains` it."""
     if not weight_decay > 0 or not math.isfinite(weight_decay):
         raise CurvatureError(f"weight_decay must be a positive number, got {weight_decay}")
-    network = relu_layers(model)
+    network = _relu_layers(model)
     inputs, targets = data
     if inputs.ndim != 2 or inputs.shape[0] == 0:
         raise CurvatureError(f"X must be a non-empty (n, d) matrix, got {tuple(inputs.shape)}")
@@ -357,7 +357,7 @@ def strong_convexity(
 def output_hessian_bounds(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """``B(x_i)`` per row of ``inputs``: a bound on ``||d^2 f(x_i)[u, u]||_2`` over unit
     parameter directions ``u``, valid in every activation region (module docstring)."""
-    network = relu_layers(model)
+    network = _relu_layers(model)
     params = dict(model.named_parameters())
     maps = _affine_maps(
         network, {n: params[n].detach().to(torch.float64) for n in network.layout.names}
