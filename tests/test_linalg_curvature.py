@@ -184,3 +184,26 @@ def test_training_mode_dropout_is_refused_and_dtypes_follow_the_model() -> None:
     assert operator.matvec(torch.ones(operator.dim)).dtype == torch.float32
     with pytest.raises(CurvatureError, match="unknown trace method"):
         operator.trace(method="exact")  # type: ignore[arg-type]
+
+
+def test_mixed_precision_eigenpairs_are_float64_accurate() -> None:
+    model, loss_fn, data = small_problem(10)
+    operator = HessianOperator(model, loss_fn, data)
+    exact = torch.linalg.eigvalsh(operator.dense())
+    for which, expected in (("largest", exact.flip(0)[:3]), ("both", exact[[-1, -2, 0]])):
+        pairs = operator.eigenpairs(3, which=which, tol=1e-5, mixed_precision=True)
+        assert pairs.converged
+        assert pairs.values.dtype == torch.float64
+        # a float64 Ritz pair lies within its residual of an eigenvalue
+        assert ((pairs.values - expected).abs() <= pairs.residuals + 1e-12).all()
+        recomputed = torch.stack([operator.matvec(v) for v in pairs.vectors.T], dim=1)
+        torch.testing.assert_close(
+            torch.linalg.vector_norm(recomputed - pairs.vectors * pairs.values, dim=0),
+            pairs.residuals,
+            atol=1e-12,
+            rtol=1e-6,
+        )
+    # beyond float32's reach the float64 Lanczos takes over
+    strict = operator.eigenpairs(3, tol=1e-10, mixed_precision=True)
+    assert strict.converged
+    torch.testing.assert_close(strict.values, exact.flip(0)[:3], atol=1e-8, rtol=1e-8)
