@@ -8,8 +8,9 @@ float32 and float64. In one run:
 - top-5 eigenpairs to relative residual ``||Hv - lambda v|| <= 1e-6 max|lambda|``: losslab's
   Lanczos (full reorthogonalisation, thick restarts; in float64 also with
   ``mixed_precision=True``: Lanczos on a float32 copy, Rayleigh-Ritz refinement and
-  residuals in float64) and the baseline of PyHessian-style tools, power iteration with deflation (each pair stops at the same relative residual);
-  Hessian-vector products and seconds of each, and their ratios;
+  residuals in float64) and the baseline of PyHessian-style tools, power iteration with
+  deflation (stopping at the same relative residual); Hessian-vector products and seconds
+  of each, and their ratios;
 - the trace to 1% relative error: the products Hutch++ and plain Hutchinson need (median
   over 3 seeds of the smallest budget in 25, 50, ..., 400 whose estimate is within 1% of
   the reference; the reference is Hutch++ with 3000 products in float64, whose standard
