@@ -43,7 +43,7 @@ from losslab.linalg.hvp import (
     HessianVectorProduct,
     dense_from_products,
 )
-from losslab.linalg.lanczos import Eigenpairs, Which, lanczos_eigenpairs
+from losslab.linalg.lanczos import Eigenpairs, Which, lanczos_eigenpairs, normalize_signs
 from losslab.linalg.model_loss import Data, LossFn, ModelLoss
 from losslab.linalg.trace import TraceEstimate, hutch_plus_plus_trace, hutchinson_trace
 
@@ -172,9 +172,7 @@ class CurvatureOperator:
         values, rotation = values[order], rotation[:, order]
         vectors = basis @ rotation
         residuals = torch.linalg.vector_norm(products @ rotation - vectors * values, dim=0)
-        rows = vectors.abs().argmax(dim=0)
-        signs = torch.sign(vectors[rows, torch.arange(k, device=vectors.device)])
-        vectors = vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
+        vectors = normalize_signs(vectors)
         scale = float(values.abs().max())
         converged = rough.converged and bool((residuals <= tol * scale).all())
         return Eigenpairs(
@@ -272,12 +270,12 @@ class GaussNewtonOperator(CurvatureOperator):
     ``loss_fn`` on ``data`` at ``model``'s parameters (positive semidefinite for a convex
     loss)."""
 
-    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
-        """``G v = J^T (nabla^2_f l) (J v)``: a JVP, an output-space HVP and a VJP per batch."""
-        vector = self._check_vector(vector)
+    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Data) -> None:
+        super().__init__(model, loss_fn, data)
         loss = self.loss
-        total = torch.zeros_like(self.theta)
-        for (inputs, targets), weight in zip(loss.batches, loss.weights, strict=True):
+        self._outputs_of: list[Callable[[torch.Tensor], torch.Tensor]] = []
+        self._output_products: list[HessianVectorProduct] = []
+        for inputs, targets in loss.batches:
 
             def outputs_of(theta: torch.Tensor, inputs: torch.Tensor = inputs) -> torch.Tensor:
                 named = loss.layout.unflatten(theta)
@@ -286,9 +284,20 @@ class GaussNewtonOperator(CurvatureOperator):
             def loss_of(outputs: torch.Tensor, targets: torch.Tensor = targets) -> torch.Tensor:
                 return loss.loss_fn(outputs, targets)
 
+            self._outputs_of.append(outputs_of)
+            # built once: it remembers which differentiation mode the loss supports
+            self._output_products.append(HessianVectorProduct(loss_of))
+
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        """``G v = J^T (nabla^2_f l) (J v)``: a JVP, an output-space HVP and a VJP per batch."""
+        vector = self._check_vector(vector)
+        total = torch.zeros_like(self.theta)
+        for outputs_of, output_product, weight in zip(
+            self._outputs_of, self._output_products, self.loss.weights, strict=True
+        ):
             forward = jvp(outputs_of, (self.theta,), (vector,))
             outputs, jacobian_vector = forward[0], forward[1]
-            curvature_vector = HessianVectorProduct(loss_of)(outputs, jacobian_vector)
+            curvature_vector = output_product(outputs, jacobian_vector)
             pullback = vjp(outputs_of, self.theta)[1]
             total = total + weight * pullback(curvature_vector)[0]
         return total

@@ -370,17 +370,23 @@ def _n_keep(m: int, k: int) -> int:
     return min(m - 1, k + max((m - k) // 2, 1))
 
 
+def normalize_signs(vectors: torch.Tensor) -> torch.Tensor:
+    """Columns of ``vectors`` flipped so that each one's largest-magnitude entry is
+    positive (eigenvectors are defined up to sign; this makes results reproducible)."""
+    if not vectors.numel():
+        return vectors
+    rows = vectors.abs().argmax(dim=0)
+    signs = torch.sign(vectors[rows, torch.arange(vectors.shape[1], device=vectors.device)])
+    return vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
 def _ritz(
     Q: torch.Tensor, theta: torch.Tensor, Y: torch.Tensor, index: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ritz values and sign-normalised Ritz vectors (dim, len(index)) for ``index``."""
     values = theta[index]
     vectors = Q.T @ Y[:, index].to(dtype=Q.dtype, device=Q.device)
-    if vectors.numel():
-        rows = vectors.abs().argmax(dim=0)
-        signs = torch.sign(vectors[rows, torch.arange(vectors.shape[1], device=Q.device)])
-        vectors = vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
-    return values, vectors
+    return values, normalize_signs(vectors)
 
 
 def _residuals(op: CountingMatvec, values: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ from losslab.linalg.lanczos import (
     check_dim,
     check_dtype,
     make_generator,
+    normalize_signs,
 )
 
 
@@ -137,9 +138,7 @@ def power_iteration_eigenpairs(
         residuals.append(residual)
 
     stacked = torch.stack(vectors, dim=1)
-    rows = stacked.abs().argmax(dim=0)
-    signs = torch.sign(stacked[rows, torch.arange(k, device=device)])
-    stacked = stacked * torch.where(signs == 0, torch.ones_like(signs), signs)
+    stacked = normalize_signs(stacked)
     return Eigenpairs(
         values=torch.tensor(values, dtype=dtype, device=device),
         vectors=stacked,
