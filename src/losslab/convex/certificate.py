@@ -3,7 +3,8 @@ r"""Certificates of optimality for a solved convex ReLU program (P3).
 A solution ``U`` over sampled patterns is optimal for *its* program when the duality gap
 is small. It is optimal for the *global* problem (all patterns the data admits, hence the
 non-convex training problem with enough neurons; Pilanci & Ergen 2020) when the same
-dual point ``q = (y - A U) / n`` is feasible for every pattern ``D`` as well:
+dual point ``q`` (the solver's best, by default the residual ``(y - A U) / n``) is
+feasible for every pattern ``D`` as well:
 
 - gated form: ``||X^T D q|| <= lam``;
 - ReLU form:  ``||Pi_{K_D}(X^T D q)|| <= lam`` and ``||Pi_{K_D}(-X^T D q)|| <= lam`` with
@@ -69,8 +70,9 @@ def certify(
     with the globally feasible dual point is at most ``tol`` (relative).
     """
     program = result.program
-    U = result.blocks
-    q = (program.y - program.operator.fit(U)) / program.n
+    q = result.dual_point
+    if q is None:
+        q = (program.y - program.operator.fit(result.blocks)) / program.n
     check: Literal["enumerated", "sampled"]
     if count_bound(program.X).bound <= max_enumerated:
         check = "enumerated"

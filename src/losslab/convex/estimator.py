@@ -47,9 +47,9 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
             ``n_gates``.
         bias: append a column of ones to ``X`` (a penalised bias per neuron).
         tol: relative duality gap at which the solver stops.
-        max_iter: iteration budget (FISTA iterations of the gated form; interior-point
-            iterations of the ReLU form, at most 200); past it the result is marked not
-            converged.
+        max_iter: iteration budget (ADMM iterations of the gated form, FISTA iterations
+            above 6000 samples; interior-point iterations of the ReLU form, at most 200);
+            past it the result is marked not converged.
         seed: seed of the gate sample (and of the certificate's check sample).
         check_global: certify the solution over all patterns (enumerated when the data
             allow, else a large fresh sample); off saves time.

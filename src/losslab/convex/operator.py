@@ -77,6 +77,15 @@ class PatternOperator:
         """``X X^T`` in float32, for the single-precision preconditioners."""
         return self.sample_gram.float()
 
+    @cached_property
+    def fit_gram(self) -> torch.Tensor:
+        """``A A^T = sum_b A_b A_b^T = (X X^T) * (weights weights^T)`` (n, n): the matrix of
+        the ridge solves of :func:`losslab.convex.admm.admm` (built once, when first asked;
+        one (n, B) x (B, n) product of the 0/+-1 weights, in float32: its entries are counts
+        below 2^24, exact in float32, and the product is about twice as fast)."""
+        weights = self.weights.float()
+        return self.sample_gram * (weights @ weights.T).to(self.X.dtype)
+
     def weighted_gram(
         self,
         alpha: torch.Tensor,

@@ -122,7 +122,7 @@ def regularization_path(
     points: list[PathPoint] = []
     init = None
     for lam in grid:
-        program = ConvexReLUProgram(features, target, patterns, float(lam), formulation)
+        program = probe.with_lam(float(lam))
         result = solve(program, tol=tol, max_iter=max_iter, init=init)
         init = result.blocks
         active = frozenset(torch.nonzero(result.blocks.norm(dim=1) > 0).flatten().tolist())

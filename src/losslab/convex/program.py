@@ -18,7 +18,7 @@ best factor that makes it feasible, gives a lower bound on the optimum: the dual
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Literal
 
@@ -75,6 +75,14 @@ class ConvexReLUProgram:
     @cached_property
     def operator(self) -> PatternOperator:
         return PatternOperator(self.X, self.patterns.to(self.X.device), self.formulation == "relu")
+
+    def with_lam(self, lam: float) -> ConvexReLUProgram:
+        """The same program at another ``lam``, sharing this one's operator and the (n, n)
+        matrices it has cached (a regularization path builds them once)."""
+        program = replace(self, lam=lam)
+        if "operator" in self.__dict__:
+            program.__dict__["operator"] = self.operator  # what cached_property stores
+        return program
 
     def zeros(self) -> torch.Tensor:
         """The all-zero blocks (B, d)."""

@@ -1,12 +1,14 @@
 r"""Solvers of the convex ReLU programs (:mod:`losslab.convex.program`), in torch.
 
-- Gated form: FISTA with backtracking and restarts (:mod:`losslab.convex.fista`),
-  iterating on the fit vector ``A U`` (for float64 data, first on a float32 copy: about
-  twice as fast), until the relative gap is below 3e-2; then a
-  semismooth Newton polish (:func:`_newton_polish`, (n, n) systems) whose dual iterate is a
-  far better certificate than FISTA's scaled residual (which lags the objective by
-  thousands of iterations). If the polish does not certify, FISTA goes on from the best
-  point and polishes again at a 10-fold smaller gap (three polishes at most).
+- Gated form, ``n <=`` :data:`FACTOR_MAX_SAMPLES`: ADMM with exact ridge solves on an
+  (n, n) factor (:mod:`losslab.convex.admm`) until the relative gap is below
+  :data:`POLISH_BELOW`; then a semismooth Newton polish (:func:`_newton_polish`, (n, n)
+  systems) whose dual iterate is a sharper certificate and which converges where ADMM is
+  slow (lam near interpolation). If the polish does not certify, ADMM goes on from the
+  best point and polishes again at a 10-fold smaller gap (three polishes at most).
+- Gated form, larger ``n``: FISTA with backtracking and restarts
+  (:mod:`losslab.convex.fista`), iterating on the fit vector ``A U``; for float64 data
+  first on a float32 copy (about twice as fast) until the relative gap is below 3e-2.
 - ReLU form: a primal-dual interior-point method with Nesterov-Todd scaling, finished by
   Newton's method on the optimal face it identifies
   (:mod:`losslab.convex.interior_point_method`); its iterates stay exactly in the cones.
@@ -27,10 +29,12 @@ from typing import Any
 
 import torch
 
+from losslab.convex.admm import admm
 from losslab.convex.fista import fista, group_soft_threshold
 from losslab.convex.interior_point_method import solve_relu_interior_point
 from losslab.convex.operator import PatternOperator
 from losslab.convex.program import ConvexReLUProgram
+from losslab.linalg.cholesky import solve_with_cholesky
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,9 @@ class SolveResult:
     ``blocks`` is (B, d): the ``u_i`` of the gated form, or ``[v_1..v_P, w_1..w_P]`` of
     the ReLU form. ``duality_gap`` is ``objective - dual_objective`` (>= 0), an upper bound
     on the distance to the optimum; ``relative_gap`` divides it by ``|objective|``.
+    ``dual_point`` is the dual-feasible ``q`` (n,) whose value is ``dual_objective`` (gated
+    form; None for the ReLU form, whose dual point is the residual ``(y - A U) / n`` with
+    exact cone projections): :func:`losslab.convex.certify` checks it over all patterns.
     """
 
     program: ConvexReLUProgram
@@ -54,6 +61,7 @@ class SolveResult:
     converged: bool
     reason: str
     gap_history: list[float] = field(default_factory=list)
+    dual_point: torch.Tensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,14 +111,14 @@ def _gated_result(
     iterations: int,
     start: float,
     tol: float,
-    history: list[float],
+    check: _GatedGapCheck,
     reason: str,
-    dual_lower_bound: float = float("-inf"),
 ) -> SolveResult:
-    """The result at ``U``; the dual objective is the better of ``U``'s own dual bound and
-    ``dual_lower_bound`` (the value of another dual-feasible point)."""
+    """The result at ``U`` (recorded in ``check`` first); the dual objective is the best
+    ``check`` has seen, from any dual-feasible point."""
+    check.record(U, program.operator.fit(U))
     objective = program.objective(U)
-    dual = max(program.dual_bound(U).objective, dual_lower_bound)
+    dual = check.best_dual
     gap = max(objective - dual, 0.0)
     relative = gap / max(abs(objective), 1e-300)
     converged = relative <= tol
@@ -126,7 +134,8 @@ def _gated_result(
         seconds=time.perf_counter() - start,
         converged=converged,
         reason=f"relative duality gap {relative:.2e} <= tol {tol:.0e}" if converged else reason,
-        gap_history=history,
+        gap_history=check.history,
+        dual_point=check.best_dual_point,
     )
 
 
@@ -139,51 +148,92 @@ def _solve_gated(
     start: float,
 ) -> SolveResult:
     history: list[float] = []
-    fit_term = _LeastSquares(program.operator, program.y)
-    check = _GatedGapCheck(program, tol, check_every, history)
-    lipschitz = program.operator.squared_norm() / program.n
-    U, used = U0, 0
-    stopped = check(U0, program.operator.fit(U0), 0, 0.0)  # records U0; may make a polish due
-    if not stopped and program.X.dtype == torch.float64:
-        U, used = _single_precision_start(program, U0, check.polish_below, lipschitz,
-                                          max_iter, check_every)  # fmt: skip
-        check(U, program.operator.fit(U), 0, 0.0)
-    stopped = check.certified()
-    while not stopped:
+    factored = program.n <= FACTOR_MAX_SAMPLES
+    check = _GatedGapCheck(program, tol, check_every, history,
+                           polish_below=POLISH_BELOW if factored else 0.0)  # fmt: skip
+    check(U0, program.operator.fit(U0), 0, 0.0)
+    if factored:
+        U, used = _admm_and_polish(program, U0, max_iter, check_every, check)
+    else:
+        U, used = _first_order(program, U0, max_iter, check_every, check)
+    reason = f"reached max_iter={max_iter} before the duality gap fell below tol"
+    return _gated_result(program, U, used, start, tol, check, reason)
+
+
+#: Relative gap below which ADMM hands over to the Newton polish (:func:`_newton_polish`).
+POLISH_BELOW = 1e-3
+#: ... and only once a check cut the gap less than this factor (ADMM is then slow).
+SLOW_PROGRESS = 3.0
+
+
+def _admm_and_polish(
+    program: ConvexReLUProgram,
+    U: torch.Tensor,
+    max_iter: int,
+    check_every: int,
+    check: _GatedGapCheck,
+) -> tuple[torch.Tensor, int]:
+    """ADMM (:mod:`losslab.convex.admm`) until ``check`` certifies or asks for a Newton
+    polish; after a polish that did not certify, ADMM goes on from the best point. Returns
+    the best point and the ADMM iterations used."""
+    used = 0
+    while not check.certified() and used < max_iter:
+        run = admm(program.operator, program.y, program.lam, U, max_iter=max_iter - used,
+                   stop=check, check_every=check_every)  # fmt: skip
+        used += run.iterations
+        if not run.stopped:
+            check.record(run.V, run.fit)
+        U = check.best_point(run.V)
         if check.polish_due:
-            # FISTA's residual is a slow dual certificate: polish with Newton steps, then
-            # go on with FISTA from the best point if that did not certify.
-            _newton_polish(program, check.best_point(U), check)
-            stopped = check.certified()
+            _newton_polish(program, U, check)
             check.polish_done()
             U = check.best_point(U)
-            continue
-        if used >= max_iter:
-            break
+    return U, used
+
+
+def _first_order(
+    program: ConvexReLUProgram,
+    U: torch.Tensor,
+    max_iter: int,
+    check_every: int,
+    check: _GatedGapCheck,
+) -> tuple[torch.Tensor, int]:
+    """FISTA, first on a float32 copy of a float64 program (to relative gap
+    :data:`SINGLE_PRECISION_GAP`), until ``check`` certifies. Returns the best point and
+    the iterations used."""
+    fit_term = _LeastSquares(program.operator, program.y)
+    lipschitz = program.operator.squared_norm() / program.n
+    used = 0
+    if program.X.dtype == torch.float64 and not check.certified():
+        U, used = _single_precision_start(program, U, lipschitz, max_iter, check_every)
+        check.record(U, program.operator.fit(U))
+    if not check.certified() and used < max_iter:
         run = fista(program.operator.fit, fit_term.smooth, fit_term.value, program.lam, U,
                     lipschitz=lipschitz, max_iter=max_iter - used, stop=check)  # fmt: skip
         used += run.iterations
-        U = check.best_point(run.U)
-        stopped = check.certified()
-    reason = f"reached max_iter={max_iter} before the duality gap fell below tol"
-    return _gated_result(program, U, used, start, tol, history, reason, check.best_dual)
+        U = run.U
+    return check.best_point(U), used
+
+
+#: Relative gap (measured in float32) at which FISTA leaves the float32 copy.
+SINGLE_PRECISION_GAP = 3e-2
 
 
 def _single_precision_start(
     program: ConvexReLUProgram,
     U0: torch.Tensor,
-    gap: float,
     lipschitz: float,
     max_iter: int,
     check_every: int,
 ) -> tuple[torch.Tensor, int]:
     """FISTA on a float32 copy of the gated program (about twice as fast as float64 on a
-    CPU) until its relative gap, measured in float32, is below ``gap``: the starting point
-    of the float64 phases, which alone decide convergence. Returns the point (in the
-    program's dtype) and the iterations used."""
+    CPU) until its relative gap, measured in float32, is below
+    :data:`SINGLE_PRECISION_GAP`: the starting point of the float64 phase, which alone
+    decides convergence. Returns the point (in the program's dtype) and the iterations
+    used."""
     single = ConvexReLUProgram(program.X.float(), program.y.float(), program.patterns,
                                program.lam, "gated")  # fmt: skip
-    check = _GatedGapCheck(single, gap, check_every, [], polish_below=0.0)
+    check = _GatedGapCheck(single, SINGLE_PRECISION_GAP, check_every, [], polish_below=0.0)
     fit_term = _LeastSquares(single.operator, single.y)
     run = fista(single.operator.fit, fit_term.smooth, fit_term.value, program.lam, U0.float(),
                 lipschitz=lipschitz, max_iter=max_iter, stop=check)  # fmt: skip
@@ -225,10 +275,11 @@ class _GatedGapCheck:
     polish that did not certify, the threshold drops 10-fold."""
 
     def __init__(self, program: ConvexReLUProgram, tol: float, check_every: int,
-                 history: list[float], polish_below: float = 3e-2) -> None:  # fmt: skip
+                 history: list[float], polish_below: float = POLISH_BELOW) -> None:  # fmt: skip
         self.program, self.tol, self.check_every, self.history = program, tol, check_every, history
         self.best: torch.Tensor | None = None
         self.best_objective, self.best_dual = float("inf"), float("-inf")
+        self.best_dual_point: torch.Tensor | None = None
         self.polish_below, self.polish_due = polish_below, False
         self.n_polish = 0
 
@@ -248,8 +299,9 @@ class _GatedGapCheck:
         if q is not None and adjoint_q is not None:
             candidates.append((q, adjoint_q))
         for point, image in candidates:
-            ratio = float(image.norm(dim=1).max()) / program.lam
-            self.best_dual = max(self.best_dual, program._bound(point, ratio).objective)
+            bound = program._bound(point, float(image.norm(dim=1).max()) / program.lam)
+            if bound.objective > self.best_dual:
+                self.best_dual, self.best_dual_point = bound.objective, bound.scale * point
         self.history.append(self.gap())
         return self.certified()
 
@@ -264,7 +316,11 @@ class _GatedGapCheck:
             return False
         if self.record(U, Z):
             return True
-        self.polish_due = self.gap() <= self.polish_below and self.n_polish < 3
+        # Polish when the gap is small and the iteration slow (the last check did not cut
+        # the gap 3-fold): a fast ADMM certifies on its own for less than two Newton steps.
+        history = self.history
+        slow = len(history) < 2 or history[-2] < SLOW_PROGRESS * history[-1]
+        self.polish_due = self.gap() <= self.polish_below and slow and self.n_polish < 3
         return self.polish_due
 
     def polish_done(self) -> None:
@@ -276,8 +332,9 @@ class _GatedGapCheck:
         return U if self.best is None else self.best
 
 
-#: Largest ``n`` for which the gated solver forms the (n, n) Newton systems of the polish.
-NEWTON_MAX_SAMPLES = 6000
+#: Largest ``n`` for which the gated solver factors (n, n) matrices (ADMM's ridge solves and
+#: the Newton systems of the polish); above it, FISTA alone.
+FACTOR_MAX_SAMPLES = 6000
 
 
 def _polish_dual(
@@ -326,11 +383,11 @@ def _newton_polish(
     ``check`` certifies, up to ``finishing_steps`` more steps at the same level make
     ``U(xi)`` stationary (so the best point, the one returned, is accurate beyond its
     objective), then True; False when the levels run out, when ``n`` exceeds
-    :data:`NEWTON_MAX_SAMPLES`, or when a system fails to factor.
+    :data:`FACTOR_MAX_SAMPLES`, or when a system fails to factor.
     """
     op, y, n, lam = program.operator, program.y, program.n, program.lam
     scale = float(U.norm(dim=1).max())
-    if n > NEWTON_MAX_SAMPLES or scale == 0:
+    if n > FACTOR_MAX_SAMPLES or scale == 0:
         return False
     residual = y - op.fit(U)
     ratio = float(op.adjoint(residual).norm(dim=1).max()) / (n * lam)
@@ -430,7 +487,7 @@ class _NewtonSystems:
         factor, info = torch.linalg.cholesky_ex(system(grad.dtype))
         if int(info) != 0:
             return None
-        return torch.cholesky_solve(-grad[:, None], factor).flatten()
+        return solve_with_cholesky(factor, -grad)
 
     def _cg(
         self, product: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, max_iter: int
@@ -439,7 +496,7 @@ class _NewtonSystems:
         assert factor is not None
 
         def precondition(r: torch.Tensor) -> torch.Tensor:
-            return torch.cholesky_solve(r.float()[:, None], factor).flatten().to(r.dtype)
+            return solve_with_cholesky(factor, r.float()).to(r.dtype)
 
         return _preconditioned_cg(product, precondition, rhs, self.rtol, max_iter)
 

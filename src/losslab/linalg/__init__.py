@@ -4,6 +4,7 @@ iteration, Hutchinson / Hutch++ traces, stochastic Lanczos quadrature; and outwa
 float64 interval arithmetic for certified computations."""
 
 from losslab.errors import CurvatureError, IntervalError
+from losslab.linalg.cholesky import solve_with_cholesky
 from losslab.linalg.curvature import CurvatureOperator, GaussNewtonOperator, HessianOperator
 from losslab.linalg.density import SpectralDensity, spectral_density
 from losslab.linalg.hvp import (
@@ -57,6 +58,7 @@ __all__ = [
     "round_up",
     "sigmoid",
     "sigmoid_derivative",
+    "solve_with_cholesky",
     "spectral_density",
     "tanh",
     "tanh_derivative",
