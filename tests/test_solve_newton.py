@@ -287,3 +287,25 @@ def test_coarse_jacobian_overflow_falls_back_to_exact():
     x0 = 4 * torch.randn(12, 4, generator=torch.Generator().manual_seed(8), dtype=DT)
     result = newton_batch(F, x0, coarse_jacobian=broken, coarse_above=1e-6)
     assert bool(result.converged.all())
+
+
+def test_batched_retries_follow_the_sequential_damping_sequence(monkeypatch):
+    # A saturated heavy-tailed net: many Newton steps are rejected and retried with more
+    # damping. Trials evaluated four at a time must give the sequential algorithm's answer.
+    import losslab.solve.newton as newton
+    from losslab.nets import SquareNet
+
+    net = SquareNet(4, 2, init="cauchy", weight_scale=64, seed=5)
+    x0 = torch.rand(300, 4, generator=torch.Generator().manual_seed(0), dtype=DT)
+
+    def run() -> newton.NewtonBatchResult:
+        return newton_batch(lambda x: net(x) - x, x0, box=(0.0, 1.0), max_iter=40)
+
+    batched = run()
+    monkeypatch.setattr(newton, "RETRY_BATCH", 1)
+    sequential = run()
+    assert torch.equal(batched.status, sequential.status)
+    assert torch.equal(batched.iterations, sequential.iterations)
+    torch.testing.assert_close(batched.x, sequential.x, rtol=1e-12, atol=1e-12)
+    # retries ran: the batches evaluated trials that the sequential order never needed
+    assert batched.evaluations > sequential.evaluations
