@@ -332,6 +332,21 @@ def newton_batch(
     )
 
 
+def _model_decrease(
+    A: torch.Tensor, g: torch.Tensor, copies: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``s -> -2 g.s - s.A s`` (the linear model's predicted decrease of ``||F||^2``, with
+    ``A = J^T J`` (p, N, N) and ``g = J^T F`` (p, N)) for ``copies`` stacked trials per
+    row: the steps are (copies p, N), ``A`` and ``g`` broadcast, not copied."""
+
+    def decrease(step: torch.Tensor) -> torch.Tensor:
+        steps = step.view(copies, *g.shape)
+        curvature = (A @ steps.unsqueeze(3)).squeeze(3)
+        return (-2 * g - curvature).mul(steps).sum(2).flatten()
+
+    return decrease
+
+
 class _Chunk:
     """The LM iteration on one chunk of starts (all running starts share the iteration)."""
 
@@ -450,8 +465,8 @@ class _Chunk:
                 ).squeeze(2)
                 del chol
                 trial, Ft, nt, accept, rho, tiny_step = self._trials(
-                    xa[pending].repeat(K, 1), na_p.repeat(K), None, dx, info == 0,
-                    rows[idx[pending]].repeat(K), Ap.repeat(K, 1, 1), gK,
+                    xa[pending].repeat(K, 1), na_p.repeat(K), dx, info == 0,
+                    rows[idx[pending]].repeat(K), _model_decrease(Ap, gp, K),
                 )  # fmt: skip
                 accept, rho, tiny_step = (t.view(K, p) for t in (accept, rho, tiny_step))
                 unbounded = ~torch.isfinite(lam_p * multipliers[1:] * na_p)
@@ -511,10 +526,14 @@ class _Chunk:
         J: torch.Tensor,
     ) -> torch.Tensor:
         """Trial ``x - dx`` for the running starts ``idx[sub]`` (:meth:`_trials`, the model
-        from ``J``); accepted trials are written into ``x, Fx, norm``. Returns accepted."""
-        trial, Ft, nt, accept, _, _ = self._trials(
-            xa[sub], na[sub], Fx[idx[sub]], dx, ok, rows[idx[sub]], J=J
-        )
+        ``F + J s``); accepted trials are written into ``x, Fx, norm``. Returns accepted."""
+        Fp, np_ = Fx[idx[sub]], na[sub]
+
+        def decrease(step: torch.Tensor) -> torch.Tensor:
+            model = Fp + (J @ step.to(J.dtype).unsqueeze(2)).squeeze(2).to(Fp.dtype)
+            return np_.square() - model.square().sum(1)
+
+        trial, Ft, nt, accept, _, _ = self._trials(xa[sub], np_, dx, ok, rows[idx[sub]], decrease)
         where = idx[sub[accept]]
         x[where], Fx[where], norm[where] = trial[accept], Ft[accept], nt[accept]
         return accept
@@ -523,19 +542,15 @@ class _Chunk:
         self,
         xp: torch.Tensor,
         np_: torch.Tensor,
-        Fp: torch.Tensor | None,
         dx: torch.Tensor,
         ok: torch.Tensor,
         rows: torch.Tensor,
-        A: torch.Tensor | None = None,
-        g: torch.Tensor | None = None,
-        J: torch.Tensor | None = None,
+        decrease: Callable[[torch.Tensor], torch.Tensor],
     ) -> tuple[torch.Tensor, ...]:
         """Trials ``xp - dx`` (projected) from points ``xp`` with ``||F|| = np_`` (rows
-        ``rows`` of the starts). The predicted decrease of ``||F||^2`` is that of the linear
-        model, ``-2 g.s - s.A s`` (``A = J^T J``, ``g = J^T F``), or computed from ``J`` and
-        ``Fp = F(xp)`` directly. Returns (trial, F(trial), ||F(trial)||, accepted, gain
-        ratio, step below rounding)."""
+        ``rows`` of the starts); ``decrease(s)`` is the linear model's predicted decrease of
+        ``||F||^2`` for the step ``s`` really taken. Returns (trial, F(trial),
+        ``||F(trial)||``, accepted, gain ratio, step below rounding)."""
         trial = xp - dx
         if self.low is not None and self.high is not None:
             trial = project_into_box(trial, self.low, self.high, self.box_mode)
@@ -546,14 +561,7 @@ class _Chunk:
         self.evaluations += int(rows.numel())
         nt = torch.linalg.vector_norm(Ft, dim=1)
         ok = ok & torch.isfinite(nt)
-        if A is not None and g is not None:
-            As = (A @ step.unsqueeze(2)).squeeze(2)
-            predicted = -2 * (g * step).sum(1) - (step * As).sum(1)
-        else:
-            assert J is not None
-            assert Fp is not None
-            model = Fp + (J @ step.to(J.dtype).unsqueeze(2)).squeeze(2).to(xp.dtype)
-            predicted = np_.square() - model.square().sum(1)
+        predicted = decrease(step)
         rho = (np_.square() - nt.square()) / predicted
         accept = ok & (predicted > 0) & (rho > 1e-4) & (nt < np_)
         eps = torch.finfo(xp.dtype).eps
