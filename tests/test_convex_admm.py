@@ -38,13 +38,18 @@ def test_fit_gram_and_ridge_solve_match_dense_algebra():
     prog = program(lam=0.05)
     A = dense_matrix(prog)
     torch.testing.assert_close(prog.operator.fit_gram, A @ A.T)
-    rho = 0.3
-    ridge = _RidgeSolver(prog.operator, rho)
-    b = torch.randn(prog.zeros().shape, generator=torch.Generator().manual_seed(1),
-                    dtype=torch.float64)  # fmt: skip
-    normal = A.T @ A / prog.n + rho * torch.eye(A.shape[1], dtype=torch.float64)
-    expected = torch.linalg.solve(normal, b.flatten()).reshape(b.shape)
-    torch.testing.assert_close(ridge(b), expected)
+    for rho in (0.3, 1e-9):  # small rho: the step must not lose digits (it once did)
+        ridge = _RidgeSolver(prog.operator, prog.y, rho)
+        center = torch.randn(prog.zeros().shape, generator=torch.Generator().manual_seed(1),
+                             dtype=torch.float64)  # fmt: skip
+        # the ridge problem as one least-squares problem, solved by QR (no normal equations,
+        # whose conditioning would hide the digits this test is about)
+        identity = torch.eye(A.shape[1], dtype=torch.float64)
+        stacked = torch.cat([A / prog.n**0.5, rho**0.5 * identity])
+        target = torch.cat([prog.y / prog.n**0.5, rho**0.5 * center.flatten()])
+        expected = torch.linalg.lstsq(stacked, target[:, None]).solution[:, 0]
+        torch.testing.assert_close(ridge(center), expected.reshape(center.shape),
+                                   rtol=1e-9, atol=1e-9)  # fmt: skip
 
 
 @pytest.mark.parametrize("lam", [1e-1, 1e-2, 1e-3])
@@ -114,3 +119,15 @@ def test_with_lam_shares_the_operator_and_changes_only_lam():
     U = torch.randn(prog.zeros().shape, generator=torch.Generator().manual_seed(2),
                     dtype=torch.float64)  # fmt: skip
     assert other.objective(U) == pytest.approx(fresh.objective(U), rel=1e-14)
+
+
+def test_float32_tol_is_raised_to_the_rounding_floor():
+    prog = program(lam=0.02, n=60)
+    single = ConvexReLUProgram(prog.X.float(), prog.y.float(), prog.patterns, prog.lam)
+    result = solve(single)  # default tol 1e-8: below what float32 can certify
+    assert result.converged, result.reason
+    floor = solvers.TOL_FLOOR_EPS * torch.finfo(torch.float32).eps
+    assert result.relative_gap <= floor
+    assert f"tol {floor:.0e}" in result.reason
+    reference = clarabel_objective(prog.X, prog.y, prog.patterns, prog.lam, "gated")
+    assert result.objective == pytest.approx(reference, rel=1e-5)

@@ -1,14 +1,15 @@
 r"""Solvers of the convex ReLU programs (:mod:`losslab.convex.program`), in torch.
 
-- Gated form, ``n <=`` :data:`FACTOR_MAX_SAMPLES`: ADMM with exact ridge solves on an
-  (n, n) factor (:mod:`losslab.convex.admm`) until the relative gap is below
-  :data:`POLISH_BELOW`; then a semismooth Newton polish (:func:`_newton_polish`, (n, n)
-  systems) whose dual iterate is a sharper certificate and which converges where ADMM is
-  slow (lam near interpolation). If the polish does not certify, ADMM goes on from the
-  best point and polishes again at a 10-fold smaller gap (three polishes at most).
-- Gated form, larger ``n``: FISTA with backtracking and restarts
-  (:mod:`losslab.convex.fista`), iterating on the fit vector ``A U``; for float64 data
-  first on a float32 copy (about twice as fast) until the relative gap is below 3e-2.
+- Gated form, float64, ``n <=`` :data:`FACTOR_MAX_SAMPLES`: ADMM with exact ridge steps
+  on an (n, n) factor (:mod:`losslab.convex.admm`). When ADMM is slow (below a relative
+  gap of :data:`POLISH_BELOW`, a check that cut the gap less than 3-fold; or at any gap,
+  20 checks that did not halve it) a semismooth Newton polish (:func:`_newton_polish`,
+  (n, n) systems) takes over; its dual iterate is a sharper certificate. If the polish
+  does not certify, ADMM goes on from the best point (three polishes at most).
+- Gated form, float32 data or larger ``n``: FISTA with backtracking and restarts
+  (:mod:`losslab.convex.fista`), iterating on the fit vector ``A U`` (for float64 data
+  first on a float32 copy, about twice as fast, until the relative gap is below 3e-2),
+  with the same Newton polish below a gap of 3e-2 when ``n`` allows it.
 - ReLU form: a primal-dual interior-point method with Nesterov-Todd scaling, finished by
   Newton's method on the optimal face it identifies
   (:mod:`losslab.convex.interior_point_method`); its iterates stay exactly in the cones.
@@ -90,12 +91,15 @@ def solve(
 
     ``init`` warm-starts the gated form from blocks of shape (B, d) (e.g. the solution at
     a nearby ``lam``; the interior-point method of the ReLU form starts from its own
-    interior point and ignores it); ``max_iter`` counts FISTA iterations of the gated form
-    and interior-point iterations (at most :data:`MAX_INTERIOR_POINT_ITERATIONS`) of the
-    ReLU form.
+    interior point and ignores it); ``max_iter`` counts ADMM (or FISTA) iterations of the
+    gated form and interior-point iterations (at most :data:`MAX_INTERIOR_POINT_ITERATIONS`) of the
+    ReLU form. A ``tol`` below the rounding floor of the data's dtype,
+    :data:`TOL_FLOOR_EPS` ``* eps`` (about 1.9e-6 in float32), is raised to it: no gap
+    computed in that dtype can certify less.
     """
     if not tol > 0:
         raise ValueError(f"tol must be > 0; got {tol}")
+    tol = max(tol, TOL_FLOOR_EPS * torch.finfo(program.X.dtype).eps)
     U0 = program.zeros() if init is None else init.to(program.zeros())
     if U0.shape != program.zeros().shape:
         raise ValueError(f"init must have shape {tuple(program.zeros().shape)}")
@@ -103,6 +107,10 @@ def solve(
     if program.formulation == "gated":
         return _solve_gated(program, U0, tol, max_iter, check_every, start)
     return _solve_relu(program, tol, max_iter, start)
+
+
+#: ``tol`` is at least this many rounding units of the data's dtype (see :func:`solve`).
+TOL_FLOOR_EPS = 16
 
 
 def _gated_result(
@@ -116,12 +124,11 @@ def _gated_result(
 ) -> SolveResult:
     """The result at ``U`` (recorded in ``check`` first); the dual objective is the best
     ``check`` has seen, from any dual-feasible point."""
-    check.record(U, program.operator.fit(U))
-    objective = program.objective(U)
-    dual = check.best_dual
+    check.record(U, program.operator.fit(U))  # U is check's best point: its values decide
+    objective, dual = check.best_objective, check.best_dual
     gap = max(objective - dual, 0.0)
     relative = gap / max(abs(objective), 1e-300)
-    converged = relative <= tol
+    converged = check.certified()
     return SolveResult(
         program=program,
         blocks=U,
@@ -149,12 +156,16 @@ def _solve_gated(
 ) -> SolveResult:
     history: list[float] = []
     factored = program.n <= FACTOR_MAX_SAMPLES
-    check = _GatedGapCheck(program, tol, check_every, history,
-                           polish_below=POLISH_BELOW if factored else 0.0)  # fmt: skip
-    check(U0, program.operator.fit(U0), 0, 0.0)
-    if factored:
+    if factored and program.X.dtype == torch.float64:
+        check = _GatedGapCheck(program, tol, check_every, history, POLISH_BELOW)
+        check(U0, program.operator.fit(U0), 0, 0.0)
         U, used = _admm_and_polish(program, U0, max_iter, check_every, check)
     else:
+        # float32 data (ADMM's penalty can get small enough near interpolation for float32
+        # rounding to stall it) or n too large for (n, n) factors
+        polish_below = FIRST_ORDER_POLISH_BELOW if factored else 0.0
+        check = _GatedGapCheck(program, tol, check_every, history, polish_below)
+        check(U0, program.operator.fit(U0), 0, 0.0)
         U, used = _first_order(program, U0, max_iter, check_every, check)
     reason = f"reached max_iter={max_iter} before the duality gap fell below tol"
     return _gated_result(program, U, used, start, tol, check, reason)
@@ -162,8 +173,12 @@ def _solve_gated(
 
 #: Relative gap below which ADMM hands over to the Newton polish (:func:`_newton_polish`).
 POLISH_BELOW = 1e-3
+#: The same for FISTA, whose gap falls slowly (its scaled residual is a lagging dual).
+FIRST_ORDER_POLISH_BELOW = 3e-2
 #: ... and only once a check cut the gap less than this factor (ADMM is then slow).
 SLOW_PROGRESS = 3.0
+#: A polish at any gap once this many checks in a row did not halve the gap.
+STUCK_CHECKS = 20
 
 
 def _admm_and_polish(
@@ -198,20 +213,27 @@ def _first_order(
     check_every: int,
     check: _GatedGapCheck,
 ) -> tuple[torch.Tensor, int]:
-    """FISTA, first on a float32 copy of a float64 program (to relative gap
-    :data:`SINGLE_PRECISION_GAP`), until ``check`` certifies. Returns the best point and
-    the iterations used."""
+    """FISTA (first on a float32 copy of a float64 program, to relative gap
+    :data:`SINGLE_PRECISION_GAP`) until ``check`` certifies, with a Newton polish whenever
+    ``check`` asks for one. Returns the best point and the FISTA iterations used."""
     fit_term = _LeastSquares(program.operator, program.y)
     lipschitz = program.operator.squared_norm() / program.n
     used = 0
     if program.X.dtype == torch.float64 and not check.certified():
         U, used = _single_precision_start(program, U, lipschitz, max_iter, check_every)
-        check.record(U, program.operator.fit(U))
-    if not check.certified() and used < max_iter:
+        check(U, program.operator.fit(U), 0, 0.0)
+    while not check.certified():
+        if check.polish_due:
+            _newton_polish(program, check.best_point(U), check)
+            check.polish_done()
+            U = check.best_point(U)
+            continue
+        if used >= max_iter:
+            break
         run = fista(program.operator.fit, fit_term.smooth, fit_term.value, program.lam, U,
                     lipschitz=lipschitz, max_iter=max_iter - used, stop=check)  # fmt: skip
         used += run.iterations
-        U = run.U
+        U = check.best_point(run.U)
     return check.best_point(U), used
 
 
@@ -267,11 +289,12 @@ def _solve_relu(program: ConvexReLUProgram, tol: float, max_iter: int, start: fl
 
 
 class _GatedGapCheck:
-    """Stop rule of the gated form, as :class:`_GapCheck` but cheaper and sharper: the
-    objective comes from FISTA's fit ``Z = A U`` and the dual bound from one adjoint of the
-    residual; the certificate pairs the lowest objective with the highest dual bound seen
-    (any dual-feasible point bounds the optimum from below). It also stops FISTA once the
-    gap is below ``polish_below`` so that :func:`_newton_polish` can take over; after a
+    """Stop rule of the gated form: the objective comes from the solver's fit ``Z = A U``
+    and the dual bound from one adjoint of the residual; the certificate pairs the lowest
+    objective with the highest dual bound seen (any dual-feasible point bounds the optimum
+    from below). It also stops ADMM or FISTA when a Newton polish (:func:`_newton_polish`)
+    is due: the gap is below ``polish_below`` and the last check cut it less than
+    :data:`SLOW_PROGRESS`-fold, or :data:`STUCK_CHECKS` checks did not halve it; after a
     polish that did not certify, the threshold drops 10-fold."""
 
     def __init__(self, program: ConvexReLUProgram, tol: float, check_every: int,
@@ -283,12 +306,9 @@ class _GatedGapCheck:
         self.polish_below, self.polish_due = polish_below, False
         self.n_polish = 0
 
-    def record(
-        self, U: torch.Tensor, fit: torch.Tensor, q: torch.Tensor | None = None,
-        adjoint_q: torch.Tensor | None = None,
-    ) -> bool:  # fmt: skip
+    def record(self, U: torch.Tensor, fit: torch.Tensor, q: torch.Tensor | None = None) -> bool:
         """Record ``U`` (with ``fit = A U``) and the dual points: the scaled residual and,
-        when given, ``q`` with ``adjoint_q = A^T q``; True once the gap is <= tol."""
+        when given, ``q``; True once the gap is <= tol."""
         program = self.program
         residual = program.y - fit
         objective = float(residual.square().sum()) / (2 * program.n)
@@ -296,8 +316,8 @@ class _GatedGapCheck:
         if objective < self.best_objective:
             self.best, self.best_objective = U, objective
         candidates = [(residual / program.n, program.operator.adjoint(residual) / program.n)]
-        if q is not None and adjoint_q is not None:
-            candidates.append((q, adjoint_q))
+        if q is not None:  # its image computed afresh: no drift from updated images
+            candidates.append((q, program.operator.adjoint(q)))
         for point, image in candidates:
             bound = program._bound(point, float(image.norm(dim=1).max()) / program.lam)
             if bound.objective > self.best_dual:
@@ -318,9 +338,13 @@ class _GatedGapCheck:
             return True
         # Polish when the gap is small and the iteration slow (the last check did not cut
         # the gap 3-fold): a fast ADMM certifies on its own for less than two Newton steps.
+        # Polish at any gap when the last STUCK_CHECKS checks did not even halve it.
         history = self.history
         slow = len(history) < 2 or history[-2] < SLOW_PROGRESS * history[-1]
-        self.polish_due = self.gap() <= self.polish_below and slow and self.n_polish < 3
+        stuck = len(history) > STUCK_CHECKS and history[-1 - STUCK_CHECKS] < 2 * history[-1]
+        small = self.gap() <= self.polish_below
+        due = (small and slow) or (stuck and self.polish_below > 0)
+        self.polish_due = due and self.n_polish < 3
         return self.polish_due
 
     def polish_done(self) -> None:
@@ -406,7 +430,7 @@ def _newton_polish(
         while True:
             U = group_soft_threshold(V, sigma * lam)
             fit = op.fit(U)
-            certified = check.record(U, fit, -xi, -adjoint_xi) or certified
+            certified = check.record(U, fit, -xi) or certified
             grad = y + n * xi - fit
             size = float(grad.norm())
             first = size if first is None else first
@@ -432,7 +456,7 @@ def _newton_polish(
             xi, adjoint_xi = xi + step * direction, adjoint_xi + step * adjoint_direction
             value, V = trial, V_trial
         U = group_soft_threshold(V, sigma * lam)
-    return check.record(U, op.fit(U), -xi, -adjoint_xi)
+    return check.record(U, op.fit(U), -xi)
 
 
 class _NewtonSystems:

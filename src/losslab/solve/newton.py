@@ -25,8 +25,9 @@ a NaN / inf value, or a singular ``J^T J + mu I``) is retried with ``lambda *= n
 ``nu *= 2`` without a new Jacobian, up to ``max_retries`` times per iteration. The
 retries are evaluated :data:`RETRY_BATCH` at a time, in one batch (the same damping
 sequence; each start keeps the first accepted trial, or stalls where the sequential order
-would have stalled): the result is that of sequential retries, in a quarter of the Python
-round trips, which dominate for small ``N``.
+would have stalled): the result is that of sequential retries up to rounding (batched
+products of other sizes), in a quarter of the Python round trips, which dominate for
+small ``N``.
 
 **Newton first.** The first trial of an iteration is the undamped step ``mu = 0``, solved
 by an LU factorisation of ``J`` itself (cheaper than ``J^T J`` plus Cholesky, and without
@@ -342,7 +343,7 @@ def _model_decrease(
     def decrease(step: torch.Tensor) -> torch.Tensor:
         steps = step.view(copies, *g.shape)
         curvature = (A @ steps.unsqueeze(3)).squeeze(3)
-        return (-2 * g - curvature).mul(steps).sum(2).flatten()
+        return (-2 * (g * steps).sum(2) - (steps * curvature).sum(2)).flatten()
 
     return decrease
 
