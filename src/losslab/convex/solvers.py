@@ -200,10 +200,15 @@ def _admm_and_polish(
             check.record(run.V, run.fit)
         U = check.best_point(run.V)
         if check.polish_due:
-            _newton_polish(program, U, check)
-            check.polish_done()
-            U = check.best_point(U)
+            U = _polish(program, U, check)
     return U, used
+
+
+def _polish(program: ConvexReLUProgram, U: torch.Tensor, check: _GatedGapCheck) -> torch.Tensor:
+    """The Newton polish ``check`` asked for, from ``U``; returns the best point since."""
+    _newton_polish(program, U, check)
+    check.polish_done()
+    return check.best_point(U)
 
 
 def _first_order(
@@ -224,9 +229,7 @@ def _first_order(
         check(U, program.operator.fit(U), 0, 0.0)
     while not check.certified():
         if check.polish_due:
-            _newton_polish(program, check.best_point(U), check)
-            check.polish_done()
-            U = check.best_point(U)
+            U = _polish(program, check.best_point(U), check)
             continue
         if used >= max_iter:
             break
