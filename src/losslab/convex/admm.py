@@ -43,6 +43,7 @@ import torch
 
 from losslab.convex.fista import StopRule, group_soft_threshold
 from losslab.convex.operator import PatternOperator
+from losslab.errors import ConvexProblemError
 from losslab.linalg.cholesky import solve_with_cholesky
 
 #: ``rho = RHO_FACTOR * lam / mean ||v_b||`` (see the module docstring).
@@ -85,7 +86,10 @@ class _RidgeSolver:
                 self.rho = rho
                 return factor
             rho *= 10  # n rho I is lost in the rounding of A A^T: a larger rho factors
-        raise RuntimeError("n rho I + A A^T does not factor even with rho raised 1e8-fold")
+        raise ConvexProblemError(
+            "n rho I + A A^T does not factor even with rho raised 1e8-fold: check X for "
+            "huge or non-finite values"
+        )
 
     def set_rho(self, rho: float) -> None:
         self.factor = self._factor(rho)
