@@ -97,6 +97,13 @@ def _out() -> Console:
     return Console()
 
 
+def _write_figure(plot: Any, path: Path) -> None:
+    """Save the matplotlib figure ``plot`` as a PNG at ``path`` (folders created) and say so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot.savefig(path, dpi=120, bbox_inches="tight")
+    _out().print(f"Wrote {path}")
+
+
 def _print_version(value: bool) -> None:
     if value:
         _out().print(f"losslab {__version__}")
@@ -400,9 +407,7 @@ def convex_path(
     if figure is not None:
         from losslab.report.figures import path_figure
 
-        figure.parent.mkdir(parents=True, exist_ok=True)
-        path_figure(path).savefig(figure, dpi=120, bbox_inches="tight")
-        _out().print(f"Wrote {figure}")
+        _write_figure(path_figure(path), figure)
 
 
 @convex_app.command("certify")
@@ -561,9 +566,7 @@ def fixedpoints_restore(
         examples = examples or (clean[:8], damaged[:8], result.images[:8])
     _out().print(table)
     if figure is not None and examples is not None:
-        figure.parent.mkdir(parents=True, exist_ok=True)
-        restoration_figure(*examples).savefig(figure, dpi=120)
-        _out().print(f"Wrote {figure}")
+        _write_figure(restoration_figure(*examples), figure)
 
 
 ClassificationData = Annotated[
@@ -705,9 +708,7 @@ def critical_spectrum(
         axes.set_ylabel("density (smoothed)")
         axes.set_title(f"{name} spectral density (SLQ)")
         plot.tight_layout()
-        figure.parent.mkdir(parents=True, exist_ok=True)
-        plot.savefig(figure, dpi=120)
-        console.print(f"Wrote {figure}")
+        _write_figure(plot, figure)
 
 
 @critical_app.command("classify")
@@ -779,9 +780,7 @@ def critical_classify(
         axes.set_ylabel("count")
         axes.set_title(f"{point.kind}: Morse index {point.morse_index}, nullity {point.nullity}")
         plot.tight_layout()
-        figure.parent.mkdir(parents=True, exist_ok=True)
-        plot.savefig(figure, dpi=120)
-        console.print(f"Wrote {figure}")
+        _write_figure(plot, figure)
 
 
 @critical_app.command("slice")
@@ -820,9 +819,7 @@ def critical_slice(
     console.print(f"{_model_title(data, depth, width, epochs, weight_decay)}: E at the centre "
                   f"{centre:.4g}, over the grid {float(finite.min()):.4g} .. "
                   f"{float(finite.max()):.4g}")  # fmt: skip
-    figure.parent.mkdir(parents=True, exist_ok=True)
-    plot.savefig(figure, dpi=120)
-    console.print(f"Wrote {figure}")
+    _write_figure(plot, figure)
 
 
 @app.command()
