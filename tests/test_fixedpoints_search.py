@@ -214,7 +214,8 @@ def test_square_net_defaults_seed_and_dict():
     again = find_fixed_points(net, n_starts=200, basin_starts=200, seed=7)
     assert torch.equal(first.points, again.points)
     np.testing.assert_array_equal(first.basin_fraction.numpy(), again.basin_fraction.numpy())
-    assert first.n_starts == 200 + 64  # and a SquareNet's pre-activation starts
+    # and the converged ones of a SquareNet's 200 pre-activation starts
+    assert 200 < first.n_starts <= 200 + 200
     assert bool(((first.points > 0) & (first.points < 1)).all())  # sigmoid output box
     d = first.to_dict()
     assert d["count"] == first.count
@@ -339,7 +340,8 @@ def test_float32_starts_follow_the_net_and_no_grad_is_fine():
         result = find_fixed_points(net, starts=torch.rand(20, 2), n_starts=300)
         generic = find_fixed_points(lambda x: net(x), box=_box(0.0, 1.0, 2), n_starts=300)
     assert result.points.dtype == torch.float64
-    assert result.n_starts == 320 + 75  # uniform, user and pre-activation starts
+    # uniform, user and the converged ones of 300 pre-activation starts
+    assert 320 < result.n_starts <= 320 + 300
     assert result.count == generic.count == 3
 
 
@@ -355,6 +357,23 @@ def test_saturated_roots_are_found_as_the_proof_counts():
     assert find_fixed_points(net, n_starts=1000, seed=18, basin_starts=0).count == 5
 
 
+def test_lifted_starts_find_saddles_in_saturated_corners():
+    # A saddle with x = (0.18, 3e-18, 1, 1, 0.06, 4e-201): the single-layer pre-activation
+    # system found 2 of the 3 points; the lifted system of both layers finds the saddle.
+    from losslab.fixedpoints.certify import certify_fixed_points
+
+    net = SquareNet(6, 2, init="cauchy", weight_scale=64.0, seed=30)
+    proof = certify_fixed_points(net)
+    assert proof.status == "certified"
+    found = find_fixed_points(net, n_starts=1000, seed=30, basin_starts=0)
+    assert found.count == proof.count == 3
+    inside = (found.points[:, None, :] >= proof.enclosures[None, :, :, 0] - 1e-12) & (
+        found.points[:, None, :] <= proof.enclosures[None, :, :, 1] + 1e-12
+    )
+    assert bool(inside.all(2).any(0).all())  # every proven point has a found one in its box
+    assert "saddle" in found.kinds
+
+
 def test_preactivation_map_jacobian_matches_autograd(monkeypatch):
     import losslab.fixedpoints.search as search
     from losslab.solve import batched_jacobian
@@ -367,8 +386,8 @@ def test_preactivation_map_jacobian_matches_autograd(monkeypatch):
         return solve(G, y0, jacobian=jacobian, **kwargs)
 
     monkeypatch.setattr(search, "newton_batch", spy)
-    for activation in ("sigmoid", "tanh"):
-        net = SquareNet(4, 3, activation=activation, init="cauchy", weight_scale=8.0, seed=1)
+    for activation, L in (("sigmoid", 3), ("tanh", 3), ("sigmoid", 1)):
+        net = SquareNet(4, L, activation=activation, init="cauchy", weight_scale=8.0, seed=1)
         search.preactivation_starts(net, 16, torch.Generator().manual_seed(0))
         y = seen["y0"][:5]
         torch.testing.assert_close(seen["jacobian"](y), batched_jacobian(seen["G"], y))

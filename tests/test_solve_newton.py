@@ -12,6 +12,7 @@ import torch
 from losslab.errors import FixedPointError
 from losslab.solve.newton import (
     REASONS,
+    NewtonBatchResult,
     batched_jacobian,
     newton_batch,
     project_into_box,
@@ -199,6 +200,7 @@ def test_result_dict_and_reasons():
         ({"box": (1.0, 0.0)}, "low < high"),
         ({"box": (torch.zeros(3), 1.0)}, "shape"),
         ({"box_mode": "wrap"}, "box_mode"),
+        ({"damping": "scaled"}, "damping"),
     ],
 )
 def test_bad_input(kwargs, message):
@@ -301,6 +303,7 @@ def test_batched_retries_follow_the_sequential_damping_sequence(monkeypatch):
     def run() -> newton.NewtonBatchResult:
         return newton_batch(lambda x: net(x) - x, x0, box=(0.0, 1.0), max_iter=40)
 
+    monkeypatch.setattr(newton, "TRIAL_ROWS", 10**9)  # stack four trials at any batch size
     batched = run()
     monkeypatch.setattr(newton, "RETRY_BATCH", 1)
     sequential = run()
@@ -309,3 +312,31 @@ def test_batched_retries_follow_the_sequential_damping_sequence(monkeypatch):
     torch.testing.assert_close(batched.x, sequential.x, rtol=1e-12, atol=1e-12)
     # retries ran: the batches evaluated trials that the sequential order never needed
     assert batched.evaluations > sequential.evaluations
+
+
+def test_marquardt_damping_is_invariant_to_the_scale_of_each_coordinate():
+    # With D = diag(J^T J) the LM step for F(S z) is S^{-1} times the step for F(x): the
+    # same iterates in other units (coordinates scaled by 0.1 .. 100; far wider scales would
+    # meet the floor of D).
+    from losslab.nets import SquareNet
+
+    net = SquareNet(4, 2, init="cauchy", weight_scale=16, seed=3)
+    S = torch.tensor([0.1, 1.0, 10.0, 100.0], dtype=DT)
+    x0 = torch.rand(200, 4, generator=torch.Generator().manual_seed(1), dtype=DT)
+
+    def run(scale: torch.Tensor, damping: str) -> NewtonBatchResult:
+        return newton_batch(
+            lambda z: net(z * scale) - z * scale, x0 / scale, damping=damping, max_iter=30
+        )
+
+    plain = run(torch.ones(4, dtype=DT), "marquardt")
+    scaled = run(S, "marquardt")
+    assert int(plain.converged.sum()) > 100
+    assert torch.equal(plain.status, scaled.status)
+    assert torch.equal(plain.iterations, scaled.iterations)
+    torch.testing.assert_close(scaled.x * S, plain.x, rtol=1e-8, atol=1e-9)
+    # the identity damping is not invariant: the rescaled problem goes elsewhere
+    identity = run(S, "identity")
+    assert not torch.equal(identity.status, plain.status) or not torch.allclose(
+        identity.x * S, plain.x, rtol=1e-9, atol=1e-12
+    )

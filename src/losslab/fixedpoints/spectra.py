@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from losslab.errors import FixedPointError
+from losslab.linalg.eigenvalues import general_eigenvalues
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 Activation = Literal["sigmoid", "tanh"]
@@ -148,10 +149,10 @@ def jacobian_spectrum(
     """Eigenvalues and squared singular values of ``J(x) = df/dx`` at each point.
 
     ``J`` is computed exactly by reverse-mode autodiff (:func:`input_output_jacobian`);
-    eigenvalues by ``torch.linalg.eigvals`` (general, complex), squared singular values by
-    ``torch.linalg.svdvals(J) ** 2``, which equal the eigenvalues of ``J J^T`` (and of
-    ``J^T J``) but are computed without squaring the condition number. For a square net
-    ``J = D_L W_L ... D_1 W_1`` with ``D_l = diag(sigma'(h_l))``.
+    eigenvalues by :func:`losslab.linalg.general_eigenvalues` (general, complex), squared
+    singular values by ``torch.linalg.svdvals(J) ** 2``, which equal the eigenvalues of
+    ``J J^T`` (and of ``J^T J``) but are computed without squaring the condition number.
+    For a square net ``J = D_L W_L ... D_1 W_1`` with ``D_l = diag(sigma'(h_l))``.
 
     Args:
         net: a map taking (..., N) to (..., N), e.g. :class:`~losslab.nets.square.SquareNet`.
@@ -164,7 +165,7 @@ def jacobian_spectrum(
     """
     points = _check_points(points)
     jac = input_output_jacobian(net, points, chunk_size=chunk_size)
-    eig = torch.linalg.eigvals(jac)
+    eig = general_eigenvalues(jac)
     order = eig.abs().argsort(dim=-1, descending=True)
     eig = torch.gather(eig, -1, order)
     sq = torch.linalg.svdvals(jac) ** 2

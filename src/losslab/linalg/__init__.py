@@ -7,6 +7,7 @@ from losslab.errors import CurvatureError, IntervalError
 from losslab.linalg.cholesky import solve_with_cholesky
 from losslab.linalg.curvature import CurvatureOperator, GaussNewtonOperator, HessianOperator
 from losslab.linalg.density import SpectralDensity, spectral_density
+from losslab.linalg.eigenvalues import general_eigenvalues
 from losslab.linalg.hvp import (
     CachedHessianVectorProduct,
     HessianVectorProduct,
@@ -46,6 +47,7 @@ __all__ = [
     "as_batches",
     "dense_from_products",
     "dense_hessian",
+    "general_eigenvalues",
     "hutch_plus_plus_trace",
     "hutchinson_trace",
     "lanczos_eigenpairs",

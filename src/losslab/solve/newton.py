@@ -10,11 +10,16 @@ driven to ``||F(x)||_2 <= tol`` by Levenberg-Marquardt (LM) steps, all starts at
 
 the minimiser of the linear model ``||F + J dx||^2 + mu ||dx||^2``. ``mu -> 0`` gives the
 Gauss-Newton step, which for a square invertible ``J`` is the Newton step ``-J^{-1} F``;
-large ``mu`` a short gradient step on ``||F||^2``. The damping is
+large ``mu`` a short gradient step on ``||F||^2``. With ``damping="marquardt"`` the identity
+is replaced by ``D = diag(J^T J)`` (floored at ``1e-12 max diag``; Marquardt 1963, the
+scaling of MINPACK's ``lmder``): the step no longer depends on the units of each
+coordinate, which matters when the coordinates differ by orders of magnitude (saturated
+pre-activations of ``1e4`` next to ones of order one). The damping is
 ``mu = lambda ||F(x)||_2`` (Fan & Yuan 2005): it vanishes at a root, so the method
 converges quadratically near a regular root. ``lambda`` starts at
 ``lambda0 max diag(J^T J) / ||F||`` (Nielsen's ``mu_0 = tau max diag(J^T J)``, free of the
-scales of ``x`` and ``F``) and is adapted per start by the gain ratio
+scales of ``x`` and ``F``; ``lambda0 / ||F||`` with Marquardt's ``D``) and is adapted per
+start by the gain ratio
 
 .. math::  \rho = \frac{||F(x)||^2 - ||F(x + s)||^2}{||F(x)||^2 - ||F(x) + J s||^2},
 
@@ -23,11 +28,13 @@ projected step when a box is given). A step is accepted when ``rho > 1e-4``; the
 ``lambda *= max(1/3, 1 - (2 rho - 1)^3)`` (Nielsen 1999); a rejected step (also a step to
 a NaN / inf value, or a singular ``J^T J + mu I``) is retried with ``lambda *= nu``,
 ``nu *= 2`` without a new Jacobian, up to ``max_retries`` times per iteration. The
-retries are evaluated :data:`RETRY_BATCH` at a time, in one batch (the same damping
+retries are evaluated up to :data:`RETRY_BATCH` at a time, in one batch (the same damping
 sequence; each start keeps the first accepted trial, or stalls where the sequential order
 would have stalled): the result is that of sequential retries up to rounding (batched
 products of other sizes), in a quarter of the Python round trips, which dominate for
-small ``N``.
+small ``N``. Trials are stacked only up to about :data:`TRIAL_ROWS` rows per batch: with
+many pending starts the arithmetic dominates, and a trial that is never needed (most
+starts accept the first) is wasted work.
 
 **Newton first.** The first trial of an iteration is the undamped step ``mu = 0``, solved
 by an LU factorisation of ``J`` itself (cheaper than ``J^T J`` plus Cholesky, and without
@@ -68,10 +75,16 @@ from losslab.errors import FixedPointError
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 BoxMode = Literal["clamp", "reflect"]
+Damping = Literal["identity", "marquardt"]
 
 RUNNING, CONVERGED, MAX_ITER, NAN, DIVERGED, STALLED, CAPTURED = -1, 0, 1, 2, 3, 4, 5
-#: Damped trials evaluated together, in one batch, per round of retries.
+#: Most damped trials evaluated together, in one batch, per round of retries.
 RETRY_BATCH = 4
+#: Trials are stacked while the batch has at most about this many rows (pending starts
+#: times trials): below, Python round trips dominate; above, the arithmetic does.
+TRIAL_ROWS = 512
+#: Marquardt's scaling ``D = diag(J^T J)`` is floored at this fraction of its largest entry.
+SCALING_FLOOR = 1e-12
 #: ``REASONS[code]`` for the codes in ``NewtonBatchResult.status``.
 REASONS = ("converged", "max_iter", "nan", "diverged", "stalled", "captured")
 
@@ -189,6 +202,7 @@ def newton_batch(
     box_mode: BoxMode = "clamp",
     bound: float = 1e8,
     lambda0: float = 1e-3,
+    damping: Damping = "identity",
     max_retries: int = 8,
     stall_window: int = 10,
     stall_ratio: float = 0.9,
@@ -215,6 +229,8 @@ def newton_batch(
         box_mode: ``"clamp"`` or ``"reflect"``.
         bound: a start whose iterate has ``||x||_inf > bound`` is stopped as ``diverged``.
         lambda0: initial damping factor ``lambda`` in ``mu = lambda ||F||``.
+        damping: ``"identity"`` (``J^T J + mu I``) or ``"marquardt"`` (``J^T J + mu D``,
+            ``D = diag(J^T J)``: invariant to the scale of each coordinate; module doc).
         max_retries: trial steps per Jacobian before the next iteration.
         stall_window, stall_ratio: a start whose ``||F||`` fell by less than the factor
             ``stall_ratio`` over the last ``stall_window`` iterations is stopped as
@@ -248,6 +264,8 @@ def newton_batch(
             raise FixedPointError(f"{name} must be an integer >= {minimum}; got {value!r}")
     if box_mode not in ("clamp", "reflect"):
         raise FixedPointError(f"box_mode must be 'clamp' or 'reflect'; got {box_mode!r}")
+    if damping not in ("identity", "marquardt"):
+        raise FixedPointError(f"damping must be 'identity' or 'marquardt'; got {damping!r}")
     B, N = x0.shape
     if chunk_size is None:
         chunk_size = max(1, 2**21 // (N * N))
@@ -310,6 +328,7 @@ def newton_batch(
         box_mode,
         bound,
         lambda0,
+        damping == "marquardt",
         max_retries,
         stall_window,
         stall_ratio,
@@ -362,6 +381,7 @@ class _Chunk:
         box_mode: BoxMode,
         bound: float,
         lambda0: float,
+        marquardt: bool,
         max_retries: int,
         stall_window: int,
         stall_ratio: float,
@@ -370,6 +390,7 @@ class _Chunk:
         self.F_rows, self.jac, self.tol, self.max_iter = F_rows, jac, tol, max_iter
         self.low, self.high, self.box_mode, self.bound = low, high, box_mode, bound
         self.lambda0, self.max_retries, self.stop = lambda0, max_retries, stop
+        self.marquardt = marquardt
         self.stall_window, self.stall_ratio = stall_window, stall_ratio
         self.evaluations = 0
 
@@ -431,9 +452,12 @@ class _Chunk:
                 A = Jp.mT @ Jp
                 g = (Jp.mT @ Fa[pending].unsqueeze(2)).squeeze(2)
                 del Jp
-                unset = lam_a[pending] < 0  # first LM step: mu_0 = lambda0 max diag(J^T J)
+                diag_A = A.diagonal(dim1=1, dim2=2)
+                if self.marquardt:  # D = diag(J^T J), floored
+                    D = torch.maximum(diag_A, SCALING_FLOOR * diag_A.amax(1, keepdim=True))
+                unset = lam_a[pending] < 0  # first LM step: mu_0 = lambda0 max diag(mu D)
                 if bool(unset.any()):
-                    scale = A.diagonal(dim1=1, dim2=2).amax(1) / na[pending]
+                    scale = (1.0 if self.marquardt else diag_A.amax(1)) / na[pending]
                     start_lam = (-lam_a[pending] * scale).clamp(min=torch.finfo(dtype).tiny)
                     lam_a[pending] = torch.where(unset, start_lam, lam_a[pending])
                 local = torch.arange(pending.numel(), device=device)
@@ -442,12 +466,12 @@ class _Chunk:
                 # RETRY_BATCH damped trials at once: the damping sequence of sequential
                 # retries (lambda *= nu, nu *= 2 after each rejection), all evaluated in
                 # one batch; each start takes the first that is accepted, or stalls.
-                K = min(RETRY_BATCH, self.max_retries - retries)
+                p = pending.numel()
+                K = min(RETRY_BATCH, self.max_retries - retries, max(1, TRIAL_ROWS // p))
                 retries += K
                 everyone = local.numel() == A.shape[0]
                 Ap = A if everyone else A[local]
                 gp = g if everyone else g[local]
-                p = pending.numel()
                 lam_p, nu_p, na_p = lam_a[pending], nu_a[pending], na[pending]
                 raise_by = [torch.ones_like(lam_p)]  # lambda multiplier of trial j
                 for j in range(K):
@@ -455,7 +479,11 @@ class _Chunk:
                 multipliers = torch.stack(raise_by)  # (K + 1, p); row K: after K rejections
                 mu = (lam_p * multipliers[:K] * na_p).clamp(min=torch.finfo(dtype).tiny)
                 M = Ap.unsqueeze(0).repeat(K, 1, 1, 1)
-                M.diagonal(dim1=2, dim2=3).add_(mu[:, :, None])
+                if self.marquardt:
+                    Dp = D if everyone else D[local]
+                    M.diagonal(dim1=2, dim2=3).add_(mu[:, :, None] * Dp)
+                else:
+                    M.diagonal(dim1=2, dim2=3).add_(mu[:, :, None])
                 chol, info = torch.linalg.cholesky_ex(M.view(K * p, *Ap.shape[1:]))
                 del M
                 gK = gp.repeat(K, 1)
