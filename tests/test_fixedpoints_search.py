@@ -386,8 +386,27 @@ def test_preactivation_map_jacobian_matches_autograd(monkeypatch):
         return solve(G, y0, jacobian=jacobian, **kwargs)
 
     monkeypatch.setattr(search, "newton_batch", spy)
-    for activation, L in (("sigmoid", 3), ("tanh", 3), ("sigmoid", 1)):
+    for activation, L in (("sigmoid", 3), ("tanh", 3), ("sigmoid", 1), ("tanh", 1), ("sigmoid", 2)):
         net = SquareNet(4, L, activation=activation, init="cauchy", weight_scale=8.0, seed=1)
         search.preactivation_starts(net, 16, torch.Generator().manual_seed(0))
         y = seen["y0"][:5]
         torch.testing.assert_close(seen["jacobian"](y), batched_jacobian(seen["G"], y))
+
+
+def test_lifted_starts_only_for_nets_with_few_pre_activations(monkeypatch):
+    # The lifted system has L N unknowns and a dense (L N)^3 step: deep or wide nets skip it
+    # (SquareNet(16, 8) took 50 s with it), small ones use max(64, n_starts) lifted starts.
+    import losslab.fixedpoints.search as search
+
+    calls = []
+    lifted = search.preactivation_starts
+
+    def spy(net, n_starts, generator):
+        calls.append((net.N, net.L, n_starts))
+        return lifted(net, n_starts, generator)
+
+    monkeypatch.setattr(search, "preactivation_starts", spy)
+    for N, L in ((8, 6), (7, 7)):  # L N = 48 and 49
+        net = SquareNet(N, L, init="cauchy", weight_scale=4.0, seed=0)
+        search.find_fixed_points(net, n_starts=20, basin_starts=0, max_iter=20)
+    assert calls == [(8, 6, 64)]

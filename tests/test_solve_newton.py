@@ -291,9 +291,11 @@ def test_coarse_jacobian_overflow_falls_back_to_exact():
     assert bool(result.converged.all())
 
 
-def test_batched_retries_follow_the_sequential_damping_sequence(monkeypatch):
+@pytest.mark.parametrize("trial_rows", [10**9, 40])
+def test_batched_retries_follow_the_sequential_damping_sequence(monkeypatch, trial_rows):
     # A saturated heavy-tailed net: many Newton steps are rejected and retried with more
-    # damping. Trials evaluated four at a time must give the sequential algorithm's answer.
+    # damping. Trials evaluated four at a time (or as many as TRIAL_ROWS = 40 rows allow:
+    # one per start while more than 20 are pending) must give the sequential answer.
     import losslab.solve.newton as newton
     from losslab.nets import SquareNet
 
@@ -303,7 +305,7 @@ def test_batched_retries_follow_the_sequential_damping_sequence(monkeypatch):
     def run() -> newton.NewtonBatchResult:
         return newton_batch(lambda x: net(x) - x, x0, box=(0.0, 1.0), max_iter=40)
 
-    monkeypatch.setattr(newton, "TRIAL_ROWS", 10**9)  # stack four trials at any batch size
+    monkeypatch.setattr(newton, "TRIAL_ROWS", trial_rows)
     batched = run()
     monkeypatch.setattr(newton, "RETRY_BATCH", 1)
     sequential = run()

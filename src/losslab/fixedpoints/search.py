@@ -75,17 +75,21 @@ error of a fraction ``p`` is ``sqrt(p (1 - p) / basin_starts)``.
 a Cholesky factorisation (``N^3 + N^3 / 6``) when the Newton step is rejected; about 3 to
 5 iterations per start from uniform starts, 1 to 3 once points are known (capture). Per
 unique point: 3 refinement Jacobians, an SVD and 124 Jacobians for ``rho``. Per basin start
-and forward step: one evaluation of ``f``. For a SquareNet with ``N <= 16``, in addition,
-``max(64, n_starts)`` lifted starts (:func:`preactivation_starts`) of dimension ``L N``, up
-to 30 iterations each; they are solved first, so that the points they give capture the
-uniform starts. On ``SquareNet(6, 2, cauchy, weight_scale=64)`` they take about two
-thirds of the search's time.
+and forward step: one evaluation of ``f``. For a SquareNet with ``L N <=``
+:data:`LIFTED_MAX_UNKNOWNS` (48), in addition, ``max(64, n_starts)`` lifted starts
+(:func:`preactivation_starts`) of dimension ``L N``, up to 30 iterations each, a dense
+``(L N)^3`` factorisation per iteration; they are solved first, so that the points they
+give capture the uniform starts. On ``SquareNet(6, 2, cauchy, weight_scale=64)`` they take
+about two thirds of the search's 0.4 s; at ``L N = 48`` (heavy-tailed, 1000 starts) about
+2.5 s. Deeper or wider nets skip them: their search is the uniform starts only.
 
 **Completeness.** Nothing here proves that every fixed point was found (the search is a
 search; :func:`losslab.fixedpoints.certify.certify_fixed_points` proves counts). Measured
-against proved counts on 199 heavy-tailed nets ``SquareNet(6, 2, cauchy, weight_scale=64)``
-with the default 1000 starts: exact on 196; each of the other three missed one saddle
-with a tiny Newton basin (found with 2000 starts).
+against proved counts on heavy-tailed nets ``SquareNet(6, 2, cauchy, weight_scale=64)``
+with the default 1000 starts: exact on the 80 nets (seeds 0 to 79) that guided the design
+of the lifted starts, and on 116 of the 119 held-out certified nets of seeds 80 to 199;
+each of the three misses is one saddle with a tiny Newton basin (found with 2000
+starts).
 """
 
 from __future__ import annotations
@@ -125,6 +129,10 @@ FIRST_CHUNK = 256
 #: certified counts: 60 iterations and the default stall rule found the same points, in
 #: 1.5x the time; 5 iterations to halve lost saddles on 2 nets).
 LIFTED_MAX_ITER, LIFTED_STALL_WINDOW = 30, 10
+#: Lifted starts only for SquareNets with ``L N <=`` this many pre-activations: the cost of
+#: a lifted iteration grows as ``(L N)^3`` (heavy-tailed, 1000 starts: 0.4 s at ``L N = 12``,
+#: 2.5 s at 48, 50 s at 128).
+LIFTED_MAX_UNKNOWNS = 48
 #: Distances (times the box scale) at which the Jacobian's modulus of continuity is probed.
 RADIUS_LADDER = 2.0 ** -torch.arange(31, dtype=torch.float64)
 
@@ -616,7 +624,7 @@ def preactivation_starts(net: SquareNet, n_starts: int, generator: torch.Generat
     magnitudes log-uniform in ``[0.1, R_l]``, ``R_l = |b_l| + sum_j |W_l|_{:j}`` bounding
     ``|y_l|`` on the activation's range) gives ``sigma(y_L*)``: starts for the search in
     ``x``, which confirms them there. :func:`find_fixed_points` adds ``max(64, n_starts)``
-    of them for a SquareNet with ``N <= 16``.
+    of them for a SquareNet with ``L N <=`` :data:`LIFTED_MAX_UNKNOWNS`.
 
     Measured (``SquareNet(6, 2, cauchy, weight_scale=64)``, 80 nets against their
     certified counts, 1000 uniform starts): with the old single-layer system
@@ -633,16 +641,16 @@ def preactivation_starts(net: SquareNet, n_starts: int, generator: torch.Generat
 
     def activations(Y: torch.Tensor) -> torch.Tensor:
         """``sigma(y_{l-1})`` for l = 1..L, shape (B, L, N)."""
-        return sigma(Y.view(-1, L, N).roll(1, dims=1))
+        return sigma(Y.reshape(-1, L, N).roll(1, dims=1))
 
     def G(Y: torch.Tensor) -> torch.Tensor:
         a = activations(Y)
         out = torch.stack([torch.addmm(b, a[:, k], WT) for k, (WT, b) in enumerate(transposed)], 1)
-        return out.view(-1, L * N) - Y
+        return out.reshape(-1, L * N) - Y
 
     def G_jacobian(Y: torch.Tensor) -> torch.Tensor:
         a = activations(Y)
-        slope = a * (1 - a) if sigmoid else 1 - a * a  # sigma'(y_{l-1})
+        slope = a * (1 - a) if sigmoid else 1 - a * a  # sigma'(y_{l-1}), from sigma(y_{l-1})
         J = torch.zeros(Y.shape[0], L * N, L * N, dtype=Y.dtype, device=Y.device)
         blocks = J.view(-1, L, N, L, N)
         for k, (W, _) in enumerate(weights):  # dG_k / dy_{k-1}
@@ -653,12 +661,14 @@ def preactivation_starts(net: SquareNet, n_starts: int, generator: torch.Generat
     radius = torch.stack([b.abs() + W.abs().sum(dim=1) for W, b in weights])  # (L, N)
     # magnitudes log-uniform in [0.1, R] (random signs): a root can be saturated in some
     # coordinates (|y| large) and moderate in others; uniform y would rarely be moderate.
-    uniform = torch.rand(2, n_starts, L, N, generator=generator, dtype=torch.float64)
+    uniform = torch.rand(2, n_starts, L, N, generator=generator, dtype=radius.dtype)
     top = torch.log10(radius.clamp(min=1.0)).cpu()
     magnitude = 10 ** (-1 + uniform[0] * (top + 1))
     Y0 = torch.where(uniform[1] < 0.5, -magnitude, magnitude).to(radius).view(n_starts, L * N)
+    # roots only to seed the search in x, which confirms them to its own tolerance
+    tol = max(1e-10, 64 * torch.finfo(radius.dtype).eps) * (1 + float(radius.max()))
     solved = newton_batch(
-        G, Y0, jacobian=G_jacobian, tol=1e-10 * (1 + float(radius.max())), damping="marquardt",
+        G, Y0, jacobian=G_jacobian, tol=tol, damping="marquardt",
         max_iter=LIFTED_MAX_ITER, stall_window=LIFTED_STALL_WINDOW, stall_ratio=0.5,
     )  # fmt: skip
     return sigma(solved.x[solved.converged].view(-1, L, N)[:, -1])
@@ -684,7 +694,9 @@ def find_fixed_points(
             has one (a SquareNet: ``(0, 1)`` for sigmoid), else ``starts`` are required.
         starts: optional (k, N) extra starts (the only ones when there is no box; clamped
             into the box when there is one).
-        n_starts: uniform starts in the box.
+        n_starts: uniform starts in the box; for a small SquareNet (``L N <=``
+            :data:`LIFTED_MAX_UNKNOWNS`) also ``max(64, n_starts)`` starts of the lifted
+            pre-activation system (:func:`preactivation_starts`).
         tol: tolerance on ``||f(x) - x||_2`` for values of order one (scaled by the box).
         max_iter: Levenberg-Marquardt iterations per start.
         basin_starts: uniform starts of the forward iteration that estimates basins (from
@@ -721,7 +733,12 @@ def find_fixed_points(
         parts.append(low + (high - low) * uniform)
     if user is not None:
         parts.append(user)
-    if isinstance(f, SquareNet) and low is not None and n_starts > 0 and N <= 16:
+    if (
+        isinstance(f, SquareNet)
+        and f.L * N <= LIFTED_MAX_UNKNOWNS
+        and low is not None
+        and n_starts > 0
+    ):
         # (a generator of its own: the other starts do not depend on whether f is a SquareNet)
         extra = torch.Generator().manual_seed(seed + 1)
         # first: they are (nearly) roots, and the points they give capture later starts
