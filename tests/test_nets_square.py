@@ -74,3 +74,24 @@ def test_bad_parameters(kwargs):
 def test_wrong_input_width():
     with pytest.raises(FixedPointError, match=r"\(\.\.\., 3\)"):
         SquareNet(3, 1)(torch.zeros(2, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
+def test_activation_slopes_match_autograd_and_stay_accurate_when_saturated(activation):
+    from losslab.nets.square import ACTIVATION_SLOPES, ACTIVATIONS
+
+    slope = ACTIVATION_SLOPES[activation]
+    z = torch.linspace(-8, 8, 41, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(ACTIVATIONS[activation](z).sum(), z)
+    torch.testing.assert_close(slope(z.detach()), grad, rtol=1e-14, atol=1e-15)
+    # saturated: sigmoid'(40) = e^-40 / (1 + e^-40)^2, tanh'(20) = 4 / (e^20 + e^-20)^2,
+    # where h (1 - h) and 1 - h^2 round to 0
+    far = torch.tensor([40.0, -40.0] if activation == "sigmoid" else [20.0, -20.0])
+    exact = (
+        [math.exp(-40) / (1 + math.exp(-40)) ** 2] * 2
+        if activation == "sigmoid"
+        else [4 / (math.exp(20) + math.exp(-20)) ** 2] * 2
+    )
+    torch.testing.assert_close(
+        slope(far.double()), torch.tensor(exact, dtype=torch.float64), rtol=1e-14, atol=0.0
+    )

@@ -105,7 +105,7 @@ import torch
 
 from losslab.errors import FixedPointError
 from losslab.linalg.eigenvalues import general_eigenvalues
-from losslab.nets.square import SquareNet
+from losslab.nets.square import ACTIVATION_SLOPES, ACTIVATIONS, SquareNet
 from losslab.solve.newton import CAPTURED, batched_jacobian, newton_batch
 
 Map = Callable[[torch.Tensor], torch.Tensor]
@@ -238,7 +238,7 @@ def square_net_jacobian(net: SquareNet, dtype: torch.dtype | None = None) -> Map
     pairs = [
         (W.T.contiguous().to(dtype or W.dtype), b.to(dtype or b.dtype)) for W, b in net.weights()
     ]
-    sigmoid = net.activation == "sigmoid"
+    sigma, slope = ACTIVATIONS[net.activation], ACTIVATION_SLOPES[net.activation]
 
     def jacobian(x: torch.Tensor) -> torch.Tensor:
         B, N = x.shape
@@ -246,8 +246,7 @@ def square_net_jacobian(net: SquareNet, dtype: torch.dtype | None = None) -> Map
         h, KT = x, None  # KT = J^T, so each product is one (B N, N) x (N, N) matmul
         for WT, b in pairs:
             z = torch.addmm(b, h, WT)
-            h = torch.sigmoid(z) if sigmoid else torch.tanh(z)
-            d = h * (1 - h) if sigmoid else 1 - h * h
+            h, d = sigma(z), slope(z)
             if KT is None:
                 KT = WT.unsqueeze(0) * d.unsqueeze(1)
             else:
@@ -631,26 +630,22 @@ def preactivation_starts(net: SquareNet, n_starts: int, generator: torch.Generat
     ``y_L = A_L(h(sigma(y_L)))`` and 250 starts the search missed saddles on 8 nets;
     lifted, with 1000 starts, on none (``BENCHMARKS.md``).
     """
-    from losslab.nets.square import ACTIVATIONS
-
-    sigma = ACTIVATIONS[net.activation]
+    sigma, sigma_slope = ACTIVATIONS[net.activation], ACTIVATION_SLOPES[net.activation]
     weights = net.weights()
     L, N = len(weights), net.N
-    sigmoid = net.activation == "sigmoid"
     transposed = [(W.T, b) for W, b in weights]
 
-    def activations(Y: torch.Tensor) -> torch.Tensor:
-        """``sigma(y_{l-1})`` for l = 1..L, shape (B, L, N)."""
-        return sigma(Y.reshape(-1, L, N).roll(1, dims=1))
+    def previous(Y: torch.Tensor) -> torch.Tensor:
+        """``y_{l-1}`` for l = 1..L (``y_0 = y_L``), shape (B, L, N)."""
+        return Y.reshape(-1, L, N).roll(1, dims=1)
 
     def G(Y: torch.Tensor) -> torch.Tensor:
-        a = activations(Y)
+        a = sigma(previous(Y))
         out = torch.stack([torch.addmm(b, a[:, k], WT) for k, (WT, b) in enumerate(transposed)], 1)
         return out.reshape(-1, L * N) - Y
 
     def G_jacobian(Y: torch.Tensor) -> torch.Tensor:
-        a = activations(Y)
-        slope = a * (1 - a) if sigmoid else 1 - a * a  # sigma'(y_{l-1}), from sigma(y_{l-1})
+        slope = sigma_slope(previous(Y))  # sigma'(y_{l-1})
         J = torch.zeros(Y.shape[0], L * N, L * N, dtype=Y.dtype, device=Y.device)
         blocks = J.view(-1, L, N, L, N)
         for k, (W, _) in enumerate(weights):  # dG_k / dy_{k-1}

@@ -38,6 +38,22 @@ Init = Literal["gaussian", "cauchy", "student_t"]
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
 
 
+def sigmoid_slope(z: torch.Tensor) -> torch.Tensor:
+    """``sigmoid'(z) = sigmoid(z) sigmoid(-z)``: accurate where ``sigmoid(z)`` rounds to 1
+    (``h (1 - h)`` is 0 there for ``z > 37`` in float64, the slope ``e^{-z}`` is not)."""
+    return torch.sigmoid(z) * torch.sigmoid(-z)
+
+
+def tanh_slope(z: torch.Tensor) -> torch.Tensor:
+    """``tanh'(z) = 1 / cosh(z)^2``: accurate where ``tanh(z)`` rounds to +-1 (``1 - h^2`` is
+    0 there for ``|z| > 19`` in float64); 0 once ``cosh`` overflows."""
+    return torch.cosh(z).reciprocal().square()
+
+
+#: The derivative of each activation, as a function of the pre-activation.
+ACTIVATION_SLOPES = {"sigmoid": sigmoid_slope, "tanh": tanh_slope}
+
+
 def sample_entries(
     shape: tuple[int, ...],
     init: Init,
