@@ -128,7 +128,7 @@ FIRST_CHUNK = 256
 #: ``LIFTED_STALL_WINDOW`` iterations is given up (on 80 heavy-tailed nets against their
 #: certified counts: 60 iterations and the default stall rule found the same points, in
 #: 1.5x the time; 5 iterations to halve lost saddles on 2 nets).
-LIFTED_MAX_ITER, LIFTED_STALL_WINDOW = 30, 10
+LIFTED_MAX_ITER, LIFTED_STALL_WINDOW, LIFTED_STALL_RATIO = 30, 10, 0.5
 #: Lifted starts only for SquareNets with ``L N <=`` this many pre-activations: the cost of
 #: a lifted iteration grows as ``(L N)^3`` (heavy-tailed, 1000 starts: 0.4 s at ``L N = 12``,
 #: 2.5 s at 48, 50 s at 128).
@@ -664,7 +664,7 @@ def preactivation_starts(net: SquareNet, n_starts: int, generator: torch.Generat
     tol = max(1e-10, 64 * torch.finfo(radius.dtype).eps) * (1 + float(radius.max()))
     solved = newton_batch(
         G, Y0, jacobian=G_jacobian, tol=tol, damping="marquardt",
-        max_iter=LIFTED_MAX_ITER, stall_window=LIFTED_STALL_WINDOW, stall_ratio=0.5,
+        max_iter=LIFTED_MAX_ITER, stall_window=LIFTED_STALL_WINDOW, stall_ratio=LIFTED_STALL_RATIO,
     )  # fmt: skip
     return sigma(solved.x[solved.converged].view(-1, L, N)[:, -1])
 
