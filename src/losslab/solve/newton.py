@@ -455,7 +455,8 @@ class _Chunk:
                 diag_A = A.diagonal(dim1=1, dim2=2)
                 if self.marquardt:  # D = diag(J^T J), floored
                     D = torch.maximum(diag_A, SCALING_FLOOR * diag_A.amax(1, keepdim=True))
-                unset = lam_a[pending] < 0  # first LM step: mu_0 = lambda0 (max diag(J^T J), or D)
+                # first LM step: mu_0 I = lambda0 max diag(J^T J) I, or mu_0 D = lambda0 D
+                unset = lam_a[pending] < 0
                 if bool(unset.any()):
                     scale = (1.0 if self.marquardt else diag_A.amax(1)) / na[pending]
                     start_lam = (-lam_a[pending] * scale).clamp(min=torch.finfo(dtype).tiny)
