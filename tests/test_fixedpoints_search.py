@@ -395,7 +395,7 @@ def test_preactivation_map_jacobian_matches_autograd(monkeypatch):
 
 def test_lifted_starts_only_for_nets_with_few_pre_activations(monkeypatch):
     # The lifted system has L N unknowns and a dense (L N)^3 step: deep or wide nets skip it
-    # (SquareNet(16, 8) took 50 s with it), small ones use max(64, n_starts) lifted starts.
+    # (SquareNet(16, 8) took 53 s with it), small ones use max(64, n_starts) lifted starts.
     import losslab.fixedpoints.search as search
 
     calls = []
@@ -410,3 +410,59 @@ def test_lifted_starts_only_for_nets_with_few_pre_activations(monkeypatch):
         net = SquareNet(N, L, init="cauchy", weight_scale=4.0, seed=0)
         search.find_fixed_points(net, n_starts=20, basin_starts=0, max_iter=20)
     assert calls == [(8, 6, 64)]
+
+
+def test_float32_lifted_starts_reach_roots():
+    # A float32 net's lifted solve runs in float32, to a tolerance of max(1e-10, 64 eps)
+    # (1 + R); each returned start is a fixed point of the float64 net to float32 accuracy.
+    from losslab.fixedpoints.search import preactivation_starts
+
+    net32 = SquareNet(6, 2, init="cauchy", weight_scale=64.0, seed=18, dtype=torch.float32)
+    net64 = SquareNet(6, 2, init="cauchy", weight_scale=64.0, seed=18)
+    starts = preactivation_starts(net32, 200, torch.Generator().manual_seed(0))
+    assert starts.dtype == torch.float32
+    assert starts.shape[0] >= 1
+    x = starts.double()
+    with torch.no_grad():
+        assert float((net64(x) - x).norm(dim=1).max()) < 1e-3
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
+def test_jacobians_stay_accurate_where_the_activation_saturates(monkeypatch, activation):
+    # At pre-activations of 40 (sigmoid) and 20 (tanh) the slope is e^-40 or 4 e^-40, not the
+    # 0 that h (1 - h) or 1 - h^2 round to; both Jacobians carry it to full relative accuracy.
+    import losslab.fixedpoints.search as search
+
+    z = 40.0 if activation == "sigmoid" else 20.0
+    slope = (
+        math.exp(-z) / (1 + math.exp(-z)) ** 2
+        if activation == "sigmoid"
+        else 4 / (math.exp(z) + math.exp(-z)) ** 2
+    )
+    net = SquareNet(3, 2, activation=activation, init="gaussian", seed=0)
+    W1, b1 = net.weights()[0]
+    with torch.no_grad():
+        b1.copy_(z - W1.sum(1))  # z_1 = W_1 x + b_1 = z at x = (1, 1, 1)
+    x = torch.ones(1, 3, dtype=torch.float64)
+    a1 = torch.full((3,), math.tanh(z) if activation == "tanh" else 1 / (1 + math.exp(-z)))
+    W2, b2 = net.weights()[1]
+    z2 = W2 @ a1.double() + b2
+    d2 = torch.sigmoid(z2) * torch.sigmoid(-z2) if activation == "sigmoid" else 1 / z2.cosh() ** 2
+    expected = d2[:, None] * W2 * slope @ W1  # J = D_2 W_2 D_1 W_1, D_1 = slope I
+    jacobian = search.square_net_jacobian(net)(x)[0]
+    torch.testing.assert_close(jacobian, expected, rtol=1e-12, atol=0.0)
+    assert float(jacobian.abs().min()) > 0
+
+    seen = {}
+    solve = search.newton_batch
+
+    def spy(G, y0, *, jacobian=None, **kwargs):
+        seen.update(jacobian=jacobian)
+        return solve(G, y0, jacobian=jacobian, **kwargs)
+
+    monkeypatch.setattr(search, "newton_batch", spy)
+    search.preactivation_starts(net, 4, torch.Generator().manual_seed(0))
+    Y = torch.full((1, 6), z, dtype=torch.float64)  # y_1 = y_2 = z
+    lifted = seen["jacobian"](Y)[0]
+    torch.testing.assert_close(lifted[3:, :3], W2 * slope, rtol=1e-12, atol=0.0)  # dG_2/dy_1
+    torch.testing.assert_close(lifted[:3, 3:], W1 * slope, rtol=1e-12, atol=0.0)  # dG_1/dy_2
