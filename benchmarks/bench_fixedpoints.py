@@ -92,7 +92,7 @@ def main() -> None:
         if found.count != proof.count:
             wrong.append(f"net {seed}: {found.count} of {proof.count}")
     print(
-        f"fresh nets: {certified - len(wrong)}/{certified} certified nets counted exactly by the "
+        f"further nets: {certified - len(wrong)}/{certified} certified nets counted exactly by the "
         f"search ({'; '.join(wrong) or 'none wrong'}); search mean "
         f"{sum(fresh_seconds) / len(fresh_seconds):.3f} s, max {max(fresh_seconds):.3f} s, "
         f"{sum(t > 0.5 for t in fresh_seconds)} over 0.5 s",
