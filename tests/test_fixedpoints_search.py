@@ -214,8 +214,8 @@ def test_square_net_defaults_seed_and_dict():
     again = find_fixed_points(net, n_starts=200, basin_starts=200, seed=7)
     assert torch.equal(first.points, again.points)
     np.testing.assert_array_equal(first.basin_fraction.numpy(), again.basin_fraction.numpy())
-    # and the converged ones of a SquareNet's 200 pre-activation starts
-    assert 200 < first.n_starts <= 200 + 200
+    # 200 // 4 uniform starts, and the converged ones of a SquareNet's 200 pre-activation starts
+    assert 50 < first.n_starts <= 50 + 200
     assert bool(((first.points > 0) & (first.points < 1)).all())  # sigmoid output box
     d = first.to_dict()
     assert d["count"] == first.count
@@ -340,8 +340,8 @@ def test_float32_starts_follow_the_net_and_no_grad_is_fine():
         result = find_fixed_points(net, starts=torch.rand(20, 2), n_starts=300)
         generic = find_fixed_points(lambda x: net(x), box=_box(0.0, 1.0, 2), n_starts=300)
     assert result.points.dtype == torch.float64
-    # uniform, user and the converged ones of 300 pre-activation starts
-    assert 320 < result.n_starts <= 320 + 300
+    # 300 // 4 uniform, 20 user and the converged ones of 300 pre-activation starts
+    assert 95 < result.n_starts <= 95 + 300
     assert result.count == generic.count == 3
 
 
@@ -379,13 +379,13 @@ def test_preactivation_map_jacobian_matches_autograd(monkeypatch):
     from losslab.solve import batched_jacobian
 
     seen = {}
-    solve = search.newton_batch
+    solve = search.dogleg_batch
 
     def spy(G, y0, *, jacobian=None, **kwargs):
         seen.update(G=G, jacobian=jacobian, y0=y0)
         return solve(G, y0, jacobian=jacobian, **kwargs)
 
-    monkeypatch.setattr(search, "newton_batch", spy)
+    monkeypatch.setattr(search, "dogleg_batch", spy)
     for activation, L in (("sigmoid", 3), ("tanh", 3), ("sigmoid", 1), ("tanh", 1), ("sigmoid", 2)):
         net = SquareNet(4, L, activation=activation, init="cauchy", weight_scale=8.0, seed=1)
         search.preactivation_starts(net, 16, torch.Generator().manual_seed(0))
@@ -410,6 +410,19 @@ def test_lifted_starts_only_for_nets_with_few_pre_activations(monkeypatch):
         net = SquareNet(N, L, init="cauchy", weight_scale=4.0, seed=0)
         search.find_fixed_points(net, n_starts=20, basin_starts=0, max_iter=20)
     assert calls == [(8, 6, 64)]
+
+
+def test_lifted_nets_take_a_quarter_of_the_uniform_starts(monkeypatch):
+    # With lifted starts the uniform starts in x are a safety net: n_starts // 4 of them
+    # (none of 199 certified nets needed them); other maps get all n_starts.
+    import losslab.fixedpoints.search as search
+
+    monkeypatch.setattr(search, "preactivation_starts", lambda net, n, g: torch.empty(0, net.N))
+    net = SquareNet(3, 2, init="cauchy", weight_scale=8.0, seed=3)
+    assert find_fixed_points(net, n_starts=200, basin_starts=0).n_starts == 50
+    assert find_fixed_points(net, n_starts=3, basin_starts=0).n_starts == 1
+    generic = find_fixed_points(lambda x: net(x), box=(0.0, 1.0), starts=torch.rand(1, 3, dtype=DT))
+    assert generic.n_starts == 1000 + 1
 
 
 def test_float32_lifted_starts_reach_roots():
@@ -454,13 +467,13 @@ def test_jacobians_stay_accurate_where_the_activation_saturates(monkeypatch, act
     assert float(jacobian.abs().min()) > 0
 
     seen = {}
-    solve = search.newton_batch
+    solve = search.dogleg_batch
 
     def spy(G, y0, *, jacobian=None, **kwargs):
         seen.update(jacobian=jacobian)
         return solve(G, y0, jacobian=jacobian, **kwargs)
 
-    monkeypatch.setattr(search, "newton_batch", spy)
+    monkeypatch.setattr(search, "dogleg_batch", spy)
     search.preactivation_starts(net, 4, torch.Generator().manual_seed(0))
     Y = torch.full((1, 6), z, dtype=torch.float64)  # y_1 = y_2 = z
     lifted = seen["jacobian"](Y)[0]
