@@ -3,9 +3,10 @@ stability and basins of attraction (P5, Berlyand & Slavin: counting the fixed po
 square sigmoid networks).
 
 **Search.** The fixed points are the zeros of ``F(x) = f(x) - x``. From ``n_starts``
-uniform starts in the box (seeded ``torch.Generator``) plus any user ``starts``, every
-start runs the batched Levenberg-Marquardt solver :func:`losslab.solve.newton.newton_batch`
-(iterates clamped into the box), and the starts with ``||F(x)||_2 <= tol_eff`` are kept,
+uniform starts in the box (seeded ``torch.Generator``; ``n_starts // 4`` for a SquareNet
+whose lifted starts run, see **Cost**) plus any user ``starts``, every start runs the
+batched Levenberg-Marquardt solver :func:`losslab.solve.newton.newton_batch` (iterates
+clamped into the box), and the starts with ``||F(x)||_2 <= tol_eff`` are kept,
 ``tol_eff = max(tol, 64 eps sqrt(N)) * max(1, max_i max(|low_i|, |high_i|))``: ``tol`` is
 absolute for points and values of order one (the default ``1e-12`` is a few thousand
 rounding units ``eps`` of float64), grows with the size of the box, and is never below what
@@ -45,15 +46,15 @@ apart, while the thousand copies of one point found from a thousand starts are o
 Each unique point is refined with up to three Newton steps (kept only when the residual
 does not grow), and the unique points are compared once more after the refinement.
 
-**Capture.** Starts are solved in chunks (256 first, then about ``2^21 / N^2``); a
-start of a later chunk stops as soon as its iterate is within ``rho / 4`` of a point
-already found (there ``beta omega < 1/4``, so the Newton map contracts towards that point,
-the only zero in the ball): it counts as a hit of that point and as converged
-(``n_converged``). A start whose ``||F||`` falls by less than half in 5 iterations is
-given up (it creeps along a face of the box towards a local minimum of ``||F||``). For a
-SquareNet the Jacobians of starts with ``||F|| > 1e-3 scale`` are computed in float32
-(twice the speed; the steps still pass the float64 gain-ratio test), the others and every
-Jacobian of the analysis in float64.
+**Capture.** Starts are solved in chunks (the lifted starts of a SquareNet first, else 256
+first; then about ``2^21 / N^2``); a start of a later chunk stops as soon as its iterate is
+within ``rho / 4`` of a point already found (there ``beta omega < 1/4``, so the Newton map
+contracts towards that point, the only zero in the ball): it counts as a hit of that point
+and as converged (``n_converged``). A start whose ``||F||`` falls by less than half in 5
+iterations is given up (it creeps along a face of the box towards a local minimum of
+``||F||``). For a SquareNet the Jacobians of starts with ``||F|| > 1e-3 scale`` are
+computed in float32 (twice the speed; the steps still pass the float64 gain-ratio test),
+the others and every Jacobian of the analysis in float64.
 
 **Stability.** With ``lambda_i`` the eigenvalues of ``J_f(x*)`` (dense, complex;
 :func:`losslab.linalg.general_eigenvalues`, robust to the subnormal entries of saturated
@@ -77,19 +78,21 @@ a Cholesky factorisation (``N^3 + N^3 / 6``) when the Newton step is rejected; a
 unique point: 3 refinement Jacobians, an SVD and 124 Jacobians for ``rho``. Per basin start
 and forward step: one evaluation of ``f``. For a SquareNet with ``L N <=``
 :data:`LIFTED_MAX_UNKNOWNS` (48), in addition, ``max(64, n_starts)`` lifted starts
-(:func:`preactivation_starts`) of dimension ``L N``, up to 30 iterations each, a dense
-``(L N)^3`` factorisation per iteration; they are solved first, so that the points they
-give capture the uniform starts. On ``SquareNet(6, 2, cauchy, weight_scale=64)`` they take
-about two thirds of the search's 0.4 s; at ``L N = 48`` (heavy-tailed, 1000 starts) about
-2.5 s. Deeper or wider nets skip them: their search is the uniform starts only.
+(:func:`preactivation_starts`) of dimension ``L N``, up to 30 Powell dogleg iterations
+each (:func:`losslab.solve.dogleg.dogleg_batch`), a dense ``(L N)^3`` LU per iteration;
+they are solved first, so that the points they give capture the uniform starts, of which
+there are then ``n_starts // UNIFORM_SHARE_LIFTED`` (a quarter). On
+``SquareNet(6, 2, cauchy, weight_scale=64)`` the lifted starts take about four fifths of
+the search's 0.27 s. Deeper or wider nets skip them: their search is the uniform starts
+only (all ``n_starts`` of them).
 
 **Completeness.** Nothing here proves that every fixed point was found (the search is a
 search; :func:`losslab.fixedpoints.certify.certify_fixed_points` proves counts). Measured
 against proved counts on heavy-tailed nets ``SquareNet(6, 2, cauchy, weight_scale=64)``
-with the default 1000 starts: exact on the 80 nets (seeds 0 to 79) that guided the design
-of the lifted starts, and on 116 of the 119 held-out certified nets of seeds 80 to 199;
-each of the three misses is one saddle with a tiny Newton basin (found with 2000
-starts).
+with the default 1000 starts: exact on 198 of the 199 certified nets of seeds 0 to 199,
+which guided the design of the lifted starts (net 150: 12 of 13, one saddle with a tiny
+basin), and on HELDOUT of the held-out certified nets of seeds 200 to 319
+(``BENCHMARKS.md``).
 """
 
 from __future__ import annotations
@@ -124,19 +127,20 @@ STALL_WINDOW, STALL_RATIO = 5, 0.5
 COARSE_ABOVE = 1e-3
 #: Starts solved before the first known points are used to capture the others.
 FIRST_CHUNK = 256
-#: Levenberg-Marquardt on the lifted pre-activation system (:func:`preactivation_starts`):
-#: at most this many iterations, and a start whose residual did not halve in
-#: ``LIFTED_STALL_WINDOW`` iterations is given up (on 80 heavy-tailed nets against their
-#: certified counts: 60 iterations and the default stall rule found the same points, in
-#: 1.5x the time; 5 iterations to halve lost saddles on 2 nets).
+#: Powell dogleg on the lifted pre-activation system (:func:`preactivation_starts`): at
+#: most this many iterations, and a start whose residual did not halve in
+#: ``LIFTED_STALL_WINDOW`` iterations is given up (chosen with Levenberg-Marquardt on 80
+#: heavy-tailed nets against their certified counts: 60 iterations and the default stall
+#: rule found the same points, in 1.5x the time; 5 iterations to halve lost saddles on 2
+#: nets; 15 or 20 iterations lost points on 9 and 7 of 199).
 LIFTED_MAX_ITER, LIFTED_STALL_WINDOW, LIFTED_STALL_RATIO = 30, 10, 0.5
 #: Lifted starts only for SquareNets with ``L N <=`` this many pre-activations: the cost of
 #: a lifted iteration grows as ``(L N)^3`` (heavy-tailed, 1000 starts: 0.4 s at ``L N = 12``,
 #: 2.5 s at 48; the whole search of SquareNet(16, 8, cauchy) took 53 s at 128).
 LIFTED_MAX_UNKNOWNS = 48
-#: With lifted starts, ``n_starts // UNIFORM_SHARE_LIFTED`` uniform starts in ``x`` (a safety
-#: net): on 199 certified heavy-tailed nets the search with 1 uniform start counted exactly
-#: what it counts with 1000, in a third less time.
+#: With lifted starts, ``n_starts // UNIFORM_SHARE_LIFTED`` uniform starts in ``x``: a safety
+#: net (on the 199 certified heavy-tailed nets of seeds 0 to 199 the search counted the same
+#: with 1, 250 and 1000 of them; 250 instead of 1000 saves about 0.04 s per net).
 UNIFORM_SHARE_LIFTED = 4
 #: Distances (times the box scale) at which the Jacobian's modulus of continuity is probed.
 RADIUS_LADDER = 2.0 ** -torch.arange(31, dtype=torch.float64)
@@ -623,17 +627,19 @@ def preactivation_starts(net: SquareNet, n_starts: int, generator: torch.Generat
     ``L``: where ``sigma`` saturates, ``F(x) = f(x) - x`` is steep (Jacobian norms of 1e5
     at heavy-tailed weights) and few uniform starts in ``x`` reach such a root, while in
     ``Y`` the same root is well conditioned and the saturation pattern of every layer is
-    sampled independently. Levenberg-Marquardt with Marquardt's scaling (the coordinates
-    of ``Y`` range from ``1e-2`` to ``1e4``) from ``n_starts`` random ``Y`` (random signs,
+    sampled independently. Powell's dogleg with MINPACK's scaling
+    (:func:`losslab.solve.dogleg.dogleg_batch`; the coordinates of ``Y`` range from
+    ``1e-2`` to ``1e4``) from ``n_starts`` random ``Y`` (random signs,
     magnitudes log-uniform in ``[0.1, R_l]``, ``R_l = |b_l| + sum_j |W_l|_{:j}`` bounding
     ``|y_l|`` on the activation's range) gives ``sigma(y_L*)``: starts for the search in
     ``x``, which confirms them there. :func:`find_fixed_points` adds ``max(64, n_starts)``
     of them for a SquareNet with ``L N <=`` :data:`LIFTED_MAX_UNKNOWNS`.
 
-    Measured (``SquareNet(6, 2, cauchy, weight_scale=64)``, 80 nets against their
-    certified counts, 1000 uniform starts): with the old single-layer system
-    ``y_L = A_L(h(sigma(y_L)))`` and 250 starts the search missed saddles on 8 nets;
-    lifted, with 1000 starts, on none (``BENCHMARKS.md``).
+    Measured (``SquareNet(6, 2, cauchy, weight_scale=64)``, nets against their certified
+    counts, 1000 uniform starts): with the old single-layer system
+    ``y_L = A_L(h(sigma(y_L)))`` and 250 starts the search missed saddles on 8 of 80 nets;
+    lifted, with 1000 starts solved by Levenberg-Marquardt (Marquardt's scaling), on 3 of
+    199; by the dogleg, on 1 of 199 in three quarters of the time (``BENCHMARKS.md``).
     """
     sigma, sigma_slope = ACTIVATIONS[net.activation], ACTIVATION_SLOPES[net.activation]
     weights = net.weights()
@@ -695,10 +701,12 @@ def find_fixed_points(
         starts: optional (k, N) extra starts (the only ones when there is no box; clamped
             into the box when there is one).
         n_starts: uniform starts in the box; for a small SquareNet (``L N <=``
-            :data:`LIFTED_MAX_UNKNOWNS`) also ``max(64, n_starts)`` starts of the lifted
-            pre-activation system (:func:`preactivation_starts`).
+            :data:`LIFTED_MAX_UNKNOWNS`) ``max(64, n_starts)`` starts of the lifted
+            pre-activation system (:func:`preactivation_starts`) and ``n_starts // 4``
+            (at least 1) uniform ones.
         tol: tolerance on ``||f(x) - x||_2`` for values of order one (scaled by the box).
-        max_iter: Levenberg-Marquardt iterations per start.
+        max_iter: Levenberg-Marquardt iterations per start in ``x`` (lifted starts: at most
+            :data:`LIFTED_MAX_ITER`).
         basin_starts: uniform starts of the forward iteration that estimates basins (from
             ``starts`` when there is no box).
         basin_iterations: most forward steps per basin start.

@@ -202,42 +202,38 @@ def dogleg_batch(
         leg = torch.where(has_newton[:, None], s_newton - s_cauchy, torch.zeros_like(s_newton))
         leg_a = leg.square().sum(1)
         leg_b = 2 * (s_cauchy * leg).sum(1)
+        # per start: vectors (8, n, N) and scalars (7, n), selected together for each round
+        vectors = torch.stack([s_newton, s_cauchy, leg, g, Jg, Fa, xa, d])
+        scalars = torch.stack([norm_newton, norm_cauchy, leg_a, leg_b, norm_g, alpha, na])
         delta = radius[idx]
         accepted = torch.zeros(idx.numel(), dtype=torch.bool, device=device)
         for _ in range(max_rounds):
             pending = (~accepted).nonzero().squeeze(1)
-            if pending.numel() == 0:
-                break
             p = pending.numel()
-            radii = delta[pending][None, :] * halving[:, None]  # (K, p)
-            newton_inside = norm_newton[pending][None] <= radii
-            steepest = ~newton_inside & (norm_cauchy[pending][None] >= radii)
+            if p == 0:
+                break
+            everyone = p == idx.numel()
+            V = vectors if everyone else vectors[:, pending]
+            sn, sc, lg, gp, Jgp, Fp, xp, dp = V[:, None]  # each (1, p, N)
+            nn, nc, la, lb, ng, al, np_ = (scalars if everyone else scalars[:, pending])[:, None]
+            radii = (delta if everyone else delta[pending])[None, :] * halving[:, None]  # (K, p)
+            newton_inside = nn <= radii
+            steepest = ~newton_inside & (nc >= radii)
             # tau: ||s_c + tau leg|| = radius on the dogleg's second leg
-            a, b = leg_a[pending][None], leg_b[pending][None]
-            c = norm_cauchy[pending].square()[None] - radii.square()
-            tau = (-b + (b * b - 4 * a * c).clamp(min=0).sqrt()) / (2 * a)
+            c = nc.square() - radii.square()
+            tau = (-lb + (lb * lb - 4 * la * c).clamp(min=0).sqrt()) / (2 * la)
             tau = torch.where(torch.isfinite(tau), tau.clamp(0, 1), torch.zeros_like(tau))
             # each branch's scaled step s and model change J dx = J D^-1 s (module doc)
-            tau_, sd_scale = tau[..., None], (radii / norm_g[pending][None])[..., None]
-            Fp, Jgp, gp = Fa[pending][None], Jg[pending][None], g[pending][None]
-            alpha_p = alpha[pending][None, :, None]
-            step = _by_branch(
-                newton_inside,
-                steepest,
-                s_newton[pending][None],
-                -sd_scale * gp,
-                s_cauchy[pending][None] + tau_ * leg[pending][None],
-            )
-            on_leg = -(1 - tau_) * alpha_p * Jgp - tau_ * Fp
+            tau_, sd_scale = tau[..., None], (radii / ng)[..., None]
+            step = _by_branch(newton_inside, steepest, sn, -sd_scale * gp, sc + tau_ * lg)
+            on_leg = -(1 - tau_) * al[..., None] * Jgp - tau_ * Fp
             model_step = _by_branch(newton_inside, steepest, -Fp, -sd_scale * Jgp, on_leg)
             usable = torch.isfinite(step.sum(2))
             step = torch.where(usable[..., None], step, torch.zeros_like(step))
-            dx = step / d[pending][None]
-            trial = (xa[pending][None] + dx).reshape(trials * p, N)
+            trial = (xp + step / dp).reshape(trials * p, N)
             Ft = evaluate(trial)
             evaluations += trials * p
             nt = torch.linalg.vector_norm(Ft, dim=1).view(trials, p)
-            np_ = na[pending][None]
             predicted = np_.square() - (Fp + model_step).square().sum(2)
             gain = (np_.square() - nt.square()) / predicted
             ok = usable & torch.isfinite(nt) & (predicted > 0) & (gain > ACCEPT_RATIO) & (nt < np_)
@@ -259,9 +255,10 @@ def dogleg_batch(
         radius[idx] = delta
         status[idx[norm[idx] <= tol]] = CONVERGED
         running = idx[status[idx] == RUNNING]
-        far = torch.linalg.vector_norm(x[running], ord=torch.inf, dim=1) > bound
+        xr = x[running]
+        far = torch.linalg.vector_norm(xr, ord=torch.inf, dim=1) > bound
         status[running[far]] = DIVERGED
-        size = torch.linalg.vector_norm(scaling[running] * x[running], dim=1)
+        size = torch.linalg.vector_norm(scaling[running] * xr, dim=1)
         status[running[~far & (radius[running] < 4 * eps * (1 + size))]] = STALLED
         if iteration % stall_window == 0:
             running = idx[status[idx] == RUNNING]
