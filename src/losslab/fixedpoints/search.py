@@ -82,7 +82,7 @@ and forward step: one evaluation of ``f``. For a SquareNet with ``L N <=``
 each (:func:`losslab.solve.dogleg.dogleg_batch`), a dense ``(L N)^3`` LU per iteration;
 they are solved first, so that the points they give capture the uniform starts, of which
 there are then ``n_starts // UNIFORM_SHARE_LIFTED`` (a quarter). On
-``SquareNet(6, 2, cauchy, weight_scale=64)`` the lifted starts take about four fifths of
+``SquareNet(6, 2, cauchy, weight_scale=64)`` the lifted starts take about three quarters of
 the search's 0.27 s. Deeper or wider nets skip them: their search is the uniform starts
 only (all ``n_starts`` of them).
 
@@ -91,8 +91,7 @@ search; :func:`losslab.fixedpoints.certify.certify_fixed_points` proves counts).
 against proved counts on heavy-tailed nets ``SquareNet(6, 2, cauchy, weight_scale=64)``
 with the default 1000 starts: exact on 198 of the 199 certified nets of seeds 0 to 199,
 which guided the design of the lifted starts (net 150: 12 of 13, one saddle with a tiny
-basin), and on HELDOUT of the held-out certified nets of seeds 200 to 319
-(``BENCHMARKS.md``).
+basin), and on all 120 held-out nets of seeds 200 to 319 (all certified; ``BENCHMARKS.md``).
 """
 
 from __future__ import annotations
@@ -135,8 +134,9 @@ FIRST_CHUNK = 256
 #: nets; 15 or 20 iterations lost points on 9 and 7 of 199).
 LIFTED_MAX_ITER, LIFTED_STALL_WINDOW, LIFTED_STALL_RATIO = 30, 10, 0.5
 #: Lifted starts only for SquareNets with ``L N <=`` this many pre-activations: the cost of
-#: a lifted iteration grows as ``(L N)^3`` (heavy-tailed, 1000 starts: 0.4 s at ``L N = 12``,
-#: 2.5 s at 48; the whole search of SquareNet(16, 8, cauchy) took 53 s at 128).
+#: a lifted iteration grows as ``(L N)^3`` (Cauchy weights, 1000 starts, dogleg: 0.25 s at
+#: ``L N = 12``, 0.3 to 0.45 s at 24, 0.7 to 0.9 s at 36, 0.9 to 1.2 s at 48, 10 s at 128;
+#: with Levenberg-Marquardt the whole search of SquareNet(16, 8, cauchy) took 53 s).
 LIFTED_MAX_UNKNOWNS = 48
 #: With lifted starts, ``n_starts // UNIFORM_SHARE_LIFTED`` uniform starts in ``x``: a safety
 #: net (on the 199 certified heavy-tailed nets of seeds 0 to 199 the search counted the same
