@@ -413,16 +413,44 @@ def test_lifted_starts_only_for_nets_with_few_pre_activations(monkeypatch):
 
 
 def test_lifted_nets_take_a_quarter_of_the_uniform_starts(monkeypatch):
-    # With lifted starts the uniform starts in x are a safety net: n_starts // 4 of them
-    # (none of 199 certified nets needed them); other maps get all n_starts.
+    # With lifted roots the uniform starts in x are a safety net: max(1, n_starts // 4) of
+    # them (none of 199 certified nets needed them); all n_starts when the lifted solve found
+    # nothing, and for other maps.
     import losslab.fixedpoints.search as search
 
-    monkeypatch.setattr(search, "preactivation_starts", lambda net, n, g: torch.empty(0, net.N))
     net = SquareNet(3, 2, init="cauchy", weight_scale=8.0, seed=3)
-    assert find_fixed_points(net, n_starts=200, basin_starts=0).n_starts == 50
-    assert find_fixed_points(net, n_starts=3, basin_starts=0).n_starts == 1
+    one_root = torch.full((1, 3), 0.5, dtype=DT)
+    monkeypatch.setattr(search, "preactivation_starts", lambda net, n, g: one_root)
+    assert find_fixed_points(net, n_starts=200, basin_starts=0).n_starts == 1 + 50
+    assert find_fixed_points(net, n_starts=3, basin_starts=0).n_starts == 1 + 1
+    monkeypatch.setattr(search, "preactivation_starts", lambda net, n, g: one_root[:0])
+    assert find_fixed_points(net, n_starts=200, basin_starts=0).n_starts == 200
     generic = find_fixed_points(lambda x: net(x), box=(0.0, 1.0), starts=torch.rand(1, 3, dtype=DT))
     assert generic.n_starts == 1000 + 1
+
+
+def test_lifted_starts_are_solved_alone_first(monkeypatch):
+    # The x-space solve takes the finite lifted starts as its first chunk (a NaN one is
+    # dropped), then the uniform and user starts, which the points found can capture.
+    import losslab.fixedpoints.search as search
+
+    net = SquareNet(3, 2, init="cauchy", weight_scale=8.0, seed=3)
+    lifted = search.preactivation_starts(net, 64, torch.Generator().manual_seed(1))
+    assert lifted.shape[0] >= 2
+    lifted[0] = torch.nan
+    monkeypatch.setattr(search, "preactivation_starts", lambda net, n, g: lifted)
+    chunks = []
+    solve = search.newton_batch
+
+    def spy(F, x0, **kwargs):
+        chunks.append((x0.shape[0], kwargs["stop"] is not None))
+        return solve(F, x0, **kwargs)
+
+    monkeypatch.setattr(search, "newton_batch", spy)
+    user = torch.rand(7, 3, dtype=DT)
+    result = find_fixed_points(net, n_starts=40, starts=user, basin_starts=0)
+    assert chunks == [(lifted.shape[0] - 1, False), (10 + 7, True)]
+    assert result.n_starts == lifted.shape[0] - 1 + 10 + 7
 
 
 def test_float32_lifted_starts_reach_roots():

@@ -145,5 +145,166 @@ def test_bad_input_is_refused():
         dogleg_batch(lambda x: x[:, :1], x0)
     with pytest.raises(FixedPointError, match="trials must be an integer >= 1"):
         dogleg_batch(lambda x: x, x0, trials=0)
-    with pytest.raises(FixedPointError, match="tol must be > 0"):
+    with pytest.raises(FixedPointError, match="tol must be a finite number > 0"):
         dogleg_batch(lambda x: x, x0, tol=float("nan"))
+
+
+def _reference_dogleg(F, J, x0, *, tol, max_iter, trials=4, max_rounds=2, stall_window=10,
+                      stall_ratio=0.9, radius_factor=100.0, bound=1e8):  # fmt: skip
+    """One start, sequentially, in numpy, as the module docstring states the method; the
+    model value is the product ``F + J dx`` itself. Returns (x, reason, iterations)."""
+    eps = np.finfo(np.float64).eps
+    x = x0.copy()
+    Fx = F(x)
+    norm = np.linalg.norm(Fx)
+    if not (np.isfinite(norm) and np.isfinite(x).all()):
+        return x, "nan", 0
+    if norm <= tol:
+        return x, "converged", 0
+    d = np.zeros_like(x)
+    reference = norm
+    radius = 0.0
+    for iteration in range(1, max_iter + 1):
+        Jx = J(x)
+        if not np.isfinite(Jx).all():
+            return x, "nan", iteration
+        d = np.maximum(d, np.linalg.norm(Jx, axis=0))
+        d[d == 0] = 1.0
+        if iteration == 1:
+            radius = radius_factor * np.linalg.norm(d * x) or radius_factor
+        try:
+            s_newton = d * np.linalg.solve(Jx, -Fx)
+        except np.linalg.LinAlgError:
+            s_newton = None
+        g = Jx.T @ Fx / d
+        alpha = (g @ g) / np.sum((Jx @ (g / d)) ** 2)
+        s_cauchy = -alpha * g if np.isfinite(alpha) else np.zeros_like(g)
+        delta, accepted = radius, False
+        for _ in range(max_rounds):
+            for k in range(trials):
+                r = delta * 0.5**k
+                if s_newton is not None and np.linalg.norm(s_newton) <= r:
+                    step = s_newton
+                elif np.linalg.norm(s_cauchy) >= r:
+                    step = -r * g / np.linalg.norm(g)
+                elif s_newton is None:
+                    step = s_cauchy
+                else:  # ||s_c + tau (s_n - s_c)|| = r
+                    leg = s_newton - s_cauchy
+                    a, b, c = leg @ leg, 2 * s_cauchy @ leg, s_cauchy @ s_cauchy - r * r
+                    tau = min(max((-b + math.sqrt(max(b * b - 4 * a * c, 0))) / (2 * a), 0), 1)
+                    step = s_cauchy + tau * leg
+                if not np.isfinite(step).all():
+                    continue
+                dx = step / d
+                Ft = F(x + dx)
+                nt = np.linalg.norm(Ft)
+                predicted = norm**2 - np.sum((Fx + Jx @ dx) ** 2)
+                gain = (norm**2 - nt**2) / predicted
+                if np.isfinite(nt) and predicted > 0 and gain > 1e-4 and nt < norm:
+                    x, Fx, norm, accepted = x + dx, Ft, nt, True
+                    size = np.linalg.norm(step)
+                    grown = max(r, 2 * size) if gain > 0.75 else r
+                    delta = 0.5 * r if gain < 0.25 else grown
+                    break
+            if accepted:
+                break
+            delta = 0.25 * delta * 0.5 ** (trials - 1)
+        radius = delta
+        if norm <= tol:
+            return x, "converged", iteration
+        if np.abs(x).max() > bound:
+            return x, "diverged", iteration
+        if radius < 4 * eps * (1 + np.linalg.norm(d * x)):
+            return x, "stalled", iteration
+        if iteration % stall_window == 0:
+            if norm > stall_ratio * reference:
+                return x, "stalled", iteration
+            reference = norm
+    return x, "max_iter", max_iter
+
+
+def _rosenbrock(x):
+    return np.array([10 * (x[1] - x[0] ** 2), 1 - x[0]])
+
+
+def _rosenbrock_jacobian(x):
+    return np.array([[-20 * x[0], 10.0], [-1.0, 0.0]])
+
+
+def _freudenstein_roth(x):
+    return np.array([
+        -13 + x[0] + ((5 - x[1]) * x[1] - 2) * x[1],
+        -29 + x[0] + ((x[1] + 1) * x[1] - 14) * x[1],
+    ])  # fmt: skip
+
+
+def _freudenstein_roth_jacobian(x):
+    return np.array([
+        [1.0, 10 * x[1] - 3 * x[1] ** 2 - 2],
+        [1.0, 3 * x[1] ** 2 + 2 * x[1] - 14],
+    ])  # fmt: skip
+
+
+def _powell_badly_scaled(x):
+    return np.array([1e4 * x[0] * x[1] - 1, np.exp(-x[0]) + np.exp(-x[1]) - 1.0001])
+
+
+def _powell_badly_scaled_jacobian(x):
+    return np.array([[1e4 * x[1], 1e4 * x[0]], [-np.exp(-x[0]), -np.exp(-x[1])]])
+
+
+@pytest.mark.parametrize(
+    ("F", "J"),
+    [
+        (_rosenbrock, _rosenbrock_jacobian),
+        (_freudenstein_roth, _freudenstein_roth_jacobian),
+        (_powell_badly_scaled, _powell_badly_scaled_jacobian),
+    ],
+    ids=["rosenbrock", "freudenstein-roth", "powell-badly-scaled"],
+)
+def test_batch_follows_the_documented_method_step_by_step(F, J):
+    # MINPACK test problems from 24 starts each: every start's end point, reason and number
+    # of Jacobians equal those of a sequential numpy transcription of the module docstring
+    # (the step by its three branches, the gain ratio from the product F + J dx, the radius
+    # rules, the scaling), so each rule is pinned, not only the roots.
+    def F_batch(z: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(F(row.numpy())) for row in z])
+
+    def J_batch(z: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(J(row.numpy())) for row in z])
+
+    g = torch.Generator().manual_seed(7)
+    x0 = torch.cat([torch.tensor([[-1.2, 1.0], [0.5, -2.0], [0.0, 1.0]], dtype=DT),
+                    4 * torch.randn(21, 2, generator=g, dtype=DT)])  # fmt: skip
+    result = dogleg_batch(F_batch, x0, jacobian=J_batch, tol=1e-10, max_iter=60, stall_window=8)
+    reasons = set()
+    for i in range(x0.shape[0]):
+        with np.errstate(over="ignore"):  # exp(-x) of far starts; rejected like the batch's
+            x, reason, iterations = _reference_dogleg(
+                F, J, x0[i].numpy(), tol=1e-10, max_iter=60, stall_window=8
+            )
+        assert result.reason[i] == reason, i
+        assert int(result.iterations[i]) == iterations, i
+        np.testing.assert_allclose(result.x[i].numpy(), x, rtol=1e-9, atol=1e-12)
+        reasons.add(reason)
+    assert "converged" in reasons
+    if F is _freudenstein_roth:  # its local minimum of ||F|| that is not a root
+        assert "stalled" in reasons
+
+
+def test_edge_cases_end_with_the_right_reason():
+    # no rows; no iterations; a zero gradient at a non-root (x^2 + 1 at 0) stalls; float32
+    # cannot reach the float64 default tolerance and must not claim it
+    empty = dogleg_batch(lambda x: x, torch.empty(0, 3, dtype=DT))
+    assert empty.x.shape == (0, 3)
+    assert empty.evaluations == 0
+    none = dogleg_batch(lambda x: x - 1, torch.zeros(2, 1, dtype=DT), max_iter=0)
+    assert none.reason == ["max_iter", "max_iter"]
+    flat = dogleg_batch(lambda x: x * x + 1, torch.zeros(1, 1, dtype=DT))
+    assert flat.reason == ["stalled"]
+    single = dogleg_batch(lambda x: x**3 - 2, torch.tensor([[1.0], [3.0]]))
+    assert not bool(single.converged.any())
+    np.testing.assert_allclose(single.x.numpy(), 2 ** (1 / 3), rtol=1e-6)
+    with pytest.raises(FixedPointError, match="stall_ratio must lie in"):
+        dogleg_batch(lambda x: x, torch.zeros(1, 1, dtype=DT), stall_ratio=1.5)

@@ -3,10 +3,11 @@ stability and basins of attraction (P5, Berlyand & Slavin: counting the fixed po
 square sigmoid networks).
 
 **Search.** The fixed points are the zeros of ``F(x) = f(x) - x``. From ``n_starts``
-uniform starts in the box (seeded ``torch.Generator``; ``n_starts // 4`` for a SquareNet
-whose lifted starts run, see **Cost**) plus any user ``starts``, every start runs the
-batched Levenberg-Marquardt solver :func:`losslab.solve.newton.newton_batch` (iterates
-clamped into the box), and the starts with ``||F(x)||_2 <= tol_eff`` are kept,
+uniform starts in the box (seeded ``torch.Generator``; ``max(1, n_starts // 4)`` for a
+SquareNet whose lifted starts found roots, see **Cost**) plus any user ``starts``, every
+start runs the batched Levenberg-Marquardt solver
+:func:`losslab.solve.newton.newton_batch` (iterates clamped into the box), and the starts
+with ``||F(x)||_2 <= tol_eff`` are kept,
 ``tol_eff = max(tol, 64 eps sqrt(N)) * max(1, max_i max(|low_i|, |high_i|))``: ``tol`` is
 absolute for points and values of order one (the default ``1e-12`` is a few thousand
 rounding units ``eps`` of float64), grows with the size of the box, and is never below what
@@ -81,7 +82,8 @@ and forward step: one evaluation of ``f``. For a SquareNet with ``L N <=``
 (:func:`preactivation_starts`) of dimension ``L N``, up to 30 Powell dogleg iterations
 each (:func:`losslab.solve.dogleg.dogleg_batch`), a dense ``(L N)^3`` LU per iteration;
 they are solved first, so that the points they give capture the uniform starts, of which
-there are then ``n_starts // UNIFORM_SHARE_LIFTED`` (a quarter). On
+there are then ``max(1, n_starts // UNIFORM_SHARE_LIFTED)`` (a quarter; all ``n_starts``
+when no lifted start converged). On
 ``SquareNet(6, 2, cauchy, weight_scale=64)`` the lifted starts take about three quarters of
 the search's 0.27 s. Deeper or wider nets skip them: their search is the uniform starts
 only (all ``n_starts`` of them).
@@ -128,18 +130,18 @@ COARSE_ABOVE = 1e-3
 FIRST_CHUNK = 256
 #: Powell dogleg on the lifted pre-activation system (:func:`preactivation_starts`): at
 #: most this many iterations, and a start whose residual did not halve in
-#: ``LIFTED_STALL_WINDOW`` iterations is given up (chosen with Levenberg-Marquardt on 80
-#: heavy-tailed nets against their certified counts: 60 iterations and the default stall
-#: rule found the same points, in 1.5x the time; 5 iterations to halve lost saddles on 2
-#: nets; 15 or 20 iterations lost points on 9 and 7 of 199).
+#: ``LIFTED_STALL_WINDOW`` iterations is given up (chosen with Levenberg-Marquardt on
+#: heavy-tailed nets against their certified counts: on 80 nets 60 iterations and the
+#: default stall rule found the same points, in 1.5x the time, and 5 iterations to halve
+#: lost saddles on 2; on 199 nets 15 or 20 iterations lost points on 9 and 7).
 LIFTED_MAX_ITER, LIFTED_STALL_WINDOW, LIFTED_STALL_RATIO = 30, 10, 0.5
 #: Lifted starts only for SquareNets with ``L N <=`` this many pre-activations: the cost of
 #: a lifted iteration grows as ``(L N)^3`` (Cauchy weights, 1000 starts, dogleg: 0.25 s at
 #: ``L N = 12``, 0.3 to 0.45 s at 24, 0.7 to 0.9 s at 36, 0.9 to 1.2 s at 48, 10 s at 128;
 #: with Levenberg-Marquardt the whole search of SquareNet(16, 8, cauchy) took 53 s).
 LIFTED_MAX_UNKNOWNS = 48
-#: With lifted starts, ``n_starts // UNIFORM_SHARE_LIFTED`` uniform starts in ``x``: a safety
-#: net (on the 199 certified heavy-tailed nets of seeds 0 to 199 the search counted the same
+#: With lifted roots, ``max(1, n_starts // UNIFORM_SHARE_LIFTED)`` uniform starts in ``x``: a
+#: safety net (on the 199 certified heavy-tailed nets of seeds 0 to 199 the search counted the same
 #: with 1, 250 and 1000 of them; 250 instead of 1000 saves about 0.04 s per net).
 UNIFORM_SHARE_LIFTED = 4
 #: Distances (times the box scale) at which the Jacobian's modulus of continuity is probed.
@@ -163,8 +165,8 @@ class FixedPointSet:
         radii: (k,) uniqueness radius ``rho``: no other fixed point within it (estimated,
             module docstring), at most the box scale.
         hits: (k,) how many search starts converged to each point.
-        n_starts: starts the search ran (uniform, user and, for a SquareNet, pre-activation
-            starts; NaN starts dropped).
+        n_starts: starts the search ran in ``x`` (uniform, user and, for a SquareNet, the
+            converged pre-activation starts; NaN starts dropped).
         n_converged: starts that converged, or were captured by a point already found
             (module docstring).
         tol: the effective tolerance on ``||f(x) - x||_2``.
@@ -702,8 +704,8 @@ def find_fixed_points(
             into the box when there is one).
         n_starts: uniform starts in the box; for a small SquareNet (``L N <=``
             :data:`LIFTED_MAX_UNKNOWNS`) ``max(64, n_starts)`` starts of the lifted
-            pre-activation system (:func:`preactivation_starts`) and ``n_starts // 4``
-            (at least 1) uniform ones.
+            pre-activation system (:func:`preactivation_starts`) and, when they find roots,
+            ``max(1, n_starts // 4)`` uniform ones.
         tol: tolerance on ``||f(x) - x||_2`` for values of order one (scaled by the box).
         max_iter: Levenberg-Marquardt iterations per start in ``x`` (lifted starts: at most
             :data:`LIFTED_MAX_ITER`).
@@ -742,14 +744,15 @@ def find_fixed_points(
         and n_starts > 0
     )
     if lifted and isinstance(f, SquareNet):
-        # (a generator of its own: the other starts do not depend on whether f is a SquareNet)
+        # (a generator of their own, so that they do not shift the draws of the others)
         extra = torch.Generator().manual_seed(seed + 1)
         # first: they are (nearly) roots, and the points they give capture later starts
         parts.append(preactivation_starts(f, max(64, n_starts), extra).to(dtype))
     n_lifted = parts[0].shape[0] if lifted else 0
     if low is not None and high is not None:
         scale = max(1.0, float(torch.maximum(low.abs(), high.abs()).max()))
-        n_uniform = max(1, n_starts // UNIFORM_SHARE_LIFTED) if lifted else n_starts
+        # a quarter when lifted roots were found; all of them when the lifted solve gave none
+        n_uniform = max(1, n_starts // UNIFORM_SHARE_LIFTED) if n_lifted else n_starts
         uniform = torch.rand(n_uniform, N, generator=generator, dtype=dtype).to(device)
         parts.append(low + (high - low) * uniform)
     if user is not None:

@@ -20,9 +20,10 @@ seen so far for the start (MINPACK's ``mode = 1``; a zero column gives ``d_j = 1
 ``-g_s``). For a radius ``Delta`` the dogleg step is the Newton step ``s_n = D dn`` when
 ``||s_n|| <= Delta``; the steepest-descent step ``-Delta g_s / ||g_s||`` when
 ``||s_c|| >= Delta``; otherwise the point ``s_c + tau (s_n - s_c)``, ``tau in [0, 1]``,
-where the segment leaves the ball ``||s|| = Delta``. Its model value ``F + J dx`` needs no
-product with ``J``: it is ``0`` for the Newton step and a combination of ``F`` and
-``J D^{-1} g_s`` otherwise.
+where the segment leaves the ball ``||s|| = Delta``. Without a Newton step (singular ``J``)
+it is the Cauchy point, or the steepest-descent step when that leaves the region. Its
+model value ``F + J dx`` needs no product with ``J``: it is ``0`` for the Newton step and
+a combination of ``F`` and ``J D^{-1} g_s`` otherwise.
 
 **Acceptance and radius.** A trial ``x + dx`` is accepted when the gain ratio
 ``rho = (||F(x)||^2 - ||F(x + dx)||^2) / (||F(x)||^2 - ||F + J dx||^2) > 1e-4`` and
@@ -39,8 +40,9 @@ converges quadratically.
 **Termination per start** (codes and names of :data:`losslab.solve.newton.REASONS`):
 ``converged`` (``||F(x)||_2 <= tol``), ``max_iter``, ``nan`` (``F`` or ``J`` not finite
 at an accepted point or at the start), ``diverged`` (``||x||_inf > bound``), ``stalled``
-(the radius below rounding size, ``4 eps (1 + ||D x||)``, or ``||F||`` falling by less than
-the factor ``stall_ratio`` over ``stall_window`` iterations).
+(the radius below rounding size, ``4 eps (1 + ||D x||)``, or, checked every
+``stall_window`` iterations, ``||F||`` above ``stall_ratio`` times its value at the previous
+check).
 
 **Cost per start and iteration.** One Jacobian, one LU (``N^3 / 3`` multiply-adds), two
 products with ``J`` (``J^T F`` and ``J D^{-1} g_s``), and ``trials`` evaluations of ``F``
@@ -49,6 +51,7 @@ per round; only the running starts are computed on.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -112,8 +115,9 @@ def dogleg_batch(
         trials: trust radii evaluated together per round (``Delta, Delta / 2, ...``).
         max_rounds: rounds of trials per Jacobian before the next iteration.
         radius_factor: the first radius is ``radius_factor ||D x0||``.
-        stall_window, stall_ratio: a start whose ``||F||`` fell by less than the factor
-            ``stall_ratio`` over the last ``stall_window`` iterations is ``stalled``.
+        stall_window, stall_ratio: every ``stall_window`` iterations, a start whose ``||F||``
+            is above ``stall_ratio`` (in (0, 1)) times its value at the previous check is
+            ``stalled``.
 
     Returns:
         :class:`~losslab.solve.newton.NewtonBatchResult` (``x`` the best point per start).
@@ -131,8 +135,10 @@ def dogleg_batch(
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise FixedPointError(f"{name} must be an integer >= {minimum}; got {value!r}")
     for name, number in (("tol", tol), ("radius_factor", radius_factor), ("bound", bound)):
-        if not number > 0:
-            raise FixedPointError(f"{name} must be > 0; got {number!r}")
+        if not (number > 0 and math.isfinite(number)):
+            raise FixedPointError(f"{name} must be a finite number > 0; got {number!r}")
+    if not 0 < stall_ratio < 1:
+        raise FixedPointError(f"stall_ratio must lie in (0, 1); got {stall_ratio!r}")
     B, N = x0.shape
     dtype, device = x0.dtype, x0.device
     eps = torch.finfo(dtype).eps
@@ -155,7 +161,7 @@ def dogleg_batch(
     Fx = evaluate(x)
     evaluations = B
     norm = torch.linalg.vector_norm(Fx, dim=1)
-    finite = torch.isfinite(norm) & torch.isfinite(x.sum(1))
+    finite = torch.isfinite(norm) & torch.isfinite(x).all(1)
     norm = torch.where(finite, norm, torch.full_like(norm, torch.inf))
     status = torch.full((B,), RUNNING, dtype=torch.int64, device=device)
     status[~finite] = NAN
