@@ -737,18 +737,18 @@ def find_fixed_points(
     generator = torch.Generator().manual_seed(seed)
     scale = 1.0
     parts = []
-    lifted = (
+    n_lifted = 0
+    if (
         isinstance(f, SquareNet)
         and f.L * N <= LIFTED_MAX_UNKNOWNS
         and low is not None
         and n_starts > 0
-    )
-    if lifted and isinstance(f, SquareNet):
+    ):
         # (a generator of their own, so that they do not shift the draws of the others)
         extra = torch.Generator().manual_seed(seed + 1)
         # first: they are (nearly) roots, and the points they give capture later starts
         parts.append(preactivation_starts(f, max(64, n_starts), extra).to(dtype))
-    n_lifted = parts[0].shape[0] if lifted else 0
+        n_lifted = parts[0].shape[0]
     if low is not None and high is not None:
         scale = max(1.0, float(torch.maximum(low.abs(), high.abs()).max()))
         # a quarter when lifted roots were found; all of them when the lifted solve gave none
@@ -796,7 +796,7 @@ def find_fixed_points(
     n_converged = 0
     chunk = max(1, 2**21 // (N * N))
     # lifted starts (nearly roots) alone first, then the others, captured by their points
-    head = int(finite[:n_lifted].sum()) if n_lifted else FIRST_CHUNK
+    head = int(finite[:n_lifted].sum()) or FIRST_CHUNK
     bounds = [0, min(x0.shape[0], head)]
     while bounds[-1] < x0.shape[0]:
         bounds.append(min(x0.shape[0], bounds[-1] + chunk))

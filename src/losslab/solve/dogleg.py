@@ -67,6 +67,8 @@ from losslab.solve.newton import (
     STALLED,
     NewtonBatchResult,
     batched_jacobian,
+    check_batch_arguments,
+    check_output_shape,
 )
 
 Map = Callable[[torch.Tensor], torch.Tensor]
@@ -123,17 +125,10 @@ def dogleg_batch(
         :class:`~losslab.solve.newton.NewtonBatchResult` (``x`` the best point per start).
     """
     start_time = time.perf_counter()
-    if not isinstance(x0, torch.Tensor) or x0.ndim != 2 or x0.shape[1] < 1:
-        shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
-        raise FixedPointError(f"x0 must be a (B, N) tensor; got {shape}")
-    for name, value, minimum in (
-        ("max_iter", max_iter, 0),
-        ("trials", trials, 1),
-        ("max_rounds", max_rounds, 1),
+    check_batch_arguments(
+        x0, ("max_iter", max_iter, 0), ("trials", trials, 1), ("max_rounds", max_rounds, 1),
         ("stall_window", stall_window, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise FixedPointError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    )  # fmt: skip
     for name, number in (("tol", tol), ("radius_factor", radius_factor), ("bound", bound)):
         if not (number > 0 and math.isfinite(number)):
             raise FixedPointError(f"{name} must be a finite number > 0; got {number!r}")
@@ -145,13 +140,7 @@ def dogleg_batch(
 
     def evaluate(z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            value = F(z)
-        if value.shape != z.shape:
-            raise FixedPointError(
-                f"F must map (B, N) to (B, N); got input {tuple(z.shape)} and output "
-                f"{tuple(value.shape)}"
-            )
-        return value
+            return check_output_shape(F(z), z)
 
     def jac(z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -166,6 +166,27 @@ def batched_jacobian(F: Map, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows, dim=1)
 
 
+def check_batch_arguments(x0: Any, *counts: tuple[str, Any, int]) -> None:
+    """Raise :class:`FixedPointError` unless ``x0`` is a (B, N) tensor with ``N >= 1`` and
+    each ``(name, value, minimum)`` is an integer ``>= minimum``."""
+    if not isinstance(x0, torch.Tensor) or x0.ndim != 2 or x0.shape[1] < 1:
+        shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
+        raise FixedPointError(f"x0 must be a (B, N) tensor; got {shape}")
+    for name, value, minimum in counts:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise FixedPointError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+def check_output_shape(value: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``value = F(z)``, checked to have the shape of ``z``."""
+    if value.shape != z.shape:
+        raise FixedPointError(
+            f"F must map (B, N) to (B, N); got input {tuple(z.shape)} and output "
+            f"{tuple(value.shape)}"
+        )
+    return value
+
+
 def project_into_box(
     x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, mode: BoxMode = "clamp"
 ) -> torch.Tensor:
@@ -250,18 +271,12 @@ def newton_batch(
         :class:`NewtonBatchResult`; ``x`` is the best point found for every start.
     """
     start_time = time.perf_counter()
-    if not isinstance(x0, torch.Tensor) or x0.ndim != 2 or x0.shape[1] < 1:
-        shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
-        raise FixedPointError(f"x0 must be a (B, N) tensor; got {shape}")
+    check_batch_arguments(
+        x0, ("max_iter", max_iter, 0), ("max_retries", max_retries, 1),
+        ("stall_window", stall_window, 1),
+    )  # fmt: skip
     if not (tol > 0):
         raise FixedPointError(f"tol must be > 0; got {tol!r}")
-    for name, value, minimum in (
-        ("max_iter", max_iter, 0),
-        ("max_retries", max_retries, 1),
-        ("stall_window", stall_window, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise FixedPointError(f"{name} must be an integer >= {minimum}; got {value!r}")
     if box_mode not in ("clamp", "reflect"):
         raise FixedPointError(f"box_mode must be 'clamp' or 'reflect'; got {box_mode!r}")
     if damping not in ("identity", "marquardt"):
@@ -275,12 +290,7 @@ def newton_batch(
     def F_rows(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             value = F(z, rows) if indexed else F(z)  # type: ignore[call-arg]
-        if value.shape != z.shape:
-            raise FixedPointError(
-                f"F must map (B, N) to (B, N); got input {tuple(z.shape)} and output "
-                f"{tuple(value.shape)}"
-            )
-        return value
+        return check_output_shape(value, z)
 
     def exact(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
