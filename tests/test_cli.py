@@ -189,6 +189,20 @@ def test_fixedpoints_count_with_proof(capsys):
     assert "fixed points of SquareNet(N=3, L=3, cauchy" in out
     assert "proved: exactly 3 fixed point(s) (agrees with the search)" in out
     assert "attractor" in out
+    assert "index check: the indices sum to 1" in out
+
+
+def test_fixedpoints_count_reports_a_failed_index_check(monkeypatch, capsys):
+    # with the retries off, one start (seed 29) finds 6 of this net's 9 fixed points
+    import losslab.fixedpoints.search as search
+
+    search_once = search.find_fixed_points
+    monkeypatch.setattr(search, "find_fixed_points",
+                        lambda net, **kw: search_once(net, index_retries=0, **kw))  # fmt: skip
+    code, out, _ = run(capsys, "fixedpoints", "count", "--N", "3", "--L", "2", "--init",
+                       "cauchy", "--scale", "64", "--seed", "29", "--starts", "1")  # fmt: skip
+    assert code == 0, out
+    assert "index check failed: the indices sum to 0, not 1" in " ".join(out.split())
 
 
 def test_fixedpoints_count_bad_input(capsys):

@@ -64,10 +64,16 @@ def test_counts_are_proved_and_agree_with_the_search(frame):
     counts = frame[frame["part"].isin(["gaussian", "heavy"])]
     assert bool((counts["certified"] == True).all())  # noqa: E712  (N = 2 proves fast)
     assert (counts["certified_count"] == counts["count"]).all()
+    # complete sets: the indices of the proved counts' points sum to 1
+    assert (counts["index_sum"] == 1).all()
+    assert bool((counts["index_consistent"] == True).all())  # noqa: E712
     claims = {c.statement: c for c in TinyBerlyandSlavin().claims(frame)}
     agree = claims["the search finds exactly the proved number of fixed points (losslab's own "
                    "exactness)"]  # fmt: skip
     assert agree.passed, agree.measured
+    assert f"sum to 1 (the index theorem's necessary condition) on {len(counts)} of" in (
+        agree.measured
+    )
 
 
 def test_claims_and_figures(frame):

@@ -16,6 +16,7 @@ from losslab.fixedpoints.search import (
     FixedPointSet,
     classify,
     find_fixed_points,
+    fixed_point_indices,
     square_net_jacobian,
 )
 from losslab.nets.square import SquareNet
@@ -507,3 +508,72 @@ def test_jacobians_stay_accurate_where_the_activation_saturates(monkeypatch, act
     lifted = seen["jacobian"](Y)[0]
     torch.testing.assert_close(lifted[3:, :3], W2 * slope, rtol=1e-12, atol=0.0)  # dG_2/dy_1
     torch.testing.assert_close(lifted[:3, 3:], W1 * slope, rtol=1e-12, atol=0.0)  # dG_1/dy_2
+
+
+def test_fixed_point_indices_are_the_sign_of_det_i_minus_j():
+    # The index sign det(I - J) against LU determinants; eigenvalue 1 leaves it undecided;
+    # large spectra are counted, not multiplied (prod (1 - lambda) overflows at 400 x 1e3).
+    g = torch.Generator().manual_seed(0)
+    for N in (1, 2, 3, 5, 8):
+        J = 1.5 * torch.randn(300, N, N, generator=g, dtype=DT)
+        reference = torch.linalg.slogdet(torch.eye(N, dtype=DT) - J).sign
+        assert torch.equal(fixed_point_indices(torch.linalg.eigvals(J)), reference.long())
+    one = torch.diag(torch.tensor([1.0, 0.5, 3.0], dtype=DT))[None]
+    assert fixed_point_indices(torch.linalg.eigvals(one)).tolist() == [0]
+    big = torch.diag(torch.cat([torch.full((399,), 1e3), torch.tensor([0.5])]).to(DT))[None]
+    assert fixed_point_indices(torch.linalg.eigvals(big)).tolist() == [-1]
+
+
+@pytest.mark.parametrize(
+    ("N", "L", "activation", "seed"),
+    [(3, 2, "sigmoid", 29), (6, 2, "sigmoid", 18), (6, 2, "sigmoid", 30), (3, 3, "tanh", 5)],
+)
+def test_indices_of_the_proved_fixed_points_sum_to_one(N, L, activation, seed):
+    # The index theorem the search checks: a SquareNet maps its output box into the open
+    # box, so the indices sign det(I - J_f) of all its fixed points sum to 1. Checked on
+    # the proved points (enclosure midpoints), with autograd Jacobians and LU determinants.
+    from losslab.fixedpoints.certify import certify_fixed_points
+
+    net = SquareNet(N, L, activation=activation, init="cauchy", weight_scale=64.0, seed=seed)
+    proof = certify_fixed_points(net, time_limit=60)
+    assert proof.status == "certified"
+    assert proof.count >= 3
+    total = 0
+    for x in proof.enclosures.mean(-1):
+        J = torch.autograd.functional.jacobian(lambda z: net(z[None])[0], x)
+        total += int(torch.linalg.slogdet(torch.eye(N, dtype=DT) - J).sign)
+    assert total == 1
+    found = find_fixed_points(net, seed=seed, basin_starts=0)
+    assert found.maps_into_box
+    assert found.index_sum == 1
+    assert found.index_consistent is True
+
+
+def test_a_failed_index_check_searches_again():
+    # One uniform start (and the 64 lifted ones) finds 8 of the 9 proved fixed points of this
+    # net, with indices summing to 2: proof that one is missing. The retry (twice the starts,
+    # fresh draws) finds the ninth.
+    from losslab.fixedpoints.certify import certify_fixed_points
+
+    net = SquareNet(3, 2, init="cauchy", weight_scale=64.0, seed=29)
+    proof = certify_fixed_points(net)
+    assert (proof.status, proof.count) == ("certified", 9)
+    first = find_fixed_points(net, n_starts=1, index_retries=0, basin_starts=0)
+    assert first.count == 8
+    assert first.index_sum != 1
+    assert first.index_consistent is False
+    assert first.rounds == 1
+    again = find_fixed_points(net, n_starts=1, index_retries=3, basin_starts=0)
+    assert again.count == 9
+    assert again.rounds == 2
+    assert again.index_consistent is True
+    assert again.n_starts > first.n_starts
+    # a generic map is not known to map the box into itself: no check, one round
+    generic = find_fixed_points(lambda x: net(x), box=_box(0.0, 1.0, 3), n_starts=4, basin_starts=0)
+    assert not generic.maps_into_box
+    assert generic.index_consistent is None
+    assert generic.rounds == 1
+    # a box that does not contain the output box: the theorem does not apply either
+    inner = find_fixed_points(net, box=(0.01, 0.99), n_starts=4, basin_starts=0)
+    assert inner.index_consistent is None
+    assert inner.to_dict()["index_consistent"] is None

@@ -10,7 +10,7 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.table import Table
 
 from losslab import __version__
 from losslab.errors import LosslabError
+
+if TYPE_CHECKING:
+    from losslab.fixedpoints.search import FixedPointSet
 
 app = typer.Typer(
     name="losslab",
@@ -471,19 +474,21 @@ def fixedpoints_count(
     table = Table(title=f"fixed points of SquareNet(N={N}, L={L}, {init.value}, scale={scale:g}, "
                         f"seed={seed}): {found.count}")  # fmt: skip
     for column in ("#", "point (first 6 coordinates)", "residual", "spectral radius", "kind",
-                   "basin"):  # fmt: skip
+                   "index", "basin"):  # fmt: skip
         table.add_column(column)
     for i in range(found.count):
         point = ", ".join(f"{v:.4g}" for v in found.points[i, :6].tolist())
         basin = found.basin_fraction[i]
         table.add_row(str(i), point + (", ..." if N > 6 else ""), f"{found.residuals[i]:.1e}",
-                      f"{found.spectral_radius[i]:.4f}", found.kinds[i],
+                      f"{found.spectral_radius[i]:.4g}", found.kinds[i],
+                      f"{int(found.indices[i]):+d}",
                       "-" if basin != basin else f"{basin:.1%}")  # fmt: skip
     console = _out()
     console.print(table)
-    console.print(f"{found.n_converged} of {found.n_starts} starts converged; "
-                  f"{found.unassigned_fraction:.1%} of forward iterations reached no attractor; "
-                  f"{found.seconds:.2f} s")  # fmt: skip
+    console.print(f"{found.n_converged} of {found.n_starts} starts converged "
+                  f"({found.rounds} round(s)); {found.unassigned_fraction:.1%} of forward "
+                  f"iterations reached no attractor; {found.seconds:.2f} s")  # fmt: skip
+    console.print(_index_line(found))
     if certify:
         with console.status(f"proving the count (at most {time_limit:g} s) ..."):
             proof = certify_fixed_points(net, time_limit=time_limit)
@@ -498,6 +503,17 @@ def fixedpoints_count(
                 f"[yellow]proof incomplete[/]: at least {proof.count} fixed point(s); "
                 f"unresolved volume {proof.unresolved_volume:.2e} ({proof.reason})"
             )
+
+
+def _index_line(found: FixedPointSet) -> str:
+    """The index check of a fixed-point search, in words."""
+    if found.index_consistent is None:
+        return "index check: not applicable (some index is undecided)"
+    if found.index_consistent:
+        return ("index check: the indices sum to 1, as they must (a missed pair of opposite "
+                "indices would not show)")  # fmt: skip
+    return (f"[red]index check failed[/]: the indices sum to {found.index_sum}, not 1, so fixed "
+            "points are missing; raise --starts")  # fmt: skip
 
 
 @fixedpoints_app.command("restore")

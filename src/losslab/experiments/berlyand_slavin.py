@@ -4,7 +4,9 @@ Five parts, each a kind of cell:
 
 - ``gaussian``: untrained sigmoid ``SquareNet(N, L)`` with Gaussian weights over a grid
   of ``N``, ``L`` and seeds: the number of fixed points, found by the batched search and,
-  for ``N <= CERTIFY_MAX_N``, proved by interval branch-and-bound (Krawczyk).
+  for ``N <= CERTIFY_MAX_N``, proved by interval branch-and-bound (Krawczyk); every
+  search also records its index check (the fixed-point indices of a complete set sum to
+  1: :mod:`losslab.fixedpoints.search`).
 - ``heavy``: the same with Cauchy weights (``weight_scale = 64``: below about 32 almost
   every net has one fixed point): ``Q(N, L)``, the mean number of fixed points, over
   ``L`` for ``N = 3`` and over ``N`` for ``L = 3``, with the proof where it runs.
@@ -60,6 +62,8 @@ def _count(cell: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "count": found.count,
         "attractors": sum(kind == "attractor" for kind in found.kinds),
+        "index_sum": found.index_sum,
+        "index_consistent": found.index_consistent,
         "search_seconds": found.seconds,
         "certified": None,
         "certified_count": None,
@@ -126,6 +130,8 @@ def _trained(cell: dict[str, Any]) -> dict[str, Any]:
         "count": found.count,
         "attractors": sum(kind == "attractor" for kind in found.kinds),
         "kinds": list(found.kinds),
+        "index_sum": found.index_sum,
+        "index_consistent": found.index_consistent,
         "basin_fraction": [float(b) for b in found.basin_fraction.tolist()],
         "unassigned_fraction": float(found.unassigned_fraction),
         "alpha_before": alphas_before,
@@ -179,7 +185,7 @@ class BerlyandSlavin:
 
     name = "berlyand-slavin"
     paper = "Berlyand & Slavin (2025), Fixed Points of Deep Neural Networks"
-    version = 1
+    version = 2
 
     def grid(self, preset: str) -> list[dict[str, Any]]:
         full = preset == "full"
@@ -252,10 +258,13 @@ class BerlyandSlavin:
         proved = counts[counts["certified"] == True]  # noqa: E712
         if not proved.empty:
             agree = proved["certified_count"] == proved["count"]
+            checked = counts["index_consistent"] == True  # noqa: E712
             claims.append(Claim(
                 "the search finds exactly the proved number of fixed points (losslab's own "
                 "exactness)",
-                f"{int(agree.sum())} of {len(proved)} proved counts equal the search's count",
+                f"{int(agree.sum())} of {len(proved)} proved counts equal the search's count; "
+                f"the fixed-point indices of the search's points sum to 1 (the index theorem's "
+                f"necessary condition) on {int(checked.sum())} of {len(counts)} nets",
                 bool(agree.all()),
             ))  # fmt: skip
         heavy = frame[(frame["part"] == "heavy") & (frame["N"] == N0)]
@@ -276,10 +285,13 @@ class BerlyandSlavin:
         if not trained.empty:
             kinds = [k for row in trained["kinds"] for k in row]
             attractors = sum(k == "attractor" for k in kinds)
+            checked = trained["index_consistent"] == True  # noqa: E712
             claims.append(Claim(
                 "fixed points of trained networks are stable attractors",
                 f"{attractors} of {len(kinds)} fixed points of {len(trained)} trained nets "
-                "are attractors",
+                f"are attractors (no proof at N = 64; the points' indices sum to 1, as the "
+                f"index theorem requires of a complete set, on {int(checked.sum())} of "
+                f"{len(trained)} nets)",
                 bool(kinds) and attractors == len(kinds),
             ))  # fmt: skip
             tails = {

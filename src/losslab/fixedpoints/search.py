@@ -88,6 +88,21 @@ when no lifted start converged). On
 the search's 0.27 s. Deeper or wider nets skip them: their search is the uniform starts
 only (all ``n_starts`` of them).
 
+**Index check.** The index of a nondegenerate fixed point is
+``sign det(I - J_f(x*)) = (-1)^m``, ``m`` the number of real eigenvalues of ``J_f(x*)`` above
+1 (:func:`fixed_point_indices`): +1 for every attractor, -1 or +1 for a saddle. When ``f``
+maps the box ``K`` into its interior, the indices of all its fixed points in ``K`` sum to
+1: the Brouwer degree of ``x - f(x)`` on ``K`` is that of ``x - c`` for a point ``c``
+inside, by the homotopy ``x - (t f(x) + (1 - t) c)``, which has no zero on the boundary
+(the Lefschetz-Hopf theorem for a map of a ball into itself). Every SquareNet maps its
+output box (``[0, 1]^N`` for sigmoid, ``[-1, 1]^N`` for tanh) into the open box, so on any
+box containing it (``FixedPointSet.maps_into_box``) a sum other than 1 *proves* that fixed
+points were missed (in particular an even count); the search then runs again from fresh
+starts, twice as many each time, up to ``index_retries`` times, keeping every point found.
+A sum of 1 does not prove completeness: a missed pair of opposite indices (a saddle and an
+attractor born together in a fold) leaves it unchanged. The check is the only one available
+where the proof is out of reach (``N = 64`` autoencoders).
+
 **Completeness.** Nothing here proves that every fixed point was found (the search is a
 search; :func:`losslab.fixedpoints.certify.certify_fixed_points` proves counts). Measured
 against proved counts on heavy-tailed nets ``SquareNet(6, 2, cauchy, weight_scale=64)``
@@ -165,8 +180,15 @@ class FixedPointSet:
         radii: (k,) uniqueness radius ``rho``: no other fixed point within it (estimated,
             module docstring), at most the box scale.
         hits: (k,) how many search starts converged to each point.
-        n_starts: starts the search ran in ``x`` (uniform, user and, for a SquareNet, the
-            converged pre-activation starts; NaN starts dropped).
+        indices: (k,) fixed-point index ``sign det(I - J_f(x*))`` of each point, +1 or -1
+            (0 for a point with an eigenvalue within ``1e-9`` of 1: undecided); see
+            **Index check** in the module docstring.
+        maps_into_box: whether ``f`` is known to map the box into its interior (a
+            SquareNet on a box containing its output box), so that the indices of all
+            fixed points sum to 1.
+        rounds: search rounds run (more than one when the index check failed).
+        n_starts: starts the search ran in ``x`` over all rounds (uniform, user and, for a
+            SquareNet, the converged pre-activation starts; NaN starts dropped).
         n_converged: starts that converged, or were captured by a point already found
             (module docstring).
         tol: the effective tolerance on ``||f(x) - x||_2``.
@@ -182,6 +204,9 @@ class FixedPointSet:
     unassigned_fraction: float
     radii: torch.Tensor
     hits: torch.Tensor
+    indices: torch.Tensor
+    maps_into_box: bool
+    rounds: int
     n_starts: int
     n_converged: int
     tol: float
@@ -191,6 +216,21 @@ class FixedPointSet:
     def count(self) -> int:
         """Number of distinct fixed points found."""
         return int(self.points.shape[0])
+
+    @property
+    def index_sum(self) -> int:
+        """Sum of the fixed-point indices of the points found."""
+        return int(self.indices.sum())
+
+    @property
+    def index_consistent(self) -> bool | None:
+        """The index check (module docstring): ``False`` proves that fixed points are
+        missing; ``True`` that the points found are consistent with the index theorem (pairs
+        of opposite index may still be missing); ``None`` when the theorem does not apply
+        (``maps_into_box`` is false, or some index is undecided)."""
+        if not self.maps_into_box or bool((self.indices == 0).any()):
+            return None
+        return self.index_sum == 1
 
     def counts_by_kind(self) -> dict[str, int]:
         """How many points of each kind."""
@@ -211,6 +251,9 @@ class FixedPointSet:
             unassigned_fraction=self.unassigned_fraction,
             radii=self.radii[keep],
             hits=self.hits[keep],
+            indices=self.indices[keep],
+            maps_into_box=self.maps_into_box,
+            rounds=self.rounds,
             n_starts=self.n_starts,
             n_converged=self.n_converged,
             tol=self.tol,
@@ -236,6 +279,11 @@ class FixedPointSet:
             "unassigned_fraction": self.unassigned_fraction,
             "radii": self.radii.tolist(),
             "hits": self.hits.tolist(),
+            "indices": self.indices.tolist(),
+            "index_sum": self.index_sum,
+            "index_consistent": self.index_consistent,
+            "maps_into_box": self.maps_into_box,
+            "rounds": self.rounds,
             "n_starts": self.n_starts,
             "n_converged": self.n_converged,
             "tol": self.tol,
@@ -578,6 +626,46 @@ def classify(eigenvalues: torch.Tensor, tol: float = HYPERBOLICITY_TOL) -> list[
     return kinds
 
 
+def fixed_point_indices(eigenvalues: torch.Tensor, tol: float = HYPERBOLICITY_TOL) -> torch.Tensor:
+    r"""Fixed-point index ``sign det(I - J_f(x*))`` per row of eigenvalues of ``J_f``.
+
+    ``det(I - J_f) = prod_i (1 - lambda_i)``: a complex-conjugate pair contributes
+    ``|1 - lambda|^2 > 0`` and a real eigenvalue the sign of ``1 - lambda``, so the index is
+    ``(-1)^m`` with ``m`` the number of real eigenvalues above 1 (counted, not multiplied,
+    so no overflow for large spectra; the two members of a pair are counted together, so a
+    pair taken for real leaves the parity unchanged). 0 where some ``|lambda_i - 1| <= tol``:
+    there ``I - J_f`` is (nearly) singular and the index is undecided.
+
+    An attractor has index +1; a saddle ``(-1)^m`` (+1 or -1); a repeller in dimension ``N``
+    with real eigenvalues ``(-1)^N``.
+    """
+    real = eigenvalues.imag.abs() <= tol * eigenvalues.abs().clamp(min=1)
+    above = (real & (eigenvalues.real > 1)).sum(1)
+    index = 1 - 2 * (above % 2)
+    degenerate = ((eigenvalues - 1).abs() <= tol).any(1)
+    return torch.where(degenerate, torch.zeros_like(index), index)
+
+
+def _maps_into_box(f: Any, low: torch.Tensor | None, high: torch.Tensor | None) -> bool:
+    """Whether ``f`` provably maps the box ``[low, high]`` into its interior: a SquareNet,
+    whose outputs lie in the open output box of its activation, on a box containing it."""
+    if not isinstance(f, SquareNet) or low is None or high is None:
+        return False
+    out_low, out_high = f.output_box
+    return bool((low <= out_low).all() and (high >= out_high).all())
+
+
+def _index_check(known: _Known, jac_f: Map) -> bool | None:
+    """Whether the indices of the known points sum to 1 (None: some index undecided)."""
+    if known.count == 0:
+        return False
+    with torch.no_grad():
+        indices = fixed_point_indices(general_eigenvalues(jac_f(known.points)))
+    if bool((indices == 0).any()):
+        return None
+    return int(indices.sum()) == 1
+
+
 def _basins(
     f: Map,
     attractors: torch.Tensor,
@@ -692,6 +780,7 @@ def find_fixed_points(
     max_iter: int = 100,
     basin_starts: int = 2000,
     basin_iterations: int = 500,
+    index_retries: int = 2,
     seed: int = 0,
 ) -> FixedPointSet:
     """All fixed points ``f(x) = x`` of a batched map in a box (module docstring for the math).
@@ -712,6 +801,9 @@ def find_fixed_points(
         basin_starts: uniform starts of the forward iteration that estimates basins (from
             ``starts`` when there is no box).
         basin_iterations: most forward steps per basin start.
+        index_retries: when ``f`` maps the box into itself and the indices of the points
+            found do not sum to 1 (points are missing: module docstring, **Index check**),
+            search again with fresh starts, twice as many each time, at most this often.
         seed: seed of the ``torch.Generator`` for the starts and directions.
 
     Returns:
@@ -727,6 +819,7 @@ def find_fixed_points(
         ("max_iter", max_iter, 1),
         ("basin_starts", basin_starts, 0),
         ("basin_iterations", basin_iterations, 0),
+        ("index_retries", index_retries, 0),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise FixedPointError(f"{name} must be an integer >= {minimum}; got {value!r}")
@@ -735,38 +828,19 @@ def find_fixed_points(
     N, low, high, user = _resolve(f, box, starts)
     dtype, device = _infer_dtype_device(f, user)
     generator = torch.Generator().manual_seed(seed)
-    scale = 1.0
-    parts = []
-    n_lifted = 0
-    if (
-        isinstance(f, SquareNet)
+    # lifted starts draw from a generator of their own, so that they do not shift the others
+    lifted_generator = torch.Generator().manual_seed(seed + 1)
+    lifted_net = (
+        f
+        if isinstance(f, SquareNet)
         and f.L * N <= LIFTED_MAX_UNKNOWNS
         and low is not None
         and n_starts > 0
-    ):
-        # (a generator of their own, so that they do not shift the draws of the others)
-        extra = torch.Generator().manual_seed(seed + 1)
-        # first: they are (nearly) roots, and the points they give capture later starts
-        parts.append(preactivation_starts(f, max(64, n_starts), extra).to(dtype))
-        n_lifted = parts[0].shape[0]
+        else None
+    )
+    scale = 1.0
     if low is not None and high is not None:
         scale = max(1.0, float(torch.maximum(low.abs(), high.abs()).max()))
-        # a quarter when lifted roots were found; all of them when the lifted solve gave none
-        n_uniform = max(1, n_starts // UNIFORM_SHARE_LIFTED) if n_lifted else n_starts
-        uniform = torch.rand(n_uniform, N, generator=generator, dtype=dtype).to(device)
-        parts.append(low + (high - low) * uniform)
-    if user is not None:
-        parts.append(user)
-    x0 = torch.cat(parts) if parts else torch.empty(0, N, dtype=dtype, device=device)
-    if x0.shape[0] == 0:
-        raise FixedPointError("no starts: set n_starts >= 1 or pass starts")
-    fx0 = _evaluate(f, x0)
-    finite = torch.isfinite(x0).all(1) & torch.isfinite(fx0).all(1)
-    if not bool(finite.any()):
-        raise FixedPointError(
-            f"f is NaN or infinite at all {x0.shape[0]} starts: check the map and the box"
-        )
-    x0 = x0[finite]
     # never below what rounding allows in the dtype (float32 maps: about 1e-5)
     tol_eff = max(tol, 64 * torch.finfo(dtype).eps * math.sqrt(N)) * scale
     jac_f: Map = (
@@ -793,36 +867,70 @@ def find_fixed_points(
     analysis = _Analysis(f, jac_f, generator)
     atol = max(MERGE_ATOL, 100 * torch.finfo(dtype).eps * math.sqrt(N)) * scale
     known = _Known(N, dtype, device)
-    n_converged = 0
+    maps_into_box = _maps_into_box(f, low, high)
+    n_searched = n_converged = rounds = 0
     chunk = max(1, 2**21 // (N * N))
-    # lifted starts (nearly roots) alone first, then the others, captured by their points
-    head = int(finite[:n_lifted].sum()) or FIRST_CHUNK
-    bounds = [0, min(x0.shape[0], head)]
-    while bounds[-1] < x0.shape[0]:
-        bounds.append(min(x0.shape[0], bounds[-1] + chunk))
-    for first, last in itertools.pairwise(bounds):
-        result = newton_batch(
-            residual_map,
-            x0[first:last],
-            jacobian=residual_jacobian,
-            tol=tol_eff,
-            max_iter=max_iter,
-            box=None if low is None else (low, high),
-            stop=known.captured if known.count else None,
-            stall_window=STALL_WINDOW,
-            stall_ratio=STALL_RATIO,
-            coarse_jacobian=coarse,
-            coarse_above=COARSE_ABOVE * scale,
-            chunk_size=chunk,
-        )
-        captured = result.status == CAPTURED
-        if bool(captured.any()):
-            known.add_hits(result.x[captured])
-        conv = result.converged
-        n_converged += int(conv.sum()) + int(captured.sum())
-        if bool(conv.any()):
-            new = _deduplicate(result.x[conv], result.residual[conv], analysis, atol, scale)
-            known.merge(*new, atol=atol)
+    x0 = torch.empty(0, N, dtype=dtype, device=device)
+    while rounds <= index_retries:
+        if rounds and not (maps_into_box and _index_check(known, jac_f) is False):
+            break
+        size = n_starts * 2**rounds  # each retry doubles the starts
+        parts = []
+        if lifted_net is not None:
+            # first: they are (nearly) roots, and the points they give capture later starts
+            parts.append(
+                preactivation_starts(lifted_net, max(64, size), lifted_generator).to(dtype)
+            )
+        n_lifted = parts[0].shape[0] if parts else 0
+        if low is not None and high is not None:
+            # a quarter when lifted roots were found; all of them when the lifted solve gave none
+            n_uniform = max(1, size // UNIFORM_SHARE_LIFTED) if n_lifted else size
+            uniform = torch.rand(n_uniform, N, generator=generator, dtype=dtype).to(device)
+            parts.append(low + (high - low) * uniform)
+        if user is not None and rounds == 0:
+            parts.append(user)
+        x0 = torch.cat(parts) if parts else torch.empty(0, N, dtype=dtype, device=device)
+        rounds += 1
+        if x0.shape[0] == 0:
+            raise FixedPointError("no starts: set n_starts >= 1 or pass starts")
+        fx0 = _evaluate(f, x0)
+        finite = torch.isfinite(x0).all(1) & torch.isfinite(fx0).all(1)
+        if not bool(finite.any()):
+            if rounds > 1:
+                break
+            raise FixedPointError(
+                f"f is NaN or infinite at all {x0.shape[0]} starts: check the map and the box"
+            )
+        x0 = x0[finite]
+        n_searched += x0.shape[0]
+        # lifted starts (nearly roots) alone first, then the others, captured by their points
+        head = int(finite[:n_lifted].sum()) or FIRST_CHUNK
+        bounds = [0, min(x0.shape[0], head)]
+        while bounds[-1] < x0.shape[0]:
+            bounds.append(min(x0.shape[0], bounds[-1] + chunk))
+        for first, last in itertools.pairwise(bounds):
+            result = newton_batch(
+                residual_map,
+                x0[first:last],
+                jacobian=residual_jacobian,
+                tol=tol_eff,
+                max_iter=max_iter,
+                box=None if low is None else (low, high),
+                stop=known.captured if known.count else None,
+                stall_window=STALL_WINDOW,
+                stall_ratio=STALL_RATIO,
+                coarse_jacobian=coarse,
+                coarse_above=COARSE_ABOVE * scale,
+                chunk_size=chunk,
+            )
+            captured = result.status == CAPTURED
+            if bool(captured.any()):
+                known.add_hits(result.x[captured])
+            conv = result.converged
+            n_converged += int(conv.sum()) + int(captured.sum())
+            if bool(conv.any()):
+                new = _deduplicate(result.x[conv], result.residual[conv], analysis, atol, scale)
+                known.merge(*new, atol=atol)
     points, rho, hits = known.points, known.rho, known.hits
     # sort lexicographically (stable keys from the last coordinate to the first)
     order = torch.arange(points.shape[0], device=device)
@@ -841,6 +949,7 @@ def find_fixed_points(
         )
     spectral_radius = eig.abs().amax(1) if k else torch.empty(0, dtype=dtype)
     kinds = classify(eig)
+    indices = fixed_point_indices(eig).to(device)
     basin = torch.full((k,), torch.nan, dtype=dtype, device=device)
     unassigned = math.nan
     is_attractor = torch.tensor([kind == "attractor" for kind in kinds], dtype=torch.bool)
@@ -873,7 +982,10 @@ def find_fixed_points(
         unassigned_fraction=unassigned,
         radii=rho,
         hits=hits,
-        n_starts=int(x0.shape[0]),
+        indices=indices,
+        maps_into_box=maps_into_box,
+        rounds=rounds,
+        n_starts=n_searched,
         n_converged=n_converged,
         tol=tol_eff,
         seconds=time.perf_counter() - t0,
