@@ -73,3 +73,34 @@ def brute_force_patterns(X: np.ndarray) -> set[tuple[bool, ...]]:
             pattern[rows] = s > 0
             found.add(tuple(bool(v) for v in pattern))
     return found
+
+
+def brute_force_closed_patterns(X: np.ndarray) -> set[tuple[bool, ...]]:
+    """Every pattern ``1[X g >= 0]`` over all gates ``g`` (lower-dimensional cells and
+    ``g = 0`` included), by one LP per assignment of each non-zero row to ``x . g >= 1``,
+    ``= 0`` or ``<= -1`` (3^n LPs: tiny n only). Patterns with no active non-zero row are
+    left out."""
+    from itertools import product
+
+    from scipy.optimize import linprog
+
+    rows = np.linalg.norm(X, axis=1) > 0
+    Xr = X[rows]
+    found = set()
+    for signs in product((1.0, 0.0, -1.0), repeat=Xr.shape[0]):
+        s = np.array(signs)
+        strict, zero = s != 0, s == 0
+        result = linprog(
+            np.zeros(X.shape[1]),
+            A_ub=-(s[strict, None] * Xr[strict]) if strict.any() else None,
+            b_ub=-np.ones(int(strict.sum())) if strict.any() else None,
+            A_eq=Xr[zero] if zero.any() else None,
+            b_eq=np.zeros(int(zero.sum())) if zero.any() else None,
+            bounds=[(None, None)] * X.shape[1],
+            method="highs",
+        )
+        if result.status == 0 and (s >= 0).any():
+            pattern = np.ones(X.shape[0], dtype=bool)
+            pattern[rows] = s >= 0
+            found.add(tuple(bool(v) for v in pattern))
+    return found

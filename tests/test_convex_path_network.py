@@ -78,6 +78,21 @@ def test_optimal_network_is_certified_global():
     assert certificate.global_lower_bound <= certificate.objective
 
 
+def test_an_optimal_network_with_neurons_at_kinks_is_stationary():
+    # The optimum at lam = 1e-2 puts neurons exactly at kinks (pre-activations 0), where the
+    # autograd gradient (ReLU'(0) = 0) does not vanish; the KKT conditions of the
+    # own-pattern program hold, and that is what decides.
+    X, y = relu_teacher(12, 2, seed=3)
+    model = ConvexReLU(lam=1e-2, n_gates=2000, tol=1e-10, check_global=False)
+    net = model.fit(X.numpy(), y.numpy()).to_torch()
+    weights = net[0].weight.detach()
+    assert int((X @ weights.T).abs().le(1e-12).sum()) > 0  # neurons at kinks
+    certificate = certify_network(net, X, y, 1e-2, tol=1e-9)
+    assert certificate.is_global, certificate.message
+    assert certificate.gradient_norm > 1e-4
+    assert certificate.is_stationary, certificate.message
+
+
 def test_a_random_network_is_neither_stationary_nor_global():
     X, y = relu_teacher(12, 2, seed=3)
     torch.manual_seed(0)
@@ -99,3 +114,37 @@ def test_wrong_architecture_is_refused():
     net = nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.Linear(5, 1, bias=False))
     with pytest.raises(ConvexProblemError, match=r"expected Sequential\(Linear"):
         certify_network(net, X, y, 0.05)
+
+
+def test_the_first_step_away_from_zero_is_no_jump_and_sensitivity_stays_on_active_sets():
+    def point(lam, fit, active):
+        return PathPoint(lam, None, torch.tensor(fit, dtype=torch.float64), frozenset(active))  # type: ignore[arg-type]
+
+    # the fit grows linearly from zero at lam_max = 1: fit = (1 - lam) * v on active set {0},
+    # then (1 - lam) * w on {0, 1}; the last point's active set {2} is isolated
+    lams = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+    v, w = np.array([1.0, 2.0]), np.array([3.0, -1.0])
+    fits = [(1 - lam) * (v if lam > 0.75 else w) for lam in lams[:-1]] + [[9.0, 9.0]]
+    actives = [{0}, {0}, {0}, {0, 1}, {0, 1}, {2}]
+    described = _describe([point(*a) for a in zip(lams, fits, actives, strict=True)], 1.0, 10.0)
+    assert 0 not in described.jumps
+    assert described.sensitivity[0] == pytest.approx(np.linalg.norm(v))  # one-sided, same set
+    assert described.sensitivity[1] == pytest.approx(np.linalg.norm(v))  # central
+    assert described.sensitivity[2] == pytest.approx(np.linalg.norm(v))  # one-sided
+    assert described.sensitivity[3] == pytest.approx(np.linalg.norm(w))
+    assert np.isnan(described.sensitivity[5])  # no neighbour shares its active set
+    # and on a real path the step away from the zero fit is not flagged
+    X, y = relu_teacher(40, 3, seed=1)
+    path = regularization_path(X, y, n_lams=20, lam_min_ratio=1e-2, n_gates=30, tol=1e-8)
+    assert 0 not in path.jumps
+
+
+def test_float32_data_are_certified_in_float64():
+    X, y = relu_teacher(12, 2, seed=3)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 5, dtype=torch.float64), nn.ReLU(),
+                        nn.Linear(5, 1, bias=False, dtype=torch.float64))  # fmt: skip
+    single = certify_network(net, X.float(), y.float(), 0.05)
+    double = certify_network(net, X.float().double(), y.float().double(), 0.05)
+    assert single.objective == double.objective
+    assert single.own_gap == double.own_gap

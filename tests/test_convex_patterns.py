@@ -12,9 +12,10 @@ from losslab.convex import (
     enumerate_patterns,
     network_patterns,
     sample_gates,
+    try_enumerate_patterns,
 )
 from losslab.errors import ConvexProblemError
-from tests.convex_reference import brute_force_patterns
+from tests.convex_reference import brute_force_closed_patterns, brute_force_patterns
 
 
 def as_set(patterns: torch.Tensor) -> set[tuple[bool, ...]]:
@@ -44,6 +45,33 @@ def test_degenerate_data_matches_brute_force():
 def test_integer_grid_data_matches_brute_force(seed):
     X = np.random.default_rng(seed).integers(-1, 2, size=(8, 3)).astype(float)
     assert as_set(enumerate_patterns(torch.as_tensor(X))) == brute_force_patterns(X)
+
+
+@pytest.mark.parametrize(("n", "d", "seed"), [(5, 2, 0), (6, 3, 1), (5, 3, 2), (6, 2, 3)])
+def test_closed_enumeration_matches_brute_force(n, d, seed):
+    # the gated form's gates also lie on lower-dimensional cells: x . g = 0 rows are active
+    X = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    closed = as_set(enumerate_patterns(X, closed=True))
+    assert closed == brute_force_closed_patterns(X.numpy())
+    assert as_set(enumerate_patterns(X)) <= closed  # the regions, and perhaps more
+    assert tuple([True] * n) in closed  # g = 0
+
+
+def test_closed_enumeration_of_degenerate_data_matches_brute_force():
+    rng = np.random.default_rng(6)
+    X = rng.integers(-2, 3, size=(6, 3)).astype(float)
+    X[3] = 2 * X[1]
+    X[4] = 0.0
+    assert as_set(enumerate_patterns(torch.as_tensor(X), closed=True)) == (
+        brute_force_closed_patterns(X)
+    )
+
+
+def test_degenerate_enumeration_refuses_past_its_linear_program_budget():
+    X = torch.as_tensor(np.random.default_rng(0).integers(-5, 6, size=(40, 3)).astype(float))
+    with pytest.raises(ConvexProblemError, match="max_linear_programs=5"):
+        enumerate_patterns(X, max_linear_programs=5)
+    assert try_enumerate_patterns(X, max_linear_programs=5) is None  # callers then sample
 
 
 def test_count_in_general_position_is_covers_formula():

@@ -82,7 +82,8 @@ def test_zero_is_optimal_above_lam_max(formulation):
 @pytest.mark.parametrize("formulation", ["gated", "relu"])
 def test_global_certificate_on_an_enumerable_problem(formulation):
     X, y = relu_teacher(12, 2, seed=3)
-    all_patterns = enumerate_patterns(X)
+    # the gated form's global problem also has the patterns of gates on lower-dimensional cells
+    all_patterns = enumerate_patterns(X, closed=formulation == "gated")
     full = solve(
         ConvexReLUProgram(X, y, all_patterns, 0.05, formulation), tol=1e-9, max_iter=50_000
     )
@@ -222,3 +223,18 @@ def test_float32_data_solve_in_float32_without_stalling():
     assert result.blocks.dtype == torch.float32
     reference = solve(double, tol=1e-9).objective
     assert result.objective == pytest.approx(reference, rel=2e-4)
+
+
+def test_gated_global_check_includes_gates_on_lower_dimensional_cells():
+    # A gate g = 0 (or on a hyperplane x . g = 0) has a pattern no full-dimensional region
+    # has: optimal over the regions is not optimal over every gate.
+    X, y = relu_teacher(12, 2, seed=3)
+    regions, closed = enumerate_patterns(X), enumerate_patterns(X, closed=True)
+    over_regions = solve(ConvexReLUProgram(X, y, regions, 1e-2, "gated"), tol=1e-10)
+    assert over_regions.converged
+    assert not certify(over_regions, tol=1e-6).is_global
+    over_all = solve(ConvexReLUProgram(X, y, closed, 1e-2, "gated"), tol=1e-10)
+    assert certify(over_all, tol=1e-6).is_global
+    assert over_all.objective < over_regions.objective * (1 - 1e-3)
+    reference = clarabel_objective(X, y, closed, 1e-2, "gated")
+    assert over_all.objective == pytest.approx(reference, rel=1e-6)

@@ -165,3 +165,74 @@ def test_bad_input_and_stalling() -> None:
     assert not result.converged
     assert result.reason in ("stalled", "max_iter")
     assert result.gradient_norm >= 1.0 - 1e-12
+
+
+def test_a_steep_loss_converges_to_its_rounding_floor() -> None:
+    # 1e8 ||A t - b||^2: its gradient cannot be computed below about 1e-7 in float64. The
+    # search stops there as converged, with the floor as its tolerance; classify agrees.
+    generator = torch.Generator().manual_seed(0)
+    A = torch.randn(6, 6, generator=generator)
+    b = torch.randn(6, generator=generator)
+    exact = torch.linalg.solve(A, b)
+    for scale in (1.0, 1e8):
+
+        def loss(t: torch.Tensor, scale: float = scale) -> torch.Tensor:
+            return scale * ((A @ t - b) ** 2).sum()
+
+        result = find_critical_point(loss, torch.zeros(6))
+        assert result.converged
+        torch.testing.assert_close(result.params, exact, rtol=1e-8, atol=1e-10)
+        point = classify(loss, exact)
+        assert point.kind == "minimum"
+        if scale == 1.0:
+            assert result.tol_effective == 1e-10
+            assert point.gradient_tol == 1e-8
+        else:
+            assert 1e-10 < result.gradient_norm <= result.tol_effective < 1e-3
+            assert point.gradient_tol > point.gradient_norm > 1e-8
+    # far from the minimiser the steep loss is not critical, whatever the floor
+    assert classify(loss, exact + 1e-3).kind == "not critical"
+
+
+def test_stalled_searches_end_at_a_minimum_of_the_gradient_norm() -> None:
+    # ||g|| = x^2 + 1 is smallest at x = 0, where H g = 2 x g = 0: both methods stop there
+    def no_root(theta: torch.Tensor) -> torch.Tensor:
+        return theta[0] ** 3 / 3 + theta[0]
+
+    for method in ("newton_mr", "levenberg_marquardt"):
+        result = find_critical_point(no_root, torch.tensor([0.5]), method=method)
+        assert result.reason == "stalled"
+        assert abs(float(result.params[0])) < 1e-6
+
+
+def test_small_tanh_networks_reach_critical_points_or_say_why() -> None:
+    # From initialisation a 2-4-1 tanh net often creeps towards critical points at infinity;
+    # the search then stops as stalled by the documented rule (||g|| not halved in
+    # stall_window iterations). A converged point is critical by an independent gradient.
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 2, generator=generator)
+    y = torch.randn(30, 1, generator=generator)
+    converged = 0
+    for seed in range(4):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+        loss = ModelLoss(model, torch.nn.MSELoss(), (X, y))
+        result = find_critical_point(loss, loss.theta0, stall_window=20, max_iter=150)
+        norms = result.gradient_norms
+        if result.converged:
+            converged += 1
+            assert float(torch.func.grad(loss)(result.params).norm()) <= 1e-10
+        elif result.reason == "stalled" and len(norms) > 21:
+            assert norms[-1] > norms[-21] / 2
+        else:
+            assert result.reason in ("stalled", "max_iter")
+    assert converged >= 1
+
+
+def test_loss_must_be_a_scalar() -> None:
+    with pytest.raises(CurvatureError, match="scalar"):
+        find_critical_point(lambda t: t**2, torch.zeros(3))
+    with pytest.raises(CurvatureError, match="scalar"):
+        classify(lambda t: t[:2], torch.zeros(3))
+    with pytest.raises(CurvatureError, match="stall_window"):
+        find_critical_point(double_well, torch.zeros(3), stall_window=0)

@@ -242,3 +242,20 @@ def test_training_with_dropout_depends_on_the_seed_only() -> None:
     model = ReLUMLP(13, [6], 3, dropout=0.3, seed=2)
     other = train_squared_loss(model, inputs, targets, weight_decay=1e-2, epochs=3, seed=2)
     assert other != histories[0]
+
+
+def test_strong_convexity_above_the_dense_limit_is_proven_or_undecided() -> None:
+    # Above dense_limit the smallest eigenvalue is a Lanczos Ritz value, an upper bound:
+    # a negative one proves indefiniteness, a positive one proves nothing unless the
+    # derived lower bound is positive too. Compared with the dense answer.
+    model, inputs, targets = problem(1, 0, width=5)
+    for weight_decay, expected in ((0.1, False), (1.0, None), (10.0, True)):
+        estimated = strong_convexity(model, (inputs, targets), weight_decay, dense_limit=10)
+        dense = strong_convexity(model, (inputs, targets), weight_decay)
+        assert not estimated.eigenvalue_exact
+        assert dense.eigenvalue_exact
+        assert estimated.strongly_convex is expected
+        assert dense.strongly_convex == (dense.hessian_min_eigenvalue > 0)
+        if expected is not None:
+            assert estimated.strongly_convex == dense.strongly_convex
+        assert estimated.hessian_min_eigenvalue >= dense.hessian_min_eigenvalue - 1e-8

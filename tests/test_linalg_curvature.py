@@ -207,3 +207,19 @@ def test_mixed_precision_eigenpairs_are_float64_accurate() -> None:
     strict = operator.eigenpairs(3, tol=1e-10, mixed_precision=True)
     assert strict.converged
     torch.testing.assert_close(strict.values, exact.flip(0)[:3], atol=1e-8, rtol=1e-8)
+
+
+def test_dense_refuses_a_hessian_that_is_not_finite() -> None:
+    # sqrt|w| at w = 0: the loss is finite, its second derivative is not
+    class RootModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor([0.0, 1.0], dtype=torch.float64))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (torch.sqrt(self.w.abs()) * x).sum(1, keepdim=True)
+
+    data = (torch.ones(3, 2, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64))
+    operator = HessianOperator(RootModel(), nn.MSELoss(), data)
+    with pytest.raises(CurvatureError, match="not twice differentiable"):
+        operator.dense()

@@ -375,3 +375,24 @@ def test_power_iteration_reports_max_iter_and_validates():
         power_iteration_eigenpairs(lambda v: A @ v, 40, 1, tol=-1.0)
     with pytest.raises(CurvatureError, match="NaN or inf"):
         power_iteration_eigenpairs(lambda v: v * float("nan"), 40, 1)
+
+
+def test_a_further_copy_of_a_repeated_top_eigenvalue_is_searched_for():
+    # Five copies of 3 among 395 distinct values in [-1, 1]: from this start the Krylov
+    # space showed four copies, and 1 took the fifth's place with converged=True. Seeing a
+    # repeated value inside the wanted ones, the solver searches the complement of the
+    # found vectors, finds the fifth copy, and every pair has an explicit residual.
+    n = 400
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        torch.randn(n, n, generator=generator, dtype=torch.float64)
+    spectrum = torch.cat([torch.full((5,), 3.0), torch.linspace(-1, 1, n - 5)]).double()
+    basis, _ = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
+    A = basis @ torch.diag(spectrum) @ basis.T
+    A = (A + A.T) / 2
+    result = lanczos_eigenpairs(lambda v: A @ v, n, 5)
+    assert result.converged
+    torch.testing.assert_close(result.values, torch.full((5,), 3.0, dtype=torch.float64))
+    assert float(result.residuals.max()) <= 1e-6 * 3.0
+    gram = result.vectors.T @ result.vectors
+    torch.testing.assert_close(gram, torch.eye(5, dtype=torch.float64), atol=1e-10, rtol=0)

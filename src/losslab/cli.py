@@ -432,12 +432,18 @@ def convex_certify(
 
     if not network.is_file():
         raise LosslabError(f"no such network file: {str(network)!r}")
-    saved = torch.load(network, weights_only=True)
-    state = saved["state_dict"]
-    m, d = state["0.weight"].shape
-    net = nn.Sequential(nn.Linear(d, m, bias=saved["bias"], dtype=torch.float64), nn.ReLU(),
-                        nn.Linear(m, 1, bias=False, dtype=torch.float64))  # fmt: skip
-    net.load_state_dict(state)
+    try:
+        saved = torch.load(network, weights_only=True)
+        state = saved["state_dict"]
+        m, d = state["0.weight"].shape
+        net = nn.Sequential(nn.Linear(d, m, bias=saved["bias"], dtype=torch.float64), nn.ReLU(),
+                            nn.Linear(m, 1, bias=False, dtype=torch.float64))  # fmt: skip
+        net.load_state_dict(state)
+    except Exception as error:  # a file that is not a saved network, whatever the failure
+        raise LosslabError(
+            f"{str(network)!r} is not a network saved by `losslab convex fit --save` "
+            f"({type(error).__name__}: {error})"
+        ) from None
     dataset, X, y = _convex_data(data, target, standardize, param)
     certificate = certify_network(net, X, y, lam)
     table = Table(
@@ -736,14 +742,15 @@ def critical_classify(
     weight_decay: DecayOption = 1e-2,
     n_train: NTrainOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the weights and data.")] = 0,
-    max_iter: Annotated[int, typer.Option(min=1, help="Newton-MR iterations.")] = 50,
+    max_iter: Annotated[int, typer.Option(min=1, help="Critical-point search iterations.")] = 50,
     figure: Annotated[
         Path | None, typer.Option(help="Write the Hessian's eigenvalues (PNG) here.")
     ] = None,
 ) -> None:
     """Train an MLP, refine its end point to a critical point of the weight-decayed loss
-    on its activation region (Newton-MR on the region's polynomial), say whether it stayed
-    in the region, classify it by its Hessian, and certify strong convexity there."""
+    on its activation region (find_critical_point on the region's polynomial), say whether it
+    stayed in the region, classify it by the Hessian of the region it ends in (the network's
+    own loss there), and certify strong convexity there."""
     import torch
 
     from losslab.critical import classify, find_critical_point, region_objective, strong_convexity
@@ -751,16 +758,18 @@ def critical_classify(
     model, batch = _trained_mlp(data, depth, width, epochs, weight_decay, n_train, seed)
     objective = region_objective(model, batch, weight_decay)
     console = _out()
-    with console.status("Newton-MR ..."):
+    with console.status("searching for a critical point ..."):
         search = find_critical_point(objective.function, objective.theta, max_iter=max_iter)
-        point = classify(objective.function, search.params)
         assert isinstance(search.params, torch.Tensor)
         inside = objective.contains(search.params)
         torch.nn.utils.vector_to_parameters(search.params, model.parameters())
+        # classified on the polynomial of the region the end point lies in: the network's loss
+        final = region_objective(model, batch, weight_decay)
+        point = classify(final.function, final.theta)
         region = strong_convexity(model, batch, weight_decay)
     where = "inside its region" if inside else "[yellow]outside its start's region[/]"
     console.print(
-        f"Newton-MR: {search.reason} after {search.iterations} iterations, "
+        f"{search.method}: {search.reason} after {search.iterations} iterations, "
         f"||grad|| {search.gradient_norm:.2e} (from {search.gradient_norms[0]:.2e}), {where}"
     )
     table = Table(title=f"{_model_title(data, depth, width, epochs, weight_decay)}: "

@@ -26,6 +26,7 @@ from losslab.convex.patterns import (
     enumerate_patterns,
     network_patterns,
     sample_gates,
+    try_enumerate_patterns,
     unique_pattern_columns,
     unique_patterns,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "sample_gates",
     "solve",
     "split_gated_block",
+    "try_enumerate_patterns",
     "unique_pattern_columns",
     "unique_patterns",
 ]

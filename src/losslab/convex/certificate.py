@@ -23,9 +23,8 @@ from typing import Any, Literal
 
 from losslab.convex.patterns import (
     activation_patterns,
-    count_bound,
-    enumerate_patterns,
     sample_gates,
+    try_enumerate_patterns,
 )
 from losslab.convex.solvers import SolveResult
 
@@ -73,12 +72,14 @@ def certify(
     q = result.dual_point
     if q is None:
         q = (program.y - program.operator.fit(result.blocks)) / program.n
-    check: Literal["enumerated", "sampled"]
-    if count_bound(program.X).bound <= max_enumerated:
-        check = "enumerated"
-        patterns = enumerate_patterns(program.X, max_patterns=max_enumerated, seed=seed)
+    check: Literal["enumerated", "sampled"] = "sampled"
+    # the gated form's global problem also has the patterns of gates on lower-dimensional cells
+    enumerated = try_enumerate_patterns(
+        program.X, max_patterns=max_enumerated, closed=program.formulation == "gated", seed=seed
+    )
+    if enumerated is not None:
+        check, patterns = "enumerated", enumerated
     else:
-        check = "sampled"
         gates = sample_gates(program.X.shape[1], n_check_gates, seed=seed + 7919).to(program.X)
         patterns = activation_patterns(program.X, gates)
     ratio_all = program.max_dual_ratio(q, patterns)

@@ -243,13 +243,19 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         program = self.solution_.program
         objective = program.objective(blocks)
         gap = max(objective - self.solution_.dual_objective, 0.0)
+        relative = gap / max(abs(objective), 1e-300)
+        within = relative <= max(self.tol, self.solution_.relative_gap)
         model = copy.deepcopy(self)
         model.solution_ = replace(
             self.solution_,
             blocks=blocks,
             objective=objective,
             duality_gap=gap,
-            relative_gap=gap / max(abs(objective), 1e-300),
+            relative_gap=relative,
+            converged=self.solution_.converged and within,
+            reason=self.solution_.reason
+            if within
+            else f"the new blocks raised the relative gap to {relative:.2e} (tol {self.tol:.0e})",
         )
         model.network_ = model._network(program)
         model.objective_ = objective

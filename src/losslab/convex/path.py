@@ -6,8 +6,12 @@ solver starts from its own interior point), each with its duality-gap certificat
 The optimal *fit* ``A U*(lam)`` is unique (the loss is strictly convex in the fit), so
 it moves continuously with ``lam``; where it moves much faster per unit of ``log lam``
 than along the rest of the path, the grid is too coarse to follow it and the interval
-is flagged. Changes of the active set (the neurons) are listed, and the sensitivity
-``||d fit / d lam||`` is estimated by central differences along the path.
+is flagged. Fit changes are measured relative to the largest fit on the path (relative to
+the pair's own fits, the first step away from the zero fit at ``lam_max`` would always
+count as a change of 1, however fine the grid). Changes of the active set (the neurons)
+are listed, and the sensitivity ``||d fit / d lam||`` is estimated on the active set:
+by differences with the neighbours that share the point's active set (central where both
+do, one-sided where one does; NaN where neither does, at an isolated active set).
 """
 
 from __future__ import annotations
@@ -55,10 +59,11 @@ class PathPoint:
 class RegularizationPath:
     """Points in decreasing ``lam``, ``lam_max``, and what changes between neighbours.
 
-    ``fit_change[i]`` is ``||fit_{i+1} - fit_i|| / ||fit_i||`` (0 when both are zero);
-    ``jumps`` the indices ``i`` whose change per unit of ``log lam`` exceeds
+    ``fit_change[i]`` is ``||fit_{i+1} - fit_i|| / max_j ||fit_j||`` (0 when every fit is
+    zero); ``jumps`` the indices ``i`` whose change per unit of ``log lam`` exceeds
     ``jump_factor`` times the path's median; ``active_set_changes`` the ``(i, added,
-    removed)`` block indices; ``sensitivity[i]`` estimates ``||d fit / d lam||`` at point i.
+    removed)`` block indices; ``sensitivity[i]`` estimates ``||d fit / d lam||`` at point i
+    on its active set (module docstring; NaN where no neighbour shares it).
     """
 
     points: list[PathPoint]
@@ -132,9 +137,9 @@ def regularization_path(
 
 def _describe(points: list[PathPoint], lam_max: float, jump_factor: float) -> RegularizationPath:
     changes, rates, active_changes = [], [], []
+    scale = max((float(point.fit.norm()) for point in points), default=0.0)
     for i, (a, b) in enumerate(pairwise(points)):
-        scale = max(float(a.fit.norm()), float(b.fit.norm()), 1e-300)
-        change = float((b.fit - a.fit).norm()) / scale if scale > 1e-300 else 0.0
+        change = float((b.fit - a.fit).norm()) / scale if scale > 0 else 0.0
         changes.append(change)
         rates.append(change / abs(np.log(a.lam / b.lam)))
         if a.active != b.active:
@@ -142,8 +147,10 @@ def _describe(points: list[PathPoint], lam_max: float, jump_factor: float) -> Re
     median = float(np.median(rates)) if rates else 0.0
     jumps = [i for i, r in enumerate(rates) if r > jump_factor * median and changes[i] > 1e-3]
     sensitivity = []
-    for i in range(len(points)):
-        lo, hi = points[max(i - 1, 0)], points[min(i + 1, len(points) - 1)]
+    for i, point in enumerate(points):
+        same = [j for j in (i - 1, i + 1) if 0 <= j < len(points)
+                and points[j].active == point.active]  # fmt: skip
+        lo, hi = points[min([i, *same])], points[max([i, *same])]
         spread = abs(hi.lam - lo.lam)
-        sensitivity.append(float((hi.fit - lo.fit).norm()) / spread if spread > 0 else 0.0)
+        sensitivity.append(float((hi.fit - lo.fit).norm()) / spread if spread > 0 else np.nan)
     return RegularizationPath(points, lam_max, changes, jumps, active_changes, sensitivity)

@@ -9,8 +9,15 @@ contribute nothing to any fit and are dropped, as are repeats.
 The full set ``{D(w) : w in R^d}`` is the set of regions of the central hyperplane
 arrangement ``{w : x_i . w = 0}``; every ``w`` lies in the closure of a full-dimensional
 region, and that region's pattern fits it equally well, so the full-dimensional regions
-suffice. For ``n`` hyperplanes spanning a space of rank ``r`` there are at most
-``2 * sum_{k<r} C(n-1, k)`` regions (Cover 1965; equality in general position).
+suffice for the ReLU form. For ``n`` hyperplanes spanning a space of rank ``r`` there are
+at most ``2 * sum_{k<r} C(n-1, k)`` regions (Cover 1965; equality in general position).
+
+The gated form's global problem ranges over every gate ``g``, and a gate on a
+lower-dimensional cell (``x_i . g = 0`` for some rows, ``g = 0`` at the extreme) has its
+own pattern: those rows count as active, ``1[X g >= 0]``, a pattern no full-dimensional
+region has. ``enumerate_patterns(X, closed=True)`` lists these too: the cells of every
+intersection of ``k < r`` independent hyperplanes (each an arrangement of the other
+hyperplanes in a space of dimension ``r - k``), and ``g = 0``.
 """
 
 from __future__ import annotations
@@ -99,8 +106,30 @@ def count_bound(X: torch.Tensor) -> PatternCount:
     return PatternCount(bound=bound, hyperplanes=m, rank=rank)
 
 
+class _LinearProgramBudget:
+    """Counts the linear programs of a degenerate enumeration; refuses past ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def spend(self) -> None:
+        self.used += 1
+        if self.used > self.limit:
+            raise ConvexProblemError(
+                f"X is degenerate (repeated, collinear or integer-grid rows): deciding its "
+                f"activation regions needs more than max_linear_programs={self.limit:,} linear "
+                "programs (about 1 to 5 ms each); sample gates instead, or raise "
+                "max_linear_programs"
+            )
+
+
 def enumerate_patterns(
-    X: torch.Tensor, *, max_patterns: int = 20_000, seed: int = 0
+    X: torch.Tensor,
+    *,
+    max_patterns: int = 20_000,
+    max_linear_programs: int = 1_000,
+    closed: bool = False,
+    seed: int = 0,
 ) -> torch.Tensor:
     """Every activation pattern that ``X`` admits, exactly, as a boolean (n, P) tensor.
 
@@ -113,7 +142,13 @@ def enumerate_patterns(
     decided by a linear program ``{g : s_j x_j . g >= 1}`` (HiGHS): up to ``m * P``
     LPs, seconds for a few hundred patterns. ``P`` grows like ``n^(r-1)``, so this is
     for small ``d`` (or small ``n``). Refuses, with the bound, when Cover's bound
-    exceeds ``max_patterns``.
+    exceeds ``max_patterns``, and when degenerate data need more than
+    ``max_linear_programs`` linear programs.
+
+    ``closed=True`` adds the patterns ``1[X g >= 0]`` of gates on lower-dimensional cells
+    (module docstring): what the gated form's global problem ranges over. Cost: one
+    enumeration of the same kind per intersection of ``k < r`` independent hyperplanes,
+    ``sum_{k<r} C(m, k)`` of them.
     """
     X_np = np.asarray(X.detach().cpu(), dtype=np.float64)
     count = count_bound(X)
@@ -123,18 +158,83 @@ def enumerate_patterns(
             f"patterns, more than max_patterns={max_patterns:,}; sample gates instead, "
             "or raise max_patterns"
         )
+    faces = sum(comb(count.hyperplanes, k) for k in range(count.rank))
+    if closed and faces > max_patterns:
+        raise ConvexProblemError(
+            f"X has {faces:,} intersections of fewer than {count.rank} of its hyperplanes, each "
+            f"with cells of its own, more than max_patterns={max_patterns:,}; sample gates "
+            "instead, or raise max_patterns"
+        )
     normals, group, orientation = _distinct_normals(X_np)
     if normals.shape[0] == 0:
+        if closed:  # g = 0 (or any g): every row is active
+            return torch.ones(X_np.shape[0], 1, dtype=torch.bool, device=X.device)
         return torch.zeros(X_np.shape[0], 0, dtype=torch.bool, device=X.device)
-    # Patterns depend on g only through its projection on the row space of X.
-    _, singular, vt = np.linalg.svd(normals, full_matrices=False)
-    basis = vt[singular > singular[0] * 1e-12].T
-    region_signs = _arrangement_regions(normals @ basis, seed)
-    # Row i is active where its hyperplane's sign, times its orientation, is positive.
-    masks = np.ones((X_np.shape[0], region_signs.shape[0]), dtype=bool)
+    budget = _LinearProgramBudget(max_linear_programs)
+    signs = _cell_signs(normals, seed, budget, closed)
+    # Row i is active where its hyperplane's sign, times its orientation, is >= 0 (a sign
+    # 0: g on that hyperplane); zero rows always.
+    masks = np.ones((X_np.shape[0], signs.shape[0]), dtype=bool)
     rows = group >= 0
-    masks[rows] = (region_signs[:, group[rows]].T * orientation[rows, None]) > 0
+    masks[rows] = (signs[:, group[rows]].T * orientation[rows, None]) >= 0
     return unique_patterns(X, torch.as_tensor(masks, device=X.device))
+
+
+def _row_space(normals: np.ndarray) -> np.ndarray:
+    """``normals`` in coordinates of their row space (patterns depend on g only through its
+    projection on it)."""
+    _, singular, vt = np.linalg.svd(normals, full_matrices=False)
+    return normals @ vt[singular > singular[0] * 1e-12].T
+
+
+def _cell_signs(
+    normals: np.ndarray, seed: int, budget: _LinearProgramBudget, closed: bool
+) -> np.ndarray:
+    """Sign vectors (F, m) of the full-dimensional regions of the arrangement of the
+    (distinct, unit) ``normals``; with ``closed``, of every cell (signs 0 on the
+    hyperplanes that contain it), ``g = 0`` included."""
+    m = normals.shape[0]
+    signs = [_arrangement_regions(_row_space(normals), seed, budget)]
+    if not closed:
+        return signs[0]
+    rank = int(np.linalg.matrix_rank(normals))
+    signs.append(np.zeros((1, m)))
+    for k in range(1, rank):
+        for subset in combinations(range(m), k):
+            chosen = normals[list(subset)]
+            if np.linalg.matrix_rank(chosen) < k:
+                continue
+            _, _, vt = np.linalg.svd(chosen)
+            restricted = normals @ vt[k:].T  # the hyperplanes within the subspace A_J g = 0
+            scale = np.linalg.norm(restricted, axis=1)
+            off = scale > 1e-12
+            if not off.any():
+                continue
+            inner, inner_group, inner_orientation = _distinct_normals(restricted[off])
+            inner_signs = _cell_signs(inner, seed, budget, closed=False)
+            cell = np.zeros((inner_signs.shape[0], m))
+            cell[:, off] = inner_signs[:, inner_group] * inner_orientation
+            signs.append(cell)
+    return np.concatenate(signs)
+
+
+def try_enumerate_patterns(
+    X: torch.Tensor,
+    *,
+    max_patterns: int = 20_000,
+    max_linear_programs: int = 1_000,
+    closed: bool = False,
+    seed: int = 0,
+) -> torch.Tensor | None:
+    """:func:`enumerate_patterns`, or ``None`` where it refuses (too many patterns, or
+    degenerate data needing too many linear programs): the caller samples instead."""
+    if count_bound(X).bound > max_patterns:
+        return None
+    try:
+        return enumerate_patterns(X, max_patterns=max_patterns, closed=closed, seed=seed,
+                                  max_linear_programs=max_linear_programs)  # fmt: skip
+    except ConvexProblemError:
+        return None
 
 
 def _distinct_normals(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -157,9 +257,13 @@ def _distinct_normals(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.array(normals).reshape(-1, X.shape[1]), group, orientation
 
 
-def _arrangement_regions(normals: np.ndarray, seed: int) -> np.ndarray:
+def _arrangement_regions(
+    normals: np.ndarray, seed: int, budget: _LinearProgramBudget
+) -> np.ndarray:
     """Sign vectors (P, m) of the full-dimensional regions of ``{g : a_j . g = 0}``."""
     m, r = normals.shape
+    if r == 1:  # a line: the two half-lines
+        return np.stack([np.sign(normals[:, 0]), -np.sign(normals[:, 0])])
     rng = np.random.default_rng(seed)
     witnesses = np.c_[rng.standard_normal((r, 1024)), _vertex_witnesses(normals, rng)]
     # Keep witnesses clear of every hyperplane: rounding cannot flip their signs.
@@ -180,7 +284,7 @@ def _arrangement_regions(normals: np.ndarray, seed: int) -> np.ndarray:
         for signs, inside in regions:
             for side in (1.0, -1.0):
                 members = inside[witness_signs[k, inside] == side]
-                if members.size or _side_is_feasible(normals[: k + 1], np.r_[signs, side]):
+                if members.size or _side_is_feasible(normals[: k + 1], np.r_[signs, side], budget):
                     split.append((np.r_[signs, side], members))
         regions = split
     return np.array([signs for signs, _ in regions]).reshape(len(regions), m)
@@ -220,8 +324,9 @@ def _vertex_witnesses(normals: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return np.concatenate(points).T
 
 
-def _side_is_feasible(normals: np.ndarray, signs: np.ndarray) -> bool:
+def _side_is_feasible(normals: np.ndarray, signs: np.ndarray, budget: _LinearProgramBudget) -> bool:
     """Is ``{g : signs_j a_j . g >= 1 for all j}`` non-empty? (a linear program)."""
+    budget.spend()
     result = linprog(
         c=np.zeros(normals.shape[1]),
         A_ub=-(signs[:, None] * normals),

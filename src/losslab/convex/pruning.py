@@ -9,6 +9,14 @@ reaches zero removes that neuron. Non-negative rescaling keeps every block in it
 Repeating until the fits are linearly independent leaves at most ``n`` neurons
 (Mishkin & Pilanci 2023, optimal pruning). The sign of ``beta`` is chosen so that the
 penalty never grows, so rounding cannot raise the objective by more than the fit's change.
+
+In floating point a solver's answer also holds *negligible* blocks: an interior point is
+never exactly sparse (blocks of norm ``1e-9`` where the optimum has zeros), and a block
+that small makes the fits look dependent along a null vector concentrated on it, whose
+rescaling would move a real neuron. So the negligible blocks are dropped first
+(:func:`drop_negligible_blocks`: the most, by increasing norm, whose removal does not
+raise the objective beyond rounding), and a pruning step that raises the objective by more
+than ``objective_rtol`` (relative) is undone and ends the pruning.
 """
 
 from __future__ import annotations
@@ -39,17 +47,55 @@ def block_fits(program: ConvexReLUProgram, blocks: torch.Tensor) -> torch.Tensor
     return program.operator.preactivations(blocks) * program.operator.weights
 
 
+#: A block is negligible when its norm is at most ``NEGLIGIBLE_NORM`` times the largest and
+#: its removal raises the objective by at most ``NEGLIGIBLE_EPS`` rounding units (relative).
+NEGLIGIBLE_NORM, NEGLIGIBLE_EPS = 1e-6, 8
+
+
+def drop_negligible_blocks(program: ConvexReLUProgram, blocks: torch.Tensor) -> torch.Tensor:
+    """``blocks`` without the most blocks of norm at most ``NEGLIGIBLE_NORM`` times the
+    largest, taken by increasing norm, whose removal keeps the objective within
+    ``NEGLIGIBLE_EPS eps`` (relative) of its value or lowers it (a bisection over how many;
+    zeroed blocks stay in their cones)."""
+    norms = blocks.norm(dim=1)
+    order = torch.argsort(norms)
+    order = order[(norms[order] > 0) & (norms[order] <= NEGLIGIBLE_NORM * norms.max())]
+    before = program.objective(blocks)
+    allowed = before + NEGLIGIBLE_EPS * torch.finfo(blocks.dtype).eps * abs(before)
+
+    def without(count: int) -> torch.Tensor:
+        trimmed = blocks.clone()
+        trimmed[order[:count]] = 0
+        return trimmed
+
+    low, high = 0, order.numel()  # dropping `low` blocks is allowed
+    while low < high:
+        middle = (low + high + 1) // 2
+        if program.objective(without(middle)) <= allowed:
+            low = middle
+        else:
+            high = middle - 1
+    return without(low) if low else blocks
+
+
 def prune_blocks(
-    program: ConvexReLUProgram, blocks: torch.Tensor, *, rank_tol: float = 1e-9
+    program: ConvexReLUProgram,
+    blocks: torch.Tensor,
+    *,
+    rank_tol: float = 1e-9,
+    objective_rtol: float = 1e-12,
 ) -> PruneResult:
     """Remove neurons along linear dependencies of their fits (module docstring).
 
     Fits count as dependent when the smallest singular value of the active fits is at
-    most ``rank_tol`` times the largest (always when there are more than ``n``).
+    most ``rank_tol`` times the largest (always when there are more than ``n``). Negligible
+    blocks go first; a step that raises the objective by more than ``objective_rtol``
+    (relative) is undone and ends the pruning.
     """
-    U = blocks.clone()
-    removed: list[int] = []
-    before = program.objective(U)
+    before = program.objective(blocks)
+    U = drop_negligible_blocks(program, blocks)
+    removed = [int(b) for b in torch.nonzero((blocks.norm(dim=1) > 0) & (U.norm(dim=1) == 0))]
+    limit = before + objective_rtol * abs(before)
     while True:
         active = torch.nonzero(U.norm(dim=1) > 0).flatten()
         if active.numel() == 0:
@@ -66,6 +112,10 @@ def prune_blocks(
         t = float((1 / beta[positive]).min())
         factors = (1 - t * beta).clamp(min=0)
         factors[positive & (1 / beta.clamp(min=1e-300) <= t)] = 0.0
-        U[active] = U[active] * factors[:, None]
+        trial = U.clone()
+        trial[active] = U[active] * factors[:, None]
+        if program.objective(trial) > limit:
+            break  # the dependency is numerical only: rescaling along it moves the fit
+        U = trial
         removed.extend(int(b) for b in active[factors == 0])
     return PruneResult(U, removed, before, program.objective(U))

@@ -23,9 +23,10 @@ cone projections computed exactly); at ``max_iter`` they return the best point
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -35,6 +36,8 @@ from losslab.convex.fista import fista, group_soft_threshold
 from losslab.convex.interior_point_method import solve_relu_interior_point
 from losslab.convex.operator import PatternOperator
 from losslab.convex.program import ConvexReLUProgram
+from losslab.convex.pruning import drop_negligible_blocks
+from losslab.errors import ConvexProblemError
 from losslab.linalg.cholesky import solve_with_cholesky
 
 
@@ -97,16 +100,37 @@ def solve(
     :data:`TOL_FLOOR_EPS` ``* eps`` (about 1.9e-6 in float32), is raised to it: no gap
     computed in that dtype can certify less.
     """
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0; got {tol}")
+    if not (isinstance(tol, int | float) and math.isfinite(tol) and tol > 0):
+        raise ConvexProblemError(f"tol must be a finite number > 0; got {tol!r}")
     tol = max(tol, TOL_FLOOR_EPS * torch.finfo(program.X.dtype).eps)
     U0 = program.zeros() if init is None else init.to(program.zeros())
     if U0.shape != program.zeros().shape:
-        raise ValueError(f"init must have shape {tuple(program.zeros().shape)}")
+        raise ConvexProblemError(f"init must have shape {tuple(program.zeros().shape)}")
     start = time.perf_counter()
     if program.formulation == "gated":
-        return _solve_gated(program, U0, tol, max_iter, check_every, start)
-    return _solve_relu(program, tol, max_iter, start)
+        result = _solve_gated(program, U0, tol, max_iter, check_every, start)
+    else:
+        result = _solve_relu(program, tol, max_iter, start)
+    return _without_negligible_blocks(result)
+
+
+def _without_negligible_blocks(result: SolveResult) -> SolveResult:
+    """The result with its negligible blocks dropped (an interior point is never exactly
+    sparse: :func:`losslab.convex.pruning.drop_negligible_blocks`); the objective does not
+    rise beyond rounding, and the dual bound stays valid, so the gap is recomputed."""
+    blocks = drop_negligible_blocks(result.program, result.blocks)
+    if blocks is result.blocks:
+        return result
+    objective = result.program.objective(blocks)
+    gap = max(objective - result.dual_objective, 0.0)
+    return replace(
+        result,
+        blocks=blocks,
+        objective=objective,
+        duality_gap=gap,
+        relative_gap=gap / max(abs(objective), 1e-300),
+        constraint_violation=result.program.constraint_violation(blocks),
+    )
 
 
 #: ``tol`` is at least this many rounding units of the data's dtype (see :func:`solve`).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,10 @@ def as_target(y: Any, X: torch.Tensor) -> torch.Tensor:
 
 
 def check_lam(lam: float) -> float:
-    if not isinstance(lam, int | float) or not np.isfinite(lam) or lam <= 0:
+    """``lam`` as a float: a finite real number > 0 (numpy scalars too, not a bool)."""
+    if isinstance(lam, bool | np.bool_) or not isinstance(lam, numbers.Real):
+        raise ConvexProblemError(f"lam must be a finite number > 0; got {lam!r}")
+    if not np.isfinite(float(lam)) or lam <= 0:
         raise ConvexProblemError(f"lam must be a finite number > 0; got {lam!r}")
     return float(lam)
 

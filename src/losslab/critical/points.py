@@ -6,19 +6,33 @@ zero with the Hessian ``H = nabla g``:
 
 - ``method="newton_mr"`` (Roosta, Liu, Xu & Mahoney 2022, *Newton-MR*): the step ``p`` is
   the minimum-norm least-squares solution of ``H p = -g``, i.e. ``p = -H^+ g`` (when
-  ``p <= dense_limit``: an LU solve where ``H`` is regular, the eigendecomposition of ``H``
-  where it is not; by MINRES on Hessian-vector products otherwise), followed by a
-  backtracking Armijo line search on ``||g||^2``, whose derivative along ``p`` is
-  ``2 p^T H g = -2 g^T H H^+ g <= 0``. Near a non-degenerate critical point of any index
-  the unit step is accepted and convergence is quadratic.
+  ``p <= dense_limit``: an LU solve where ``H`` is regular; by MINRES on Hessian-vector
+  products otherwise), followed by a backtracking Armijo line search on ``||g||^2``, whose
+  derivative along ``p`` is ``2 p^T H g = -2 g^T H H^+ g <= 0``. Near a non-degenerate
+  critical point of any index the unit step is accepted and convergence is quadratic.
+  Where ``H`` is nearly singular, ``H^+ g`` is dominated by the components of ``g`` on
+  eigenvectors of tiny eigenvalues: a huge step along which ``||g||^2`` hardly falls, so
+  the line search fails. Then (dense case) the step is the *truncated* pseudo-inverse
+  ``p_c = -sum_{|lambda_i| > c} (v_i^T g / lambda_i) v_i`` for cut-offs ``c`` rising from
+  ``p eps max|lambda|`` to ``1e-2 max|lambda|`` (each a descent direction:
+  ``p_c^T H g = -sum_{|lambda_i| > c} (v_i^T g)^2``), and last the steepest descent of
+  ``||g||^2 / 2``, ``-H g``, from its Cauchy step ``||H g||^2 / ||H^2 g||^2``. So
+  ``stalled`` means that no step along ``-H g`` decreases ``||g||``: ``H g`` vanishes to
+  rounding, a minimum of ``||g||`` that is not a critical point.
 - ``method="levenberg_marquardt"``: Gauss-Newton on ``g(theta) = 0`` with Jacobian ``H``:
   ``(H^2 + mu I) p = -H g``, ``mu`` adapted by the gain ratio of the actual to the
   predicted decrease of ``||g||^2`` (Nielsen's rule), ``mu = 0`` allowed near the solution.
 
 Both stop when ``||g||_2 <= tol`` (absolute, default ``1e-10``: reachable in float64 on
 small models), or report ``converged=False`` with the reason (``max_iter``, ``stalled``: no
-decrease of ``||g||`` possible, a minimum of ``||g||`` that is not a critical point;
-``nan``: non-finite loss or gradient).
+decrease of ``||g||`` possible, a minimum of ``||g||`` that is not a critical point, or
+``||g||`` not halved in ``stall_window`` iterations; ``nan``: non-finite loss or
+gradient). A search that stalls with ``||g||`` below the *rounding floor*
+``100 eps ||H||_2 max(1, ||theta||)`` has converged as far as the dtype allows (the
+gradient computed in floating point carries an error of about ``eps ||H|| ||theta||``: the
+rounding of ``theta`` times the sensitivity of ``g`` to it), and is reported
+``converged`` with the floor as ``tol_effective`` (a loss scaled by ``1e8`` has its
+gradient scaled so, and ``1e-10`` may be out of reach).
 
 :func:`classify` reads the Hessian's spectrum at a point: the Morse index (negative
 eigenvalues), the nullity (eigenvalues of magnitude at most ``zero_tol``, a tolerance
@@ -26,7 +40,8 @@ that scales with the spectrum: ``max(rtol * max|lambda|, p * eps * max|lambda|)`
 the kind: ``minimum`` (all eigenvalues > tol), ``maximum`` (all < -tol), ``saddle`` (both
 signs present, whatever the nullity: a direction of descent and one of ascent exist),
 ``degenerate`` (semidefinite with zero eigenvalues: second order cannot decide), or
-``not critical`` when ``||g|| > grad_tol``.
+``not critical`` when ``||g|| > max(grad_tol, 100 eps max|lambda| max(1, ||theta||))``
+(the absolute tolerance, or the rounding floor above where the loss is steep).
 
 ``loss_fn`` takes a flat parameter tensor, or a dict of named tensors as
 ``torch.func.functional_call`` takes them (``ModelLoss(model, loss, data)`` of
@@ -88,6 +103,14 @@ class _FlatLoss:
         if not bool(torch.isfinite(self.theta0).all()):
             raise CurvatureError("params hold NaN or inf")
         self.loss_fn = loss_fn
+        with torch.no_grad():
+            value = self(self.theta0)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise CurvatureError(
+                f"loss_fn must return a scalar tensor (one number); got {shape}: reduce it, "
+                "e.g. with .mean() or .sum()"
+            )
         self._hessian_vector_product = HessianVectorProduct(self)
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
@@ -118,6 +141,8 @@ class CriticalPointSearch:
         gradient_norm: ``||nabla L||_2`` there.
         converged: ``gradient_norm <= tol``.
         reason: ``converged``, ``max_iter``, ``stalled`` or ``nan``.
+        tol_effective: the tolerance met: ``tol``, or the rounding floor (module docstring)
+            when the search stalled below it.
         iterations: Newton / LM iterations taken.
         gradient_norms: ``||nabla L||`` at every accepted iterate, from the start.
         seconds: wall time.
@@ -132,6 +157,7 @@ class CriticalPointSearch:
     method: str
     gradient_norms: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    tol_effective: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -143,6 +169,7 @@ class CriticalPointSearch:
             "method": self.method,
             "gradient_norms": list(self.gradient_norms),
             "seconds": self.seconds,
+            "tol_effective": self.tol_effective,
         }
 
 
@@ -153,6 +180,7 @@ def find_critical_point(
     method: Method = "newton_mr",
     tol: float = 1e-10,
     max_iter: int = 200,
+    stall_window: int | None = None,
     dense_limit: int = DENSE_LIMIT,
 ) -> CriticalPointSearch:
     """Drive ``||nabla L||`` to ``tol`` from ``params0`` by Newton-MR or Levenberg-Marquardt
@@ -164,14 +192,22 @@ def find_critical_point(
         method: ``"newton_mr"`` (default) or ``"levenberg_marquardt"``.
         tol: absolute gradient-norm tolerance.
         max_iter: iterations (each one Hessian, or one Krylov solve, and a few gradients).
+        stall_window: stop as ``stalled`` when ``||g||`` has not halved in this many
+            iterations (it creeps: a degenerate critical point, or one at infinity, such as
+            a hidden unit whose weights grow without bound). Off by default: Newton-MR from
+            Rosenbrock's ``(-1.2, 1)`` creeps for 170 iterations at ``||g|| = 4.6``, then
+            converges in ten.
         dense_limit: form the Hessian when the dimension is at most this.
     """
     if method not in ("newton_mr", "levenberg_marquardt"):
         raise CurvatureError(
             f"unknown method {method!r}: choose 'newton_mr' or 'levenberg_marquardt'"
         )
-    if not tol > 0 or max_iter < 1:
-        raise CurvatureError(f"need tol > 0 and max_iter >= 1, got {tol}, {max_iter}")
+    if not tol > 0 or max_iter < 1 or (stall_window is not None and stall_window < 1):
+        raise CurvatureError(
+            f"need tol > 0, max_iter >= 1 and stall_window >= 1, got {tol}, {max_iter}, "
+            f"{stall_window}"
+        )
     flat = _FlatLoss(loss_fn, params0)
     start_time = time.perf_counter()
     theta = flat.theta0.clone()
@@ -183,8 +219,7 @@ def find_critical_point(
     while reason == "max_iter" and norms[-1] > tol and iterations < max_iter:
         iterations += 1
         if method == "newton_mr":
-            step = _newton_mr_step(flat, theta, gradient, dense_limit)
-            accepted = _armijo_on_gradient_norm(flat, theta, gradient, step)
+            accepted = _newton_mr_iteration(flat, theta, gradient, dense_limit)
         else:
             accepted, damping = _levenberg_marquardt_step(
                 flat, theta, gradient, damping, dense_limit
@@ -194,8 +229,17 @@ def find_critical_point(
             break
         theta, value, gradient = accepted
         norms.append(float(gradient.norm()))
+        window = stall_window or len(norms)
+        if len(norms) > window and norms[-1] > norms[-1 - window] / 2:
+            reason = "stalled"  # creeping: a degenerate critical point, or one at infinity
+            break
+    tol_effective = tol
     if norms[-1] <= tol:
         reason = "converged"
+    elif reason == "stalled":
+        floor = _rounding_floor(flat, theta)
+        if norms[-1] <= floor:
+            reason, tol_effective = "converged", floor
     return CriticalPointSearch(
         params=flat.as_given(theta),
         loss=float(value),
@@ -206,6 +250,7 @@ def find_critical_point(
         method=method,
         gradient_norms=norms,
         seconds=time.perf_counter() - start_time,
+        tol_effective=tol_effective,
     )
 
 
@@ -217,27 +262,78 @@ def _value_and_gradient(flat: _FlatLoss, theta: torch.Tensor) -> tuple[float, to
 Accepted = tuple[torch.Tensor, float, torch.Tensor]
 
 
-def _newton_mr_step(
+#: Relative cut-offs ``c / max|lambda|`` of the truncated pseudo-inverse steps tried when the
+#: Newton-MR step fails its line search (the first, ``p eps``, is the plain ``-H^+ g``).
+TRUNCATION_LADDER = (1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
+#: Step halvings of the line search for the Newton step, and for each truncated step.
+NEWTON_HALVINGS, TRUNCATED_HALVINGS = 40, 8
+
+
+def _newton_mr_iteration(
     flat: _FlatLoss, theta: torch.Tensor, gradient: torch.Tensor, dense_limit: int
-) -> torch.Tensor:
-    """``-H^+ g``: when small, the LU solution of ``H p = -g`` if ``H`` is regular (it is
-    then ``-H^+ g``; checked by its residual), else from the eigendecomposition; above
-    ``dense_limit``, MINRES on products."""
-    if theta.numel() <= dense_limit:
-        hessian = flat.hessian(theta)
-        step, info = torch.linalg.solve_ex(hessian, -gradient)
-        residual = torch.linalg.vector_norm(hessian @ step + gradient)
-        if (
-            int(info) == 0
-            and bool(torch.isfinite(step).all())
-            and residual <= 1e-10 * gradient.norm()
-        ):
-            return step
-        values, vectors = torch.linalg.eigh(hessian)
-        cutoff = values.abs().max() * theta.numel() * torch.finfo(theta.dtype).eps
-        inverse = torch.where(values.abs() > cutoff, 1 / values, torch.zeros_like(values))
-        return -(vectors @ (inverse * (vectors.T @ gradient)))
-    return -_krylov_solve(lambda v: flat.hvp(theta, v), gradient, "minres")
+) -> Accepted | None:
+    """One accepted Newton-MR step (module docstring): ``-H^+ g`` (LU where ``H`` is regular,
+    MINRES above ``dense_limit``), then truncated pseudo-inverse steps, then ``-H g``;
+    ``None`` when none decreases ``||g||``."""
+    if theta.numel() > dense_limit:
+        step = -_krylov_solve(lambda v: flat.hvp(theta, v), gradient, "minres")
+        accepted = _armijo_on_gradient_norm(flat, theta, gradient, step, NEWTON_HALVINGS)
+        if accepted is not None:
+            return accepted
+        hg = flat.hvp(theta, gradient)
+        return _steepest_descent_of_gradient_norm(flat, theta, gradient, hg, flat.hvp(theta, hg))
+    hessian = flat.hessian(theta)
+    step, info = torch.linalg.solve_ex(hessian, -gradient)
+    residual = torch.linalg.vector_norm(hessian @ step + gradient)
+    if int(info) == 0 and bool(torch.isfinite(step).all()) and residual <= 1e-10 * gradient.norm():
+        accepted = _armijo_on_gradient_norm(flat, theta, gradient, step, NEWTON_HALVINGS)
+        if accepted is not None:
+            return accepted
+    values, vectors = torch.linalg.eigh(hessian)
+    projected = vectors.T @ gradient
+    largest = values.abs().max()
+    cutoffs = (theta.numel() * torch.finfo(theta.dtype).eps, *TRUNCATION_LADDER)
+    for relative in cutoffs:
+        keep = values.abs() > relative * largest
+        step = -(vectors[:, keep] @ (projected[keep] / values[keep]))
+        accepted = _armijo_on_gradient_norm(flat, theta, gradient, step, TRUNCATED_HALVINGS)
+        if accepted is not None:
+            return accepted
+    hg = hessian @ gradient
+    return _steepest_descent_of_gradient_norm(flat, theta, gradient, hg, hessian @ hg)
+
+
+def _steepest_descent_of_gradient_norm(
+    flat: _FlatLoss,
+    theta: torch.Tensor,
+    gradient: torch.Tensor,
+    hg: torch.Tensor,
+    hhg: torch.Tensor,
+) -> Accepted | None:
+    """Armijo along ``-H g`` (the gradient of ``||g||^2 / 2``) from the Cauchy step of the
+    model ``||g + H p||^2``, ``t = ||H g||^2 / ||H^2 g||^2``."""
+    curvature = float(hhg @ hhg)
+    if not (curvature > 0 and math.isfinite(curvature)):
+        return None
+    step = -(float(hg @ hg) / curvature) * hg
+    return _armijo_on_gradient_norm(flat, theta, gradient, step, NEWTON_HALVINGS)
+
+
+def _rounding_floor(flat: _FlatLoss, theta: torch.Tensor, products: int = 20) -> float:
+    """``100 eps ||H||_2 max(1, ||theta||)``: the gradient norm rounding can hide (module
+    docstring); ``||H||_2`` by ``products`` steps of power iteration (a lower bound)."""
+    generator = torch.Generator().manual_seed(0)
+    vector = torch.randn(theta.numel(), generator=generator, dtype=theta.dtype).to(theta.device)
+    norm = 0.0
+    for _ in range(products):
+        vector = vector / vector.norm()
+        image = flat.hvp(theta, vector)
+        norm = float(image.norm())
+        if not (norm > 0 and math.isfinite(norm)):
+            return 0.0
+        vector = image
+    eps = torch.finfo(theta.dtype).eps
+    return 100 * eps * norm * max(1.0, float(theta.norm()))
 
 
 def _krylov_solve(
@@ -258,15 +354,22 @@ def _krylov_solve(
 
 
 def _armijo_on_gradient_norm(
-    flat: _FlatLoss, theta: torch.Tensor, gradient: torch.Tensor, step: torch.Tensor
+    flat: _FlatLoss,
+    theta: torch.Tensor,
+    gradient: torch.Tensor,
+    step: torch.Tensor,
+    halvings: int,
 ) -> Accepted | None:
-    """Backtrack from the unit step until ``||g||^2`` falls by the Armijo fraction."""
+    """Backtrack from the unit step (at most ``halvings`` times) until ``||g||^2`` falls by
+    the Armijo fraction."""
+    if not bool(torch.isfinite(step).all()):
+        return None
     norm_sq = float(gradient @ gradient)
     slope = 2 * float(flat.hvp(theta, step) @ gradient)
     if not slope < 0:
         slope = -1e-4 * norm_sq  # rounding: still demand a decrease
     size = 1.0
-    for _ in range(40):
+    for _ in range(halvings):
         candidate = theta + size * step
         value, candidate_gradient = _value_and_gradient(flat, candidate)
         candidate_sq = float(candidate_gradient @ candidate_gradient)
@@ -332,6 +435,8 @@ class CriticalPoint:
         nullity: the number of eigenvalues with ``|lambda| <= zero_tol`` (``None`` likewise).
         min_eigenvalue, max_eigenvalue: the extreme Hessian eigenvalues.
         zero_tol: the tolerance below which an eigenvalue counts as zero.
+        gradient_tol: the gradient norm above which the point is ``not critical``:
+            ``max(grad_tol, 100 eps max|lambda| max(1, ||theta||))``.
         eigenvalues: every eigenvalue (ascending) when dense, else the extreme ones found.
         exact: whether the whole spectrum was computed (dense ``eigh``).
         converged: the eigenvalues are exact, or the Lanczos pairs met their tolerance.
@@ -352,6 +457,7 @@ class CriticalPoint:
     eigenvalues: torch.Tensor
     exact: bool
     converged: bool = True
+    gradient_tol: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -365,6 +471,7 @@ class CriticalPoint:
             "zero_tol": self.zero_tol,
             "exact": self.exact,
             "converged": self.converged,
+            "gradient_tol": self.gradient_tol,
         }
 
 
@@ -380,9 +487,11 @@ def classify(
     """Classify ``params`` by the gradient norm and the Hessian spectrum (module docstring).
 
     Eigenvalues below ``zero_tol = max(rtol, p eps) * max|lambda|`` in magnitude count as
-    zero. Up to ``dense_limit`` parameters the whole spectrum is computed (Morse index and
-    nullity exact); above, the extreme eigenvalues by Lanczos decide the kind (a minimum
-    needs the smallest > ``zero_tol``, a saddle one of each sign) and the index is ``None``.
+    zero; the point is critical when ``||g|| <= max(grad_tol, 100 eps max|lambda|
+    max(1, ||theta||))``. Up to ``dense_limit`` parameters the whole spectrum is computed
+    (Morse index and nullity exact); above, the extreme eigenvalues by Lanczos decide the
+    kind (a minimum needs the smallest > ``zero_tol``, a saddle one of each sign) and the
+    index is ``None``.
     """
     flat = _FlatLoss(loss_fn, params)
     theta = flat.theta0
@@ -410,8 +519,11 @@ def classify(
     zero_tol = max(rtol, size * torch.finfo(theta.dtype).eps) * spectral_norm
     smallest, largest = float(eigenvalues[0]), float(eigenvalues[-1])
     gradient_norm = float(gradient.norm())
+    # the absolute tolerance, or the rounding floor where the loss is steep (module doc)
+    eps = torch.finfo(theta.dtype).eps
+    gradient_tol = max(grad_tol, 100 * eps * spectral_norm * max(1.0, float(theta.norm())))
     kind: Kind
-    if gradient_norm > grad_tol:
+    if gradient_norm > gradient_tol:
         kind = "not critical"
     elif smallest < -zero_tol and largest > zero_tol:
         kind = "saddle"
@@ -433,4 +545,5 @@ def classify(
         eigenvalues=eigenvalues,
         exact=exact,
         converged=converged,
+        gradient_tol=gradient_tol,
     )

@@ -90,7 +90,10 @@ class RegionCertificate:
         eigenvalue_exact: computed by dense ``eigvalsh``; else a Lanczos Ritz value, an
             upper bound of the smallest eigenvalue (used when it proves a negative
             eigenvalue, or above ``dense_limit`` parameters).
-        strongly_convex: ``hessian_min_eigenvalue > 0``.
+        strongly_convex: proven strong convexity in the region: ``True`` when the exact
+            smallest eigenvalue is positive or ``lower_bound > 0``; ``False`` when the exact
+            value, or a Lanczos Ritz value (an upper bound of the smallest eigenvalue), is at
+            most 0; ``None`` (undecided) when only a positive Ritz value is known.
         curvature_bound: ``(1/n) sum ||r_i|| B_i``, bounding the residual term.
         lower_bound: ``lambda - curvature_bound``, a proven lower bound of the smallest
             eigenvalue.
@@ -101,8 +104,9 @@ class RegionCertificate:
         weight_norms: ``||W~_l||_2`` per layer (bias-augmented).
         depth: hidden layers; ``n_params``: parameters.
         patterns: per hidden layer, the (n, width) boolean activation pattern.
-        isolated_minimum: a critical point (``gradient_norm <= grad_tol``) with a positive
-            definite in-region Hessian (exact) strictly inside its region (``margin > 0``).
+        isolated_minimum: a critical point (``gradient_norm <= grad_tol``) with a proven
+            positive definite in-region Hessian (``strongly_convex is True``) strictly inside
+            its region (``margin > 0``).
     """
 
     training_error: float
@@ -111,7 +115,7 @@ class RegionCertificate:
     gradient_norm: float
     hessian_min_eigenvalue: float
     eigenvalue_exact: bool
-    strongly_convex: bool
+    strongly_convex: bool | None
     curvature_bound: float
     lower_bound: float
     error_threshold: float
@@ -331,7 +335,10 @@ def strong_convexity(
     threshold = math.inf if mean_square_bound == 0 else weight_decay**2 / (2 * mean_square_bound)
     margin = _certified_margin(maps, preactivations, layer_inputs)
     min_abs = min((float(z.abs().min()) for z in preactivations), default=math.inf)
-    strongly_convex = min_eigenvalue > 0
+    lower_bound = weight_decay - curvature_bound
+    strongly_convex: bool | None = min_eigenvalue > 0
+    if not exact and min_eigenvalue > 0:  # a Ritz value bounds the smallest one from above
+        strongly_convex = True if lower_bound > 0 else None
     return RegionCertificate(
         training_error=training_error,
         loss=loss,
@@ -341,7 +348,7 @@ def strong_convexity(
         eigenvalue_exact=exact,
         strongly_convex=strongly_convex,
         curvature_bound=curvature_bound,
-        lower_bound=weight_decay - curvature_bound,
+        lower_bound=lower_bound,
         error_threshold=threshold,
         below_threshold=training_error < threshold,
         margin=margin,
@@ -350,7 +357,7 @@ def strong_convexity(
         depth=len(maps) - 1,
         n_params=theta.numel(),
         patterns=[z > 0 for z in preactivations],
-        isolated_minimum=gradient_norm <= grad_tol and strongly_convex and exact and margin > 0,
+        isolated_minimum=(gradient_norm <= grad_tol and strongly_convex is True and margin > 0),
     )
 
 

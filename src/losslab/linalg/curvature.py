@@ -105,8 +105,14 @@ class CurvatureOperator:
                 f"is over max_dim={max_dim}; use eigenpairs(), trace() or density(), or "
                 "raise max_dim"
             )
-        return dense_from_products(self.matvec, self.dim, dtype=self.theta.dtype,
-                                   device=self.theta.device, chunk_size=chunk_size)  # fmt: skip
+        matrix = dense_from_products(self.matvec, self.dim, dtype=self.theta.dtype,
+                                     device=self.theta.device, chunk_size=chunk_size)  # fmt: skip
+        if not bool(torch.isfinite(matrix).all()):
+            raise CurvatureError(
+                "the matrix has NaN or inf entries although the loss is finite: the loss is "
+                "not twice differentiable at these parameters (e.g. sqrt or abs at 0)"
+            )
+        return matrix
 
     def eigenpairs(
         self,
