@@ -160,3 +160,27 @@ def test_estimator_members(formulation):
         model.optimal_member("validation")
     with pytest.raises(ConvexProblemError, match="kind must be"):
         model.optimal_member("best")  # type: ignore[arg-type]
+
+
+def test_a_solution_and_its_pruned_copy_describe_the_same_set():
+    # Pruning zeroes blocks that stay equicorrelated: the pruned member's set takes them
+    # back (as possibly equicorrelated blocks at scale 0), so both describe one polytope,
+    # with the same unique minimum-norm member, at the optimal objective.
+    X, y = relu_teacher(15, 2, seed=2)
+    model = ConvexReLU(lam=1e-4, n_gates=300, tol=1e-9, check_global=False)
+    model.fit(X.numpy(), y.numpy())
+    pruned = model.prune()
+    assert pruned.n_neurons_ < model.n_neurons_
+    assert model.optimal_set().dimension == pruned.optimal_set().dimension > 0
+    assert pruned.optimal_set(include_uncertain=False).dimension == 0
+    first = model.optimal_member("min_norm")
+    second = pruned.optimal_member("min_norm")
+    norms = [float(m.solution_.blocks.square().sum()) for m in (first, second)]
+    assert norms[0] == pytest.approx(norms[1], rel=1e-3)
+    for member in (first, second):
+        assert member.objective_ == pytest.approx(model.objective_, rel=1e-8)
+    torch.testing.assert_close(
+        first.solution_.program.operator.fit(first.solution_.blocks),
+        second.solution_.program.operator.fit(second.solution_.blocks),
+        atol=1e-6, rtol=0,
+    )  # fmt: skip

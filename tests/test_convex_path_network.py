@@ -42,9 +42,9 @@ def test_path_starts_at_lam_max_and_matches_cold_solves():
 def test_path_given_lams_relu_form():
     X, y = relu_teacher(30, 2, seed=2)
     path = regularization_path(
-        X, y, lams=[0.01, 0.1, 0.05], formulation="relu", n_gates=20, tol=1e-7
+        X, y, lams=[0.01, 0.1, 0.05, 0.1], formulation="relu", n_gates=20, tol=1e-7
     )
-    assert path.lams == [0.1, 0.05, 0.01]
+    assert path.lams == [0.1, 0.05, 0.01]  # sorted, the repeat dropped
     assert all(p.result.constraint_violation <= 1e-10 for p in path.points)
 
 

@@ -112,3 +112,19 @@ def test_bad_gate_arguments():
     X = torch.ones(4, 3, dtype=torch.float64)
     with pytest.raises(ConvexProblemError, match=r"gates must have shape \(d, n_gates\)"):
         activation_patterns(X, torch.ones(2, 5, dtype=torch.float64))
+
+
+def test_pattern_functions_validate_their_input():
+    rng = np.random.default_rng(0)
+    assert enumerate_patterns(rng.normal(size=(5, 2))).shape[0] == 5  # numpy is fine
+    with pytest.raises(ConvexProblemError, match="NaN"):
+        enumerate_patterns(np.array([[np.nan, 1.0], [1.0, 2.0]]))
+    with pytest.raises(ConvexProblemError, match="2-D"):
+        enumerate_patterns(np.ones(5))
+    with pytest.raises(ConvexProblemError, match="every row the same point"):
+        enumerate_patterns(np.ones((3, 2)))  # (the message says: every row the same point)
+    assert sample_gates(np.int64(3), np.int64(4)).shape == (3, 4)
+    with pytest.raises(ConvexProblemError, match="n_gates"):
+        sample_gates(3, True)
+    with pytest.raises(ConvexProblemError, match="NaN"):
+        activation_patterns(torch.randn(4, 2, dtype=torch.float64), torch.full((2, 3), np.nan))

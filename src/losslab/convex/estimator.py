@@ -177,12 +177,14 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         pruned.pruned_ = result
         return pruned
 
-    def optimal_set(self) -> OptimalSet:
-        """The set of all optimal solutions of the fitted program around ``solution_``:
-        common fit, fixed direction per active block, polytope of non-negative rescalings
-        (:mod:`losslab.convex.optimal_set`)."""
+    def optimal_set(self, *, include_uncertain: bool = True) -> OptimalSet:
+        """The set of all optimal solutions of the fitted program: common fit, fixed
+        direction per active block, polytope of non-negative rescalings; with
+        ``include_uncertain``, the zero blocks whose dual constraint is tight to within
+        ``1e-6`` join it (:mod:`losslab.convex.optimal_set`)."""
         check_is_fitted(self, "solution_")
-        return optimal_set(self.solution_.program, self.solution_.blocks)
+        return optimal_set(self.solution_.program, self.solution_.blocks,
+                           include_uncertain=include_uncertain)  # fmt: skip
 
     def optimal_member(
         self,
@@ -195,8 +197,25 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         ``"min_norm"`` (smallest ``sum ||u_b||^2``, unique), ``"sparsest"`` (a vertex with
         the fewest neurons found), ``"vertex"`` (the vertex minimising a random positive
         cost drawn from ``seed``), or ``"validation"`` (lowest squared error on ``X_val``,
-        ``y_val``)."""
-        optimum = self.optimal_set()
+        ``y_val``).
+
+        The member is taken from the set with the possibly equicorrelated zero blocks; if
+        its objective exceeds ``objective_`` by more than ``max(1e-9 |objective_|, gap)``
+        (such a block was not quite optimal), from the set without them."""
+        allowed = self.objective_ + max(1e-9 * abs(self.objective_), self.solution_.duality_gap)
+        for include_uncertain in (True, False):
+            optimum = self.optimal_set(include_uncertain=include_uncertain)
+            blocks = optimum.blocks(self._member_scales(optimum, kind, X_val, y_val, seed))
+            if not optimum.uncertain.numel() or not include_uncertain:
+                break
+            if self.solution_.program.objective(blocks) <= allowed:
+                break
+        return self._with_blocks(blocks)
+
+    def _member_scales(
+        self, optimum: OptimalSet, kind: str, X_val: Any, y_val: Any, seed: int
+    ) -> torch.Tensor:
+        """The scales of the member ``kind`` of ``optimum`` (see :meth:`optimal_member`)."""
         if kind == "min_norm":
             scales = optimum.min_norm()
         elif kind == "sparsest":
@@ -215,7 +234,7 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
             raise ConvexProblemError(
                 f"kind must be 'min_norm', 'sparsest', 'vertex' or 'validation'; got {kind!r}"
             )
-        return self._with_blocks(optimum.blocks(scales))
+        return scales
 
     def _features(self, X: Any) -> torch.Tensor:
         """Validated new data as float64 features, with the bias column when ``bias``."""

@@ -17,8 +17,14 @@ members whose active fits are linearly independent (the optimally pruned network
 Computed from a solution ``U`` (relative duality gap ``tol``): the active blocks are the
 non-zero blocks of ``U`` with their directions ``u_b / ||u_b||`` (so ``U`` itself is a
 member: ``t_b = ||u_b||``). Zero blocks whose dual ratio ``||Pi(z_b)|| / lam`` lies within
-``uncertain_tol`` of 1 may be equicorrelated too; they are listed as ``uncertain``, not
-used. Members are picked in the parametrisation ``t = t0 + N s`` (``t0`` the minimum-norm
+``uncertain_tol`` of 1 may be equicorrelated too (an optimum that leaves them at zero
+cannot tell): with ``include_uncertain=True`` (the default) they join the polytope at
+``t_b = 0`` with the direction ``xi_b = Pi(z_b) / ||Pi(z_b)||``, so that every optimal
+member of the solution (a pruned one, or the dense one) describes the same set. A member
+that uses such a block pays ``lam (1 - ratio_b) t_b`` at most over the optimum:
+:meth:`ConvexReLU.optimal_member` checks each member's objective and falls back to the
+set without them when it moved. They are listed in ``uncertain`` either way. Members are
+picked in the parametrisation ``t = t0 + N s`` (``t0`` the minimum-norm
 solution of ``F t = yhat``, ``N`` an orthonormal basis of ``ker F``), where each choice
 is a least-distance program ``min ||z||`` s.t. ``G z >= h``, solved exactly by one
 non-negative least squares (Lawson & Hanson 1974, ch. 23).
@@ -51,7 +57,8 @@ class OptimalSet:
         scales: ``t`` of the computed solution (k,).
         minimum_norm_scales: ``t0`` (k,), the minimum-norm solution of ``F t = yhat``.
         null_space: ``N`` (k, m), an orthonormal basis of ``ker F``; ``m`` is the dimension.
-        uncertain: zero blocks whose dual ratio is within ``uncertain_tol`` of 1.
+        uncertain: zero blocks whose dual ratio is within ``uncertain_tol`` of 1 (in
+            ``active`` too, at scale 0, when included).
     """
 
     program: ConvexReLUProgram
@@ -178,12 +185,14 @@ def optimal_set(
     *,
     rank_tol: float = 1e-9,
     uncertain_tol: float = 1e-6,
+    include_uncertain: bool = True,
 ) -> OptimalSet:
     """Describe the optimal set of ``program`` from a solution ``blocks`` (B, d).
 
     ``rank_tol`` is the relative singular-value cut-off that decides ``rank F``;
     ``uncertain_tol`` the distance to 1 of a zero block's dual ratio that lists it as
-    possibly equicorrelated.
+    possibly equicorrelated; ``include_uncertain`` puts those blocks in the polytope
+    (module docstring).
     """
     if blocks.shape != program.zeros().shape:
         raise ConvexProblemError(f"blocks must have shape {tuple(program.zeros().shape)}")
@@ -191,10 +200,20 @@ def optimal_set(
     fit = op.fit(blocks)
     dual = (program.y - fit) / program.n
     norms = blocks.norm(dim=1)
-    active = torch.nonzero(norms > 0).flatten()
-    directions = blocks[active] / norms[active, None]
+    uncertain = _uncertain_blocks(program, dual, norms, uncertain_tol)
     unit = program.zeros()
-    unit[active] = directions
+    nonzero = norms > 0
+    unit[nonzero] = blocks[nonzero] / norms[nonzero, None]
+    if include_uncertain and uncertain.numel():
+        correlations = op.adjoint(dual)[uncertain]
+        if program.formulation == "relu":
+            correlations = torch.stack([
+                project_onto_cone(correlations[i], op.X, op.cone_signs[:, b])
+                for i, b in enumerate(uncertain.tolist())
+            ])  # fmt: skip
+        unit[uncertain] = correlations / correlations.norm(dim=1, keepdim=True)
+    active = torch.nonzero(unit.norm(dim=1) > 0).flatten()
+    directions = unit[active]
     fits = block_fits(program, unit)[:, active]
     scales = norms[active]
     if active.numel():
@@ -214,7 +233,7 @@ def optimal_set(
         scales=scales,
         minimum_norm_scales=t0,
         null_space=null_space,
-        uncertain=_uncertain_blocks(program, dual, norms, uncertain_tol),
+        uncertain=uncertain,
     )
 
 

@@ -121,7 +121,7 @@ def regularization_path(
             raise ConvexProblemError("need n_lams >= 2 and 0 < lam_min_ratio < 1")
         grid = lam_max * np.geomspace(1.0, lam_min_ratio, n_lams)
     else:
-        grid = np.sort(np.asarray(lams, dtype=np.float64))[::-1]
+        grid = np.unique(np.asarray(lams, dtype=np.float64))[::-1]  # decreasing, no repeats
         if grid.size == 0 or not np.all(np.isfinite(grid)) or grid[-1] <= 0:
             raise ConvexProblemError("lams must be a non-empty list of finite values > 0")
     points: list[PathPoint] = []

@@ -24,7 +24,10 @@ def as_features(X: Any, *, bias: bool = False, dtype: torch.dtype | None = None)
         rows = torch.nonzero(~torch.isfinite(tensor).all(dim=1)).flatten()[:5].tolist()
         raise ConvexProblemError(f"X has NaN or inf (rows {rows}, 0-based); clean the data first")
     if bool((tensor == tensor[0]).all()):
-        raise ConvexProblemError("X is constant (every entry equal): there is nothing to fit")
+        raise ConvexProblemError(
+            "X is constant across rows (every row the same point): there is nothing to fit; "
+            "check the data"
+        )
     if bias:
         ones = torch.ones(tensor.shape[0], 1, dtype=tensor.dtype, device=tensor.device)
         tensor = torch.cat([tensor, ones], dim=1)
