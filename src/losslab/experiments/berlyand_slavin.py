@@ -64,6 +64,7 @@ def _count(cell: dict[str, Any]) -> dict[str, Any]:
         "attractors": sum(kind == "attractor" for kind in found.kinds),
         "index_sum": found.index_sum,
         "index_consistent": found.index_consistent,
+        "search_rounds": found.rounds,
         "search_seconds": found.seconds,
         "certified": None,
         "certified_count": None,
@@ -132,6 +133,7 @@ def _trained(cell: dict[str, Any]) -> dict[str, Any]:
         "kinds": list(found.kinds),
         "index_sum": found.index_sum,
         "index_consistent": found.index_consistent,
+        "search_rounds": found.rounds,
         "basin_fraction": [float(b) for b in found.basin_fraction.tolist()],
         "unassigned_fraction": float(found.unassigned_fraction),
         "alpha_before": alphas_before,
@@ -286,12 +288,13 @@ class BerlyandSlavin:
             kinds = [k for row in trained["kinds"] for k in row]
             attractors = sum(k == "attractor" for k in kinds)
             checked = trained["index_consistent"] == True  # noqa: E712
+            retried = int((trained["search_rounds"] > 1).sum())
             claims.append(Claim(
                 "fixed points of trained networks are stable attractors",
                 f"{attractors} of {len(kinds)} fixed points of {len(trained)} trained nets "
                 f"are attractors (no proof at N = 64; the points' indices sum to 1, as the "
                 f"index theorem requires of a complete set, on {int(checked.sum())} of "
-                f"{len(trained)} nets)",
+                f"{len(trained)} nets; {retried} needed a second search round)",
                 bool(kinds) and attractors == len(kinds),
             ))  # fmt: skip
             tails = {
