@@ -269,6 +269,8 @@ def test_critical_classify_and_slice(capsys, tmp_path):
                            "--figure", figure)  # fmt: skip
         assert code == 0, out
         assert figure.stat().st_size > 0
+        assert "E at the centre" in out
+        assert "smallest E on the grid" in out
 
 
 def test_critical_bad_input(capsys):

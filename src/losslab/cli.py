@@ -841,9 +841,18 @@ def critical_slice(
             plot = plot_slice_2d(plane, kind="surface" if kind == SliceKind.surface else "contour")
             losses, centre = plane.losses, plane.center_loss
     finite = losses[losses.isfinite()]
-    console.print(f"{_model_title(data, depth, width, epochs, weight_decay)}: E at the centre "
-                  f"{centre:.4g}, over the grid {float(finite.min()):.4g} .. "
-                  f"{float(finite.max()):.4g}")  # fmt: skip
+    table = Table(title=f"{_model_title(data, depth, width, epochs, weight_decay)}: "
+                        f"{kind.value} slice", show_header=False)  # fmt: skip
+    for name, value in (
+        ("directions", "filter-normalised Gaussian (Li et al. 2018), biases excluded"),
+        ("grid", f"{points} points per axis over [-{span:g}, {span:g}]"),
+        ("E at the centre", f"{centre:.6g}"),
+        ("smallest E on the grid", f"{float(finite.min()):.6g}"),
+        ("largest E on the grid", f"{float(finite.max()):.6g}"),
+        ("non-finite grid points", str(int(losses.numel() - finite.numel()))),
+    ):
+        table.add_row(name, value)
+    console.print(table)
     _write_figure(plot, figure)
 
 
