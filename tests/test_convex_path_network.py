@@ -148,3 +148,16 @@ def test_float32_data_are_certified_in_float64():
     double = certify_network(net, X.float().double(), y.float().double(), 0.05)
     assert single.objective == double.objective
     assert single.own_gap == double.own_gap
+
+
+def test_a_network_is_not_stationary_on_an_unfinished_own_solve():
+    # an own-pattern solve cut short has a primal value far above the optimum; the gap is
+    # measured against its dual bound, and an unconverged solve never proves stationarity
+    X, y = relu_teacher(12, 2, seed=3)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 5, dtype=torch.float64), nn.ReLU(),
+                        nn.Linear(5, 1, bias=False, dtype=torch.float64))  # fmt: skip
+    for max_iter in (1, 3, 20_000):
+        certificate = certify_network(net, X, y, 0.05, max_iter=max_iter)
+        assert not certificate.is_stationary
+        assert certificate.own_gap > 0.5

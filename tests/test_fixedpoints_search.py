@@ -577,3 +577,20 @@ def test_a_failed_index_check_searches_again():
     inner = find_fixed_points(net, box=(0.01, 0.99), n_starts=4, basin_starts=0)
     assert inner.index_consistent is None
     assert inner.to_dict()["index_consistent"] is None
+
+
+def test_no_retry_without_random_starts():
+    # n_starts = 0 and one user start at the repeller of a 1-D net with three fixed points:
+    # the index check fails (one point of index -1) but there is nothing to draw a retry
+    # from; the result says so instead of raising
+    net = SquareNet(1, 1)
+    with torch.no_grad():
+        net.layers[0].weight.fill_(10.0)
+        net.layers[0].bias.fill_(-5.0)
+    found = find_fixed_points(net, starts=torch.tensor([[0.5]], dtype=DT), n_starts=0,
+                              basin_starts=0)  # fmt: skip
+    assert found.count == 1
+    assert found.indices.tolist() == [-1]
+    assert found.index_consistent is False
+    assert found.rounds == 1
+    assert find_fixed_points(net, basin_starts=0).count == 3

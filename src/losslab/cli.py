@@ -487,7 +487,7 @@ def fixedpoints_count(
         basin = found.basin_fraction[i]
         table.add_row(str(i), point + (", ..." if N > 6 else ""), f"{found.residuals[i]:.1e}",
                       f"{found.spectral_radius[i]:.4g}", found.kinds[i],
-                      f"{int(found.indices[i]):+d}",
+                      f"{int(found.indices[i]):+d}" if found.indices[i] else "?",
                       "-" if basin != basin else f"{basin:.1%}")  # fmt: skip
     console = _out()
     console.print(table)
@@ -513,8 +513,10 @@ def fixedpoints_count(
 
 def _index_line(found: FixedPointSet) -> str:
     """The index check of a fixed-point search, in words."""
+    if not found.maps_into_box:
+        return "index check: not applicable (the map is not known to map the box into itself)"
     if found.index_consistent is None:
-        return "index check: not applicable (some index is undecided)"
+        return "index check: undecided (an eigenvalue lies within rounding of 1)"
     if found.index_consistent:
         return ("index check: the indices sum to 1, as they must (a missed pair of opposite "
                 "indices would not show)")  # fmt: skip

@@ -121,7 +121,7 @@ class _LinearProgramBudget:
             raise ConvexProblemError(
                 f"X is degenerate (repeated, collinear or integer-grid rows): deciding its "
                 f"activation regions needs more than max_linear_programs={self.limit:,} linear "
-                "programs (about 1 to 5 ms each); sample gates instead, or raise "
+                "programs (2 to 4 ms each); sample gates instead, or raise "
                 "max_linear_programs"
             )
 
@@ -204,6 +204,11 @@ def _cell_signs(
         return signs[0]
     rank = int(np.linalg.matrix_rank(normals))
     signs.append(np.zeros((1, m)))
+    if signs[0].shape[0] == 2 * sum(comb(m - 1, k) for k in range(rank)):
+        # general position (Cover's count): every cell of an intersection of k < r
+        # hyperplanes borders the region on the positive side of all k, which has its
+        # pattern; only g = 0 (all rows on their hyperplanes) can add one
+        return np.concatenate(signs)
     for k in range(1, rank):
         for subset in combinations(range(m), k):
             chosen = normals[list(subset)]
@@ -233,8 +238,6 @@ def try_enumerate_patterns(
 ) -> torch.Tensor | None:
     """:func:`enumerate_patterns`, or ``None`` where it refuses (too many patterns, or
     degenerate data needing too many linear programs): the caller samples instead."""
-    if count_bound(X).bound > max_patterns:
-        return None
     try:
         return enumerate_patterns(X, max_patterns=max_patterns, closed=closed, seed=seed,
                                   max_linear_programs=max_linear_programs)  # fmt: skip

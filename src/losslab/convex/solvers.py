@@ -111,25 +111,33 @@ def solve(
         result = _solve_gated(program, U0, tol, max_iter, check_every, start)
     else:
         result = _solve_relu(program, tol, max_iter, start)
-    return _without_negligible_blocks(result)
+    return _without_negligible_blocks(result, tol)
 
 
-def _without_negligible_blocks(result: SolveResult) -> SolveResult:
+def _without_negligible_blocks(result: SolveResult, tol: float) -> SolveResult:
     """The result with its negligible blocks dropped (an interior point is never exactly
     sparse: :func:`losslab.convex.pruning.drop_negligible_blocks`); the objective does not
-    rise beyond rounding, and the dual bound stays valid, so the gap is recomputed."""
+    rise beyond rounding, and the dual bound stays valid, so the gap is recomputed, and a
+    converged result stays so only if the new gap still meets ``tol``."""
     blocks = drop_negligible_blocks(result.program, result.blocks)
     if blocks is result.blocks:
         return result
     objective = result.program.objective(blocks)
     gap = max(objective - result.dual_objective, 0.0)
+    relative = gap / max(abs(objective), 1e-300)
+    if relative > max(tol, result.relative_gap):
+        return result  # (rounding made the trimmed point worse: keep the solver's)
+    reason = result.reason
+    if result.converged:
+        reason = f"relative duality gap {relative:.2e} <= tol {tol:.0e}"
     return replace(
         result,
         blocks=blocks,
         objective=objective,
         duality_gap=gap,
-        relative_gap=gap / max(abs(objective), 1e-300),
+        relative_gap=relative,
         constraint_violation=result.program.constraint_violation(blocks),
+        reason=reason,
     )
 
 

@@ -28,7 +28,7 @@ small models), or report ``converged=False`` with the reason (``max_iter``, ``st
 decrease of ``||g||`` possible, a minimum of ``||g||`` that is not a critical point, or
 ``||g||`` not halved in ``stall_window`` iterations; ``nan``: non-finite loss or
 gradient). A search that stalls with ``||g||`` below the *rounding floor*
-``100 eps ||H||_2 max(1, ||theta||)`` has converged as far as the dtype allows (the
+``eps ||H||_2 max(1, ||theta||)`` has converged as far as the dtype allows (the
 gradient computed in floating point carries an error of about ``eps ||H|| ||theta||``: the
 rounding of ``theta`` times the sensitivity of ``g`` to it), and is reported
 ``converged`` with the floor as ``tol_effective`` (a loss scaled by ``1e8`` has its
@@ -40,7 +40,7 @@ that scales with the spectrum: ``max(rtol * max|lambda|, p * eps * max|lambda|)`
 the kind: ``minimum`` (all eigenvalues > tol), ``maximum`` (all < -tol), ``saddle`` (both
 signs present, whatever the nullity: a direction of descent and one of ascent exist),
 ``degenerate`` (semidefinite with zero eigenvalues: second order cannot decide), or
-``not critical`` when ``||g|| > max(grad_tol, 100 eps max|lambda| max(1, ||theta||))``
+``not critical`` when ``||g|| > max(grad_tol, eps max|lambda| max(1, ||theta||))``
 (the absolute tolerance, or the rounding floor above where the loss is steep).
 
 ``loss_fn`` takes a flat parameter tensor, or a dict of named tensors as
@@ -285,14 +285,18 @@ def _newton_mr_iteration(
     hessian = flat.hessian(theta)
     step, info = torch.linalg.solve_ex(hessian, -gradient)
     residual = torch.linalg.vector_norm(hessian @ step + gradient)
-    if int(info) == 0 and bool(torch.isfinite(step).all()) and residual <= 1e-10 * gradient.norm():
+    regular = (
+        int(info) == 0 and bool(torch.isfinite(step).all()) and residual <= 1e-10 * gradient.norm()
+    )
+    if regular:  # then -H^{-1} g is -H^+ g: the first cut-off's step, already tried here
         accepted = _armijo_on_gradient_norm(flat, theta, gradient, step, NEWTON_HALVINGS)
         if accepted is not None:
             return accepted
     values, vectors = torch.linalg.eigh(hessian)
     projected = vectors.T @ gradient
     largest = values.abs().max()
-    cutoffs = (theta.numel() * torch.finfo(theta.dtype).eps, *TRUNCATION_LADDER)
+    floor = theta.numel() * torch.finfo(theta.dtype).eps  # the pseudo-inverse's cut-off
+    cutoffs = ([] if regular else [floor]) + [c for c in TRUNCATION_LADDER if c > floor]
     for relative in cutoffs:
         keep = values.abs() > relative * largest
         step = -(vectors[:, keep] @ (projected[keep] / values[keep]))
@@ -320,7 +324,7 @@ def _steepest_descent_of_gradient_norm(
 
 
 def _rounding_floor(flat: _FlatLoss, theta: torch.Tensor, products: int = 20) -> float:
-    """``100 eps ||H||_2 max(1, ||theta||)``: the gradient norm rounding can hide (module
+    """``eps ||H||_2 max(1, ||theta||)``: the gradient norm rounding can hide (module
     docstring); ``||H||_2`` by ``products`` steps of power iteration (a lower bound)."""
     generator = torch.Generator().manual_seed(0)
     vector = torch.randn(theta.numel(), generator=generator, dtype=theta.dtype).to(theta.device)
@@ -333,7 +337,7 @@ def _rounding_floor(flat: _FlatLoss, theta: torch.Tensor, products: int = 20) ->
             return 0.0
         vector = image
     eps = torch.finfo(theta.dtype).eps
-    return 100 * eps * norm * max(1.0, float(theta.norm()))
+    return eps * norm * max(1.0, float(theta.norm()))
 
 
 def _krylov_solve(
@@ -436,7 +440,7 @@ class CriticalPoint:
         min_eigenvalue, max_eigenvalue: the extreme Hessian eigenvalues.
         zero_tol: the tolerance below which an eigenvalue counts as zero.
         gradient_tol: the gradient norm above which the point is ``not critical``:
-            ``max(grad_tol, 100 eps max|lambda| max(1, ||theta||))``.
+            ``max(grad_tol, eps max|lambda| max(1, ||theta||))``.
         eigenvalues: every eigenvalue (ascending) when dense, else the extreme ones found.
         exact: whether the whole spectrum was computed (dense ``eigh``).
         converged: the eigenvalues are exact, or the Lanczos pairs met their tolerance.
@@ -487,7 +491,7 @@ def classify(
     """Classify ``params`` by the gradient norm and the Hessian spectrum (module docstring).
 
     Eigenvalues below ``zero_tol = max(rtol, p eps) * max|lambda|`` in magnitude count as
-    zero; the point is critical when ``||g|| <= max(grad_tol, 100 eps max|lambda|
+    zero; the point is critical when ``||g|| <= max(grad_tol, eps max|lambda|
     max(1, ||theta||))``. Up to ``dense_limit`` parameters the whole spectrum is computed
     (Morse index and nullity exact); above, the extreme eigenvalues by Lanczos decide the
     kind (a minimum needs the smallest > ``zero_tol``, a saddle one of each sign) and the
@@ -521,7 +525,7 @@ def classify(
     gradient_norm = float(gradient.norm())
     # the absolute tolerance, or the rounding floor where the loss is steep (module doc)
     eps = torch.finfo(theta.dtype).eps
-    gradient_tol = max(grad_tol, 100 * eps * spectral_norm * max(1.0, float(theta.norm())))
+    gradient_tol = max(grad_tol, eps * spectral_norm * max(1.0, float(theta.norm())))
     kind: Kind
     if gradient_norm > gradient_tol:
         kind = "not critical"

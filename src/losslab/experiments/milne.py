@@ -133,7 +133,7 @@ class Milne:
 
     name = "milne"
     paper = "Milne (2019), Piecewise Strong Convexity of Neural Networks"
-    version = 2
+    version = 3
 
     def grid(self, preset: str) -> list[dict[str, Any]]:
         full = preset == "full"

@@ -11,9 +11,9 @@ Four parts, each a kind of cell:
   (drop the neuron of smallest ``|alpha_j| ||w_j||``, no refit) at every width.
 - ``optimal_set``: members of the optimal set of the gated program (minimum norm,
   sparsest vertex, best on a validation split, random vertices) and their test accuracy.
-  (The gated program: with the ReLU form, on the quick grid's 10 seeds, the optimal sets
-  have dimension 0 to 3 but their members' test predictions differ by at most 3e-8, so no
-  accuracy spread shows.)
+  This part uses the gated form. With the ReLU form instead, on the quick grid's 10
+  seeds, the optimal sets have dimension 0 to 3 but their members' test predictions
+  differ by at most 3e-8, so no accuracy spread shows.
 - ``path``: the regularization path (objective, neurons, fit) over a log grid of ``lam``.
 
 Data: a seeded ReLU teacher in 2-D (``teacher``; its patterns are few enough to
@@ -250,7 +250,7 @@ class MishkinPilanci:
 
     name = "mishkin-pilanci"
     paper = "Mishkin & Pilanci (2023), Optimal Sets and Solution Paths of ReLU Networks"
-    version = 1
+    version = 2
 
     def grid(self, preset: str) -> list[dict[str, Any]]:
         full = preset == "full"

@@ -181,7 +181,8 @@ class FixedPointSet:
             module docstring), at most the box scale.
         hits: (k,) how many search starts converged to each point.
         indices: (k,) fixed-point index ``sign det(I - J_f(x*))`` of each point, +1 or -1
-            (0 for a point with an eigenvalue within ``1e-9`` of 1: undecided); see
+            (0 for a point with an eigenvalue within ``max(1e-9, 1000 eps)`` of 1, eps of
+            the map's dtype: undecided); see
             **Index check** in the module docstring.
         maps_into_box: whether ``f`` is known to map the box into its interior (a
             SquareNet on a box containing its output box), so that the indices of all
@@ -655,12 +656,12 @@ def _maps_into_box(f: Any, low: torch.Tensor | None, high: torch.Tensor | None) 
     return bool((low <= out_low).all() and (high >= out_high).all())
 
 
-def _index_check(known: _Known, jac_f: Map) -> bool | None:
+def _index_check(known: _Known, jac_f: Map, tol: float) -> bool | None:
     """Whether the indices of the known points sum to 1 (None: some index undecided)."""
     if known.count == 0:
         return False
     with torch.no_grad():
-        indices = fixed_point_indices(general_eigenvalues(jac_f(known.points)))
+        indices = fixed_point_indices(general_eigenvalues(jac_f(known.points)), tol)
     if bool((indices == 0).any()):
         return None
     return int(indices.sum()) == 1
@@ -868,11 +869,16 @@ def find_fixed_points(
     atol = max(MERGE_ATOL, 100 * torch.finfo(dtype).eps * math.sqrt(N)) * scale
     known = _Known(N, dtype, device)
     maps_into_box = _maps_into_box(f, low, high)
+    # an eigenvalue this close to 1 leaves the index undecided (rounding of the dtype's
+    # Jacobians could flip the sign of 1 - lambda)
+    index_tol = max(HYPERBOLICITY_TOL, 1e3 * torch.finfo(dtype).eps)
     n_searched = n_converged = rounds = 0
     chunk = max(1, 2**21 // (N * N))
     x0 = torch.empty(0, N, dtype=dtype, device=device)
     while rounds <= index_retries:
-        if rounds and not (maps_into_box and _index_check(known, jac_f) is False):
+        # a retry draws fresh random starts: none to draw when n_starts is 0
+        retry = maps_into_box and n_starts > 0 and _index_check(known, jac_f, index_tol) is False
+        if rounds and not retry:
             break
         size = n_starts * 2**rounds  # each retry doubles the starts
         parts = []
@@ -949,7 +955,7 @@ def find_fixed_points(
         )
     spectral_radius = eig.abs().amax(1) if k else torch.empty(0, dtype=dtype)
     kinds = classify(eig)
-    indices = fixed_point_indices(eig).to(device)
+    indices = fixed_point_indices(eig, index_tol).to(device)
     basin = torch.full((k,), torch.nan, dtype=dtype, device=device)
     unassigned = math.nan
     is_attractor = torch.tensor([kind == "attractor" for kind in kinds], dtype=torch.bool)
