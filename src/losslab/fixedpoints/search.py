@@ -876,9 +876,10 @@ def find_fixed_points(
     chunk = max(1, 2**21 // (N * N))
     x0 = torch.empty(0, N, dtype=dtype, device=device)
     while rounds <= index_retries:
-        # a retry draws fresh random starts: none to draw when n_starts is 0
-        retry = maps_into_box and n_starts > 0 and _index_check(known, jac_f, index_tol) is False
-        if rounds and not retry:
+        # a retry draws fresh random starts (none to draw when n_starts is 0)
+        if rounds and not (
+            maps_into_box and n_starts > 0 and _index_check(known, jac_f, index_tol) is False
+        ):
             break
         size = n_starts * 2**rounds  # each retry doubles the starts
         parts = []
