@@ -130,7 +130,7 @@ def enumerate_patterns(
     X: torch.Tensor,
     *,
     max_patterns: int = 20_000,
-    max_linear_programs: int = 500,
+    max_linear_programs: int = 200,
     closed: bool = False,
     seed: int = 0,
 ) -> torch.Tensor:
@@ -232,7 +232,7 @@ def try_enumerate_patterns(
     X: torch.Tensor,
     *,
     max_patterns: int = 20_000,
-    max_linear_programs: int = 500,
+    max_linear_programs: int = 200,
     closed: bool = False,
     seed: int = 0,
 ) -> torch.Tensor | None:
