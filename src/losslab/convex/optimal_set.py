@@ -200,17 +200,11 @@ def optimal_set(
     fit = op.fit(blocks)
     dual = (program.y - fit) / program.n
     norms = blocks.norm(dim=1)
-    uncertain = _uncertain_blocks(program, dual, norms, uncertain_tol)
+    uncertain, correlations = _uncertain_blocks(program, dual, norms, uncertain_tol)
     unit = program.zeros()
     nonzero = norms > 0
     unit[nonzero] = blocks[nonzero] / norms[nonzero, None]
     if include_uncertain and uncertain.numel():
-        correlations = op.adjoint(dual)[uncertain]
-        if program.formulation == "relu":
-            correlations = torch.stack([
-                project_onto_cone(correlations[i], op.X, op.cone_signs[:, b])
-                for i, b in enumerate(uncertain.tolist())
-            ])  # fmt: skip
         unit[uncertain] = correlations / correlations.norm(dim=1, keepdim=True)
     active = torch.nonzero(unit.norm(dim=1) > 0).flatten()
     directions = unit[active]
@@ -239,17 +233,22 @@ def optimal_set(
 
 def _uncertain_blocks(
     program: ConvexReLUProgram, dual: torch.Tensor, norms: torch.Tensor, tol: float
-) -> torch.Tensor:
-    """Zero blocks with ``||Pi_{K_b}(A_b^T q)|| / lam >= 1 - tol``."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero blocks with ``||Pi_{K_b}(A_b^T q)|| / lam >= 1 - tol``, and their projected
+    correlations ``Pi_{K_b}(A_b^T q)`` (the direction of each such block), shape (u, d)."""
     op = program.operator
     correlations = op.adjoint(dual)
     ratios = correlations.norm(dim=1) / program.lam  # upper bounds for the ReLU form
     candidates = torch.nonzero((norms == 0) & (ratios >= 1 - tol)).flatten().tolist()
+    projected = {b: correlations[b] for b in candidates}
     if program.formulation == "relu":
-        candidates = [
-            b
-            for b in candidates
-            if float(project_onto_cone(correlations[b], op.X, op.cone_signs[:, b]).norm())
-            >= (1 - tol) * program.lam
-        ]
-    return torch.tensor(candidates, dtype=torch.long)
+        projected = {b: project_onto_cone(correlations[b], op.X, op.cone_signs[:, b])
+                     for b in candidates}  # fmt: skip
+        bound = (1 - tol) * program.lam
+        candidates = [b for b in candidates if float(projected[b].norm()) >= bound]
+    directions = (
+        torch.stack([projected[b] for b in candidates])
+        if candidates
+        else correlations.new_zeros(0, correlations.shape[1])
+    )
+    return torch.tensor(candidates, dtype=torch.long), directions
