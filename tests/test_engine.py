@@ -228,3 +228,24 @@ def test_sigkill_mid_sweep_then_rerun_finishes_exactly_the_missing_cells(workers
     with ResultStore(store) as results:
         assert len(results.completed_keys(experiment.name)) == 16
         assert results.integrity_ok()
+
+
+@pytest.mark.slow
+def test_an_unguarded_script_gets_a_clear_error_not_a_dask_traceback(sample, tmp_path):
+    # Dask's spawned workers import the main script: unguarded, it would start a cluster
+    # of its own in each of them and the workers die while bootstrapping.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from losslab.engine import run_sweep\n"
+        "from tests.conftest import sample_spec\n"
+        "from losslab.experiments import load_experiment\n"
+        "run_sweep(load_experiment(sample_spec('CLEAN')).experiment, workers=2, progress=False)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).parent.parent,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "EngineError: could not start 2 local Dask worker processes" in done.stderr
+    assert 'if __name__ == "__main__":' in done.stderr

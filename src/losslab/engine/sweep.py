@@ -215,21 +215,28 @@ def _dask_client(workers: int | None, scheduler: str | None, n_tasks: int) -> It
             yield client
         return
     n_workers = max(1, min(workers or default_workers(), n_tasks))
-    with (
-        # One cell per worker thread at a time: cells are long, and a cell that kills
-        # its worker process then takes no queued neighbour down with it.
-        dask.config.set({"distributed.scheduler.worker-saturation": 1.0}),
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-            env=SINGLE_THREAD_ENV,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
+    # One cell per worker thread at a time: cells are long, and a cell that kills
+    # its worker process then takes no queued neighbour down with it.
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        try:
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+                env=SINGLE_THREAD_ENV,
+            )
+        except RuntimeError as error:
+            reason = str(error).rstrip(".")
+            raise EngineError(
+                f"could not start {n_workers} local Dask worker processes ({reason}). Workers "
+                "are fresh interpreters that import your main script: in a script, call "
+                'run_sweep under `if __name__ == "__main__":`; or run in-process with '
+                "workers=0 (--workers 0)"
+            ) from None
+        with cluster, Client(cluster) as client:
+            yield client
 
 
 @contextmanager
