@@ -71,6 +71,28 @@ def test_debug_shows_the_traceback():
         main(["--debug", "data", "show", "nope"])
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["critical", "slice", "--depth", "0", "--figure"],
+        ["critical", "spectrum", "--figure"],
+        ["convex", "path", "iris", "--figure"],
+        ["convex", "fit", "iris", "--save"],
+        ["fixedpoints", "restore", "--figure"],
+        ["results", "--csv"],
+    ],
+)
+def test_an_unwritable_output_fails_before_the_work(capsys, tmp_path, command):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for target, message in ((blocker / "x.png", "cannot create its folder"), (tmp_path, "folder")):
+        code, out, err = run(capsys, *command, target)
+        assert code == 1
+        assert message in err
+        assert "internal error" not in err
+        assert "Wrote" not in out
+
+
 def test_bad_param_syntax_is_a_usage_error(capsys):
     code, _, err = run(capsys, "data", "show", "teacher_relu", "-p", "n37")
     assert code == 2

@@ -147,6 +147,52 @@ def test_degenerate_and_not_critical() -> None:
     assert classify(quartic, torch.ones(2)).kind == "not critical"
 
 
+DEGENERATE_POINTS = {
+    # name: (loss, start, Morse index, nullity) at the degenerate critical point 0
+    "x^3 + y^2, an inflection": (lambda t: t[0] ** 3 + t[1] ** 2, (0.5, 0.2), 0, 1),
+    "x^4 + y^2": (lambda t: t[0] ** 4 + t[1] ** 2, (0.7, 0.4), 0, 1),
+    "x^4 - y^2": (lambda t: t[0] ** 4 - t[1] ** 2, (0.7, 0.4), 1, 1),
+    "monkey saddle x^3 - 3 x y^2": (lambda t: t[0] ** 3 - 3 * t[0] * t[1] ** 2, (0.5, 0.2), 0, 2),
+}
+
+
+@pytest.mark.parametrize("method", ["newton_mr", "levenberg_marquardt"])
+@pytest.mark.parametrize("name", sorted(DEGENERATE_POINTS))
+def test_points_found_near_degenerate_critical_points_are_degenerate(method, name) -> None:
+    # The search stops at ||g|| <= 1e-10, where the vanishing eigenvalue is still ~1e-5 and
+    # above zero_tol: it must move toward zero at the Newton estimate, and count as zero.
+    loss, start, index, nullity = DEGENERATE_POINTS[name]
+    found = find_critical_point(loss, torch.tensor(start), method=method)
+    assert found.converged
+    point = classify(loss, found.params)
+    assert point.min_eigenvalue != 0 or point.max_eigenvalue != 0
+    assert point.unresolved >= 1
+    assert (point.kind, point.morse_index, point.nullity) == ("degenerate", index, nullity)
+    if name.startswith("x^3 +"):
+        free = classify(loss, found.params, dense_limit=0)  # Lanczos and MINRES
+        assert (free.kind, free.unresolved) == ("degenerate", 1)
+
+
+def test_non_degenerate_points_found_keep_their_kind() -> None:
+    # A quadratic with known spectrum plus cubic terms: the found point's eigenvalues move
+    # by O(||s||) only, none is unresolved, and the index matches dense eigenvalues.
+    generator = torch.Generator().manual_seed(3)
+    basis, _ = torch.linalg.qr(torch.randn(6, 6, generator=generator))
+    spectrum = torch.tensor([-3.0, -0.5, 1e-3, 0.2, 1.0, 4.0])
+    hessian = basis @ torch.diag(spectrum) @ basis.T
+    cubic = torch.randn(6, generator=generator)
+
+    def loss(theta: torch.Tensor) -> torch.Tensor:
+        return 0.5 * theta @ hessian @ theta + 0.1 * ((cubic * theta) ** 3).sum()
+
+    found = find_critical_point(loss, 1e-3 * torch.randn(6, generator=generator))
+    assert found.converged
+    point = classify(loss, found.params)
+    dense = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, found.params))
+    assert (point.kind, point.unresolved, point.nullity) == ("saddle", 0, 0)
+    assert point.morse_index == int((dense < 0).sum()) == 2
+
+
 def test_bad_input_and_stalling() -> None:
     with pytest.raises(CurvatureError, match="method"):
         find_critical_point(double_well, torch.zeros(3), method="adam")  # type: ignore[arg-type]

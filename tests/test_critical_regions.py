@@ -158,8 +158,29 @@ def test_isolated_minimum_check_against_dense_eigenvalues(
     if isolated:
         assert certificate.margin > 1e-4
         assert float(eigenvalues[0]) > 0
+        distance = certificate.gradient_norm / float(eigenvalues[0])
+        assert certificate.critical_point_distance == pytest.approx(distance, rel=1e-6)
     else:  # a saddle of the regularised loss: a negative eigenvalue
         assert float(eigenvalues[0]) < 0
+
+
+def test_a_critical_point_on_every_region_boundary_is_not_isolated() -> None:
+    # Heavy weight decay pulls every weight to 0, where every pre-activation is 0: the
+    # critical point lies on the boundary of every region. The search stops ~1e-11 from it,
+    # with tiny pre-activations of definite sign (a margin of ~1e-16 > 0): that must not
+    # certify an isolated minimum, since the critical point is 1e-11 away, not 1e-16.
+    generator = torch.Generator().manual_seed(7)
+    inputs, targets = torch.randn(8, 2, generator=generator), torch.randn(8, 1, generator=generator)
+    model = ReLUMLP(2, [3], 1, seed=7)
+    loss, theta = regularised_loss(model, inputs, targets, 2.0)
+    search = find_critical_point(loss, theta)
+    assert search.converged
+    torch.nn.utils.vector_to_parameters(search.params, model.parameters())
+    certificate = strong_convexity(model, (inputs, targets), 2.0)
+    assert model[0].weight.abs().max() < 1e-8
+    assert certificate.strongly_convex is True
+    assert 0 < certificate.margin < certificate.critical_point_distance
+    assert not certificate.isolated_minimum
 
 
 def test_bad_input() -> None:
@@ -176,6 +197,26 @@ def test_bad_input() -> None:
             (inputs, targets),
             1e-2,
         )
+    with pytest.raises(CurvatureError, match="5 features but the model's first Linear"):
+        strong_convexity(model, (torch.randn(len(inputs), 5), targets), 1e-2)
+    with pytest.raises(CurvatureError, match=r"X \(n, d\) and Y"):
+        strong_convexity(model, (inputs[None], targets[None]), 1e-2)
+
+
+def test_batches_give_the_certificate_of_all_samples() -> None:
+    model, inputs, targets = problem(2, 4)
+    whole = strong_convexity(model, (inputs, targets), 1e-2)
+    batches = [
+        (inputs[:7], targets[:7]),
+        (inputs[7:16], targets[7:16]),
+        (inputs[16:], targets[16:]),
+    ]
+    split = strong_convexity(model, batches, 1e-2)
+    assert split.loss == pytest.approx(whole.loss, rel=1e-14)
+    assert split.hessian_min_eigenvalue == pytest.approx(whole.hessian_min_eigenvalue, rel=1e-10)
+    assert split.margin == whole.margin
+    for a, b in zip(split.patterns, whole.patterns, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_a_zero_layer_keeps_the_bound_valid() -> None:

@@ -340,6 +340,16 @@ def test_interpolate_rejects_mismatched_or_identical_models():
         interpolate(_mlp(), other, MSE, (x, y))
     with pytest.raises(CurvatureError, match="identical"):
         interpolate(_mlp(), _mlp(), MSE, (x, y))
+    frozen_a, frozen_b = _mlp(seed=1), _mlp(seed=2)
+    for model in (frozen_a, frozen_b):
+        model[0].requires_grad_(False)
+    with pytest.raises(CurvatureError, match=r"frozen parameters \['0.weight', '0.bias'\]"):
+        interpolate(frozen_a, frozen_b, MSE, (x, y))
+    shared = _mlp(seed=2)
+    shared[0].load_state_dict(frozen_a[0].state_dict())
+    shared[0].requires_grad_(False)
+    ends = interpolate(frozen_a, shared, MSE, (x, y), n_points=2, span=(0.0, 1.0))
+    assert math.isclose(float(ends.losses[1]), float(MSE(shared(x), y).detach()), rel_tol=1e-12)
 
 
 # ------------------------------------------------------------------------- bad input

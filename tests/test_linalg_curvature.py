@@ -137,6 +137,18 @@ def test_bad_input() -> None:
         HessianOperator(
             model, lambda out, y: torch.log(out - out.detach() - 1).sum(), (inputs, targets)
         )
+    for bad in (nn.MSELoss(reduction="sum"), nn.MSELoss(reduction="none")):
+        with pytest.raises(CurvatureError, match="reduction="):
+            HessianOperator(model, bad, (inputs, targets))
+
+    def per_sample(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ((out - y) ** 2).mean(1)
+
+    for operator_type in (HessianOperator, GaussNewtonOperator):
+        with pytest.raises(CurvatureError, match="reduction="):
+            operator_type(model, nn.MSELoss(reduction="none"), (inputs, targets))
+        with pytest.raises(CurvatureError, match="scalar"):
+            operator_type(model, per_sample, (inputs, targets))
     operator = HessianOperator(model, loss_fn, (inputs, targets))
     with pytest.raises(CurvatureError, match=r"larger than|dimension|k"):
         operator.eigenpairs(operator.dim + 1)
@@ -223,3 +235,18 @@ def test_dense_refuses_a_hessian_that_is_not_finite() -> None:
     operator = HessianOperator(RootModel(), nn.MSELoss(), data)
     with pytest.raises(CurvatureError, match="not twice differentiable"):
         operator.dense()
+
+
+def test_dense_refuses_products_that_are_not_symmetric() -> None:
+    # A kernel whose double backward is wrong gives an asymmetric "Hessian"; symmetrising
+    # it silently would return a wrong matrix. A random non-symmetric matvec stands in.
+    from losslab.linalg.hvp import dense_from_products
+
+    generator = torch.Generator().manual_seed(0)
+    symmetric = torch.randn(7, 7, generator=generator)
+    symmetric = symmetric + symmetric.T
+    skew = 1e-3 * torch.randn(7, 7, generator=generator)
+    rounding = dense_from_products(lambda v: (symmetric + 1e-12 * skew) @ v, 7, dtype=torch.float64)
+    torch.testing.assert_close(rounding, symmetric, atol=1e-12, rtol=0)
+    with pytest.raises(CurvatureError, match="not form a symmetric matrix"):
+        dense_from_products(lambda v: (symmetric + 100 * skew) @ v, 7, dtype=torch.float64)

@@ -7,6 +7,7 @@ with status 1; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -105,6 +106,21 @@ def _write_figure(plot: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     plot.savefig(path, dpi=120, bbox_inches="tight")
     _out().print(f"Wrote {path}")
+
+
+def _check_writable(path: Path | None, option: str) -> None:
+    """Fail before the work, not after it: ``path``'s folder is created and must be
+    writable, and ``path`` must not be a folder."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LosslabError(f"{option} {str(path)!r}: cannot create its folder ({error})") from None
+    if path.is_dir():
+        raise LosslabError(f"{option} {str(path)!r} is a folder; give a file name")
+    if not os.access(path.parent, os.W_OK):
+        raise LosslabError(f"{option} {str(path)!r}: its folder is not writable")
 
 
 def _print_version(value: bool) -> None:
@@ -323,6 +339,7 @@ def convex_fit(
 ) -> None:
     """Fit the convex program, certify it, and show the certificate (a dataset with more
     than two classes: one network per class, one-vs-all)."""
+    _check_writable(save, "--save")
     import torch
 
     dataset, X, y = _convex_data(data, target, standardize, param, multiclass=True)
@@ -388,6 +405,7 @@ def convex_path(
     param: ParamOption = None,
 ) -> None:
     """The regularization path from lam_max down, with a certificate per point."""
+    _check_writable(figure, "--figure")
     from losslab.convex import regularization_path
 
     dataset, X, y = _convex_data(data, target, standardize, param)
@@ -541,6 +559,7 @@ def fixedpoints_restore(
     """Train SquareNet(64, L) as a denoising autoencoder on a few digits, damage them (and
     200 unseen digits), iterate the network from the damaged images to its attractors,
     and report PSNR and a classifier's accuracy before and after."""
+    _check_writable(figure, "--figure")
     import numpy as np
     import torch
     from sklearn.linear_model import LogisticRegression
@@ -690,6 +709,7 @@ def critical_spectrum(
 ) -> None:
     """Extreme eigenpairs (Lanczos), trace (Hutch++) and spectral density (stochastic
     Lanczos quadrature) of the Hessian of the training error E of a briefly trained model."""
+    _check_writable(figure, "--figure")
     from losslab.critical import squared_error
     from losslab.linalg import GaussNewtonOperator, HessianOperator
 
@@ -753,6 +773,7 @@ def critical_classify(
     on its activation region (find_critical_point on the region's polynomial), say whether it
     stayed in the region, classify it by the Hessian of the region it ends in (the network's
     own loss there), and certify strong convexity there."""
+    _check_writable(figure, "--figure")
     import torch
 
     from losslab.critical import classify, find_critical_point, region_objective, strong_convexity
@@ -828,6 +849,7 @@ def critical_slice(
 ) -> None:
     """Loss of a briefly trained MLP along filter-normalised random directions (Li et al.
     2018): a 1-D line or a 2-D contour / surface, written as a PNG."""
+    _check_writable(figure, "--figure")
     from losslab.critical import plot_slice_1d, plot_slice_2d, slice_1d, slice_2d, squared_error
 
     model, batch = _trained_mlp(data, depth, width, epochs, weight_decay, n_train, seed)
@@ -936,6 +958,7 @@ def results(
     csv: Annotated[Path | None, typer.Option(help="Also write the rows to this CSV file.")] = None,
 ) -> None:
     """A table of stored cells; --csv exports them."""
+    _check_writable(csv, "--csv")
     from losslab.store import ResultStore
 
     with ResultStore(store, create=False) as results:

@@ -43,6 +43,19 @@ signs present, whatever the nullity: a direction of descent and one of ascent ex
 ``not critical`` when ``||g|| > max(grad_tol, eps max|lambda| max(1, ||theta||))``
 (the absolute tolerance, or the rounding floor above where the loss is steep).
 
+A search stops at ``||g|| <= tol``, not at the critical point ``theta*`` itself, and an
+eigenvalue that vanishes at ``theta*`` need not be small at ``theta``: on ``x^3 + y^2``,
+``||g|| = 3 x^2 = 1e-10`` leaves ``lambda_x = 6 x = 3.5e-5``. So each eigenvalue is also
+read at the Newton estimate of the critical point, ``theta + s`` with
+``s = -sum_{|lambda_i| > zero_tol} (v_i^T g / lambda_i) v_i`` (MINRES on Hessian-vector
+products above ``dense_limit``), by the Rayleigh quotient ``v_i^T H(theta + s) v_i``. At a
+non-degenerate critical point it moves by ``O(||H'''|| ||s||)``, a tiny fraction of
+``lambda_i``; along a degenerate direction (``lambda ~ x^(k-2)`` on a ``x^k`` term) the
+Newton step covers a fixed share of the way and the eigenvalue moves by at least a third
+of itself (a half for ``k = 3``). An eigenvalue that moves by more than a quarter of
+itself is *unresolved*: it counts as zero (in ``nullity`` and for the kind) and
+``unresolved`` says how many did.
+
 ``loss_fn`` takes a flat parameter tensor, or a dict of named tensors as
 ``torch.func.functional_call`` takes them (``ModelLoss(model, loss, data)`` of
 :mod:`losslab.linalg` is one, with its start ``.theta0``); ``params`` is given in the same
@@ -442,6 +455,9 @@ class CriticalPoint:
         gradient_tol: the gradient norm above which the point is ``not critical``:
             ``max(grad_tol, eps max|lambda| max(1, ||theta||))``.
         eigenvalues: every eigenvalue (ascending) when dense, else the extreme ones found.
+        unresolved: how many of ``eigenvalues`` exceed ``zero_tol`` but move by more than a
+            quarter of themselves between ``theta`` and the Newton estimate of the critical
+            point (module docstring); they count as zero.
         exact: whether the whole spectrum was computed (dense ``eigh``).
         converged: the eigenvalues are exact, or the Lanczos pairs met their tolerance.
             From Lanczos, ``saddle`` and ``maximum`` / ``minimum`` rest on extreme Ritz
@@ -462,6 +478,7 @@ class CriticalPoint:
     exact: bool
     converged: bool = True
     gradient_tol: float = math.nan
+    unresolved: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -476,6 +493,7 @@ class CriticalPoint:
             "exact": self.exact,
             "converged": self.converged,
             "gradient_tol": self.gradient_tol,
+            "unresolved": self.unresolved,
         }
 
 
@@ -506,7 +524,7 @@ def classify(
     exact = size <= dense_limit
     converged = True
     if exact:
-        eigenvalues = torch.linalg.eigvalsh(flat.hessian(theta))
+        eigenvalues, vectors = torch.linalg.eigh(flat.hessian(theta))
     else:
 
         def matvec(vector: torch.Tensor) -> torch.Tensor:
@@ -515,7 +533,8 @@ def classify(
         pairs = lanczos_eigenpairs(
             matvec, size, 2, which="both", tol=1e-8, seed=seed, dtype=theta.dtype
         )
-        eigenvalues = torch.sort(pairs.values).values
+        order = torch.argsort(pairs.values)
+        eigenvalues, vectors = pairs.values[order], pairs.vectors[:, order]
         converged = pairs.converged
     if not bool(torch.isfinite(eigenvalues).all()):
         raise CurvatureError("the Hessian has non-finite entries at params")
@@ -523,17 +542,26 @@ def classify(
     zero_tol = max(rtol, size * torch.finfo(theta.dtype).eps) * spectral_norm
     smallest, largest = float(eigenvalues[0]), float(eigenvalues[-1])
     gradient_norm = float(gradient.norm())
-    # the absolute tolerance, or the rounding floor where the loss is steep (module doc)
+    # the absolute tolerance, or the rounding floor above where the loss is steep (module doc)
     eps = torch.finfo(theta.dtype).eps
     gradient_tol = max(grad_tol, eps * spectral_norm * max(1.0, float(theta.norm())))
+    critical = gradient_norm <= gradient_tol
+    zero = eigenvalues.abs() <= zero_tol
+    unresolved = torch.zeros_like(zero)
+    if critical and gradient_norm > 0:
+        unresolved = ~zero & _moves_toward_critical_point(
+            flat, theta, gradient, eigenvalues, vectors, zero_tol, exact
+        )
+    zero = zero | unresolved
+    negative, positive = (eigenvalues < 0) & ~zero, (eigenvalues > 0) & ~zero
     kind: Kind
-    if gradient_norm > gradient_tol:
+    if not critical:
         kind = "not critical"
-    elif smallest < -zero_tol and largest > zero_tol:
+    elif bool(negative.any()) and bool(positive.any()):
         kind = "saddle"
-    elif smallest > zero_tol:
+    elif bool(positive.all()):
         kind = "minimum"
-    elif largest < -zero_tol:
+    elif bool(negative.all()):
         kind = "maximum"
     else:
         kind = "degenerate"
@@ -541,8 +569,8 @@ def classify(
         gradient_norm=gradient_norm,
         loss=value,
         kind=kind,
-        morse_index=int((eigenvalues < -zero_tol).sum()) if exact else None,
-        nullity=int((eigenvalues.abs() <= zero_tol).sum()) if exact else None,
+        morse_index=int(negative.sum()) if exact else None,
+        nullity=int(zero.sum()) if exact else None,
         min_eigenvalue=smallest,
         max_eigenvalue=largest,
         zero_tol=zero_tol,
@@ -550,4 +578,33 @@ def classify(
         exact=exact,
         converged=converged,
         gradient_tol=gradient_tol,
+        unresolved=int(unresolved.sum()),
     )
+
+
+def _moves_toward_critical_point(
+    flat: _FlatLoss,
+    theta: torch.Tensor,
+    gradient: torch.Tensor,
+    eigenvalues: torch.Tensor,
+    vectors: torch.Tensor,
+    zero_tol: float,
+    exact: bool,
+) -> torch.Tensor:
+    """Which eigenvalues move by more than a quarter of themselves between ``theta`` and the
+    Newton estimate ``theta + s`` of the critical point (module docstring)."""
+    if exact:
+        kept = eigenvalues.abs() > zero_tol
+        coefficients = (vectors.T @ gradient)[kept] / eigenvalues[kept]
+        step = -(vectors[:, kept] @ coefficients)
+    else:
+        step = -_krylov_solve(lambda v: flat.hvp(theta, v), gradient, "minres")
+    if not (bool(torch.isfinite(step).all()) and float(step.norm()) > 0):
+        return torch.zeros_like(eigenvalues, dtype=torch.bool)
+    moved = theta + step
+    if exact:
+        quotients = torch.einsum("pi,pq,qi->i", vectors, flat.hessian(moved), vectors)
+    else:
+        columns = [flat.hvp(moved, vectors[:, i]) for i in range(vectors.shape[1])]
+        quotients = (vectors * torch.stack(columns, dim=1)).sum(0)
+    return ~((quotients - eigenvalues).abs() <= 0.25 * eigenvalues.abs())

@@ -74,7 +74,7 @@ from losslab.critical.points import DENSE_LIMIT
 from losslab.errors import CurvatureError
 from losslab.linalg.hvp import CachedHessianVectorProduct, dense_from_products
 from losslab.linalg.lanczos import lanczos_eigenpairs
-from losslab.linalg.model_loss import ParameterLayout, parameter_layout
+from losslab.linalg.model_loss import Data, ParameterLayout, as_batches, parameter_layout
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,16 @@ class RegionCertificate:
         weight_norms: ``||W~_l||_2`` per layer (bias-augmented).
         depth: hidden layers; ``n_params``: parameters.
         patterns: per hidden layer, the (n, width) boolean activation pattern.
+        critical_point_distance: ``||nabla L|| / mu`` with ``mu`` the proven smallest
+            eigenvalue (exact, or ``lower_bound``): how far the critical point of a
+            ``mu``-strongly convex region loss can be from ``theta`` (``inf`` when strong
+            convexity is not proven). A search stops at ``||nabla L|| <= tol``, near the
+            critical point, not on it.
         isolated_minimum: a critical point (``gradient_norm <= grad_tol``) with a proven
             positive definite in-region Hessian (``strongly_convex is True``) strictly inside
-            its region (``margin > 0``).
+            its region: ``margin > 2 critical_point_distance``, so the critical point the
+            search approached lies in the same region (a margin of 1e-16 at a point 1e-11
+            from a critical point on a region boundary proves nothing).
     """
 
     training_error: float
@@ -127,6 +134,7 @@ class RegionCertificate:
     n_params: int
     patterns: list[torch.Tensor]
     isolated_minimum: bool
+    critical_point_distance: float = math.inf
 
     def to_dict(self) -> dict[str, Any]:
         skip = {"patterns"}
@@ -240,9 +248,7 @@ class RegionObjective:
         )
 
 
-def region_objective(
-    model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], weight_decay: float
-) -> RegionObjective:
+def region_objective(model: nn.Module, data: Data, weight_decay: float) -> RegionObjective:
     """The loss of ``model``'s activation region as a smooth function of flat parameters
     (:class:`RegionObjective`), in float64; inputs are checked as in
     :func:`strong_convexity`. Newton-type searches on ``function`` do not stall at the
@@ -251,16 +257,19 @@ def region_objective(
     if not weight_decay > 0 or not math.isfinite(weight_decay):
         raise CurvatureError(f"weight_decay must be a positive number, got {weight_decay}")
     network = _relu_layers(model)
-    inputs, targets = data
-    if inputs.ndim != 2 or inputs.shape[0] == 0:
-        raise CurvatureError(f"X must be a non-empty (n, d) matrix, got {tuple(inputs.shape)}")
-    if targets.ndim == 1:
-        targets = targets[:, None]
-    if targets.shape[0] != inputs.shape[0]:
-        raise CurvatureError(f"{inputs.shape[0]} inputs but {targets.shape[0]} targets")
-    if not bool(torch.isfinite(inputs).all() & torch.isfinite(targets).all()):
-        raise CurvatureError("X or Y hold NaN or inf; clean the data")
+    batches = as_batches(data)  # checked: pairs, rows agree, finite
+    if any(b[0].ndim != 2 or b[1].ndim not in (1, 2) for b in batches):
+        shapes = [(tuple(x.shape), tuple(y.shape)) for x, y in batches]
+        raise CurvatureError(f"data must hold X (n, d) and Y (n, m) or (n,); got {shapes}")
+    inputs = torch.cat([x.to(torch.float64) for x, _ in batches])
+    targets = torch.cat([y.reshape(len(y), -1).to(torch.float64) for _, y in batches])
     layout = network.layout
+    first_weight = layout.shapes[layout.names.index(network.weight_names[0])]
+    if inputs.shape[1] != first_weight[1]:
+        raise CurvatureError(
+            f"X has {inputs.shape[1]} features but the model's first Linear layer takes "
+            f"{first_weight[1]}"
+        )
     params = dict(model.named_parameters())
     # a certificate: analysed in float64 whatever the model's dtype
     theta = layout.flatten({n: params[n].detach() for n in layout.names}).to(torch.float64)
@@ -285,7 +294,7 @@ def region_objective(
 
 def strong_convexity(
     model: nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor],
+    data: Data,
     weight_decay: float,
     *,
     grad_tol: float = 1e-8,
@@ -299,7 +308,8 @@ def strong_convexity(
         model: a ReLU MLP (``nn.Sequential`` of ``Linear``, ``ReLU`` and ``Dropout``, which
             is ignored: the deterministic network is analysed), e.g.
             :class:`losslab.nets.ReLUMLP`; use float64.
-        data: ``(X, Y)`` with ``X`` (n, d) and ``Y`` (n, m) or (n,) (one output).
+        data: ``(X, Y)`` with ``X`` (n, d) and ``Y`` (n, m) or (n,) (one output), or an
+            iterable of such batches (a ``DataLoader``): the region is that of all samples.
         weight_decay: ``lambda > 0``, on every parameter.
         grad_tol: gradient norm below which the point counts as critical.
         dense_limit: the most parameters for a dense in-region Hessian.
@@ -339,6 +349,8 @@ def strong_convexity(
     strongly_convex: bool | None = min_eigenvalue > 0
     if not exact and min_eigenvalue > 0:  # a Ritz value bounds the smallest one from above
         strongly_convex = True if lower_bound > 0 else None
+    proven_modulus = max(lower_bound, min_eigenvalue if exact else -math.inf)
+    distance = gradient_norm / proven_modulus if strongly_convex else math.inf
     return RegionCertificate(
         training_error=training_error,
         loss=loss,
@@ -357,7 +369,10 @@ def strong_convexity(
         depth=len(maps) - 1,
         n_params=theta.numel(),
         patterns=[z > 0 for z in preactivations],
-        isolated_minimum=(gradient_norm <= grad_tol and strongly_convex is True and margin > 0),
+        isolated_minimum=(
+            gradient_norm <= grad_tol and strongly_convex is True and margin > 2 * distance
+        ),
+        critical_point_distance=distance,
     )
 
 

@@ -338,13 +338,7 @@ def _preserve_buffers(*models: nn.Module) -> Iterator[None]:
 
 
 def _center_loss(loss: ModelLoss, theta: torch.Tensor, what: str) -> float:
-    value = loss(theta)
-    if value.numel() != 1:
-        raise CurvatureError(
-            f"loss_fn must return the mean loss of a batch as a scalar; got shape "
-            f"{tuple(value.shape)}"
-        )
-    center = float(value.reshape(()))
+    center = float(loss(theta))
     if not math.isfinite(center):
         raise CurvatureError(
             f"the loss at {what} is {center}: a slice around a point where the loss is not "
@@ -583,7 +577,8 @@ def interpolate(
 
     Raises:
         CurvatureError: the models' trainable parameters differ in names or shapes (the
-            message lists them), identical parameters (a zero direction), bad
+            message lists them), their frozen parameters differ (only trainable ones move),
+            identical parameters (a zero direction), bad
             ``n_points``/``span``, non-finite parameters of ``model_b``, a non-finite
             loss at ``model_a``.
     """
@@ -611,8 +606,24 @@ def interpolate(
             "model_a and model_b must have the same trainable parameters (names and shapes): "
             + "; ".join(problems)
         )
-    theta_a = loss.theta0
     params_b = dict(model_b.named_parameters())
+    frozen_differ = [
+        name
+        for name, frozen in model_a.named_parameters()
+        if name not in shapes_a
+        and not (
+            name in params_b
+            and params_b[name].shape == frozen.shape
+            and torch.equal(params_b[name].detach().to(frozen), frozen.detach())
+        )
+    ]
+    if frozen_differ:
+        raise CurvatureError(
+            f"model_a's frozen parameters {frozen_differ} differ from model_b's: only trainable "
+            "parameters are interpolated, so t = 1 would not be model_b. Unfreeze them "
+            "(requires_grad_(True)) to interpolate them too"
+        )
+    theta_a = loss.theta0
     theta_b = _finite_like(
         layout_a.flatten({n: params_b[n].detach() for n in layout_a.names}),
         theta_a,

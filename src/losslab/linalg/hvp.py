@@ -28,6 +28,9 @@ from typing import Literal
 import torch
 from torch.func import grad, jvp, vjp
 
+from losslab.errors import CurvatureError
+from losslab.linalg.lanczos import ASYMMETRY_TOL
+
 Mode = Literal["forward-over-reverse", "reverse-over-reverse"]
 
 
@@ -80,7 +83,10 @@ def dense_from_products(
 ) -> torch.Tensor:
     """The ``dim x dim`` matrix of a symmetric ``matvec``, from its products with the
     identity (vectorised by ``torch.func.vmap`` in chunks; one by one where a kernel has
-    no batching rule), symmetrised as ``(A + A^T) / 2``."""
+    no batching rule), symmetrised as ``(A + A^T) / 2``. An asymmetry above
+    ``ASYMMETRY_TOL`` of the largest entry is no rounding error and raises
+    :class:`CurvatureError` (a kernel with a wrong double-backward rule, or a
+    ``matvec`` that is not a curvature product)."""
     basis = torch.eye(dim, dtype=dtype, device=device)
     columns = []
     for start in range(0, dim, chunk_size):
@@ -90,6 +96,15 @@ def dense_from_products(
         except RuntimeError:
             columns.append(torch.stack([matvec(row) for row in block]))
     matrix = torch.cat(columns)
+    asymmetry = float((matrix - matrix.T).abs().max())
+    scale = float(matrix.abs().max())
+    if asymmetry > ASYMMETRY_TOL * scale:  # False with NaN: the callers report those
+        raise CurvatureError(
+            f"the products do not form a symmetric matrix: entries (i, j) and (j, i) differ "
+            f"by up to {asymmetry:.3g} for a largest entry {scale:.3g}. A Hessian is "
+            "symmetric: some operation's second derivative is wrong in this torch build "
+            "(check it against finite differences), or the product is not a curvature one"
+        )
     return (matrix + matrix.T) / 2
 
 

@@ -134,6 +134,13 @@ class ModelLoss:
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Data) -> None:
+        reduction = getattr(loss_fn, "reduction", "mean")
+        if reduction not in ("mean", "batchmean"):
+            raise CurvatureError(
+                f"loss_fn has reduction={reduction!r}; the curvature tools need the mean loss "
+                f"of a batch (reduction='mean'): batches are weighted by their sizes, and a "
+                "sum's Hessian is n times the mean's"
+            )
         self.model = model
         self.loss_fn = loss_fn
         self.layout = parameter_layout(model)
@@ -163,7 +170,13 @@ class ModelLoss:
         inputs, targets = self.batches[index]
         named = self.layout.unflatten(theta)
         outputs = functional_call(self.model, (named, self._buffers), (inputs,))
-        return self.loss_fn(outputs, targets)
+        value = self.loss_fn(outputs, targets)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise CurvatureError(
+                f"loss_fn must return the mean loss of a batch as a scalar; got {shape}"
+            )
+        return value.reshape(())
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
         """``L(theta)``, the sample-weighted mean over every batch."""
