@@ -173,10 +173,15 @@ def test_convex_fit_save_and_certify(capsys, tmp_path):
     assert "globally optimal" in out
     assert "yes" in out
     assert saved.exists()
-    code, out, _ = run(capsys, "convex", "certify", saved, *SMALL, "--lam", "0.05")
+    code, out, _ = run(capsys, "convex", "certify", saved, *SMALL)  # the saved lam, 0.05
     assert code == 0, out
+    assert "lam=0.05" in out
     assert "is_global" in out
     assert "True" in out
+    code, out, _ = run(capsys, "convex", "certify", saved, *SMALL, "--lam", "0.5")
+    assert code == 0, out
+    assert "lam=0.5" in out
+    assert "False" in out  # optimal at 0.05, not at 0.5
     junk = tmp_path / "junk.pt"
     junk.write_text("not a network")
     code, _, err = run(capsys, "convex", "certify", junk, *SMALL, "--lam", "0.05")

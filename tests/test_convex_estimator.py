@@ -26,7 +26,12 @@ def test_fit_matches_clarabel_and_recovers_the_network(formulation, bias):
     )
     assert model.objective_ == pytest.approx(reference, rel=1e-6)
     assert model.solution_.converged
-    assert model.n_neurons_ == model.network_.n_neurons > 0
+    active = int((model.solution_.blocks.norm(dim=1) > 0).sum())
+    assert model.n_neurons_ == active > 0
+    if formulation == "relu":
+        assert model.network_.n_neurons == active
+    else:  # each gated neuron becomes up to two ReLU neurons
+        assert active <= model.network_.n_neurons <= 2 * active
     net = model.to_torch()
     with torch.no_grad():
         output = net(torch.as_tensor(X))[:, 0].numpy()
@@ -90,6 +95,23 @@ def test_bad_data():
         ConvexReLU().fit(X, y[:-1])
     with pytest.raises(ConvexProblemError, match="constant"):
         ConvexReLU().fit(np.ones((10, 2)), np.arange(10.0))
+    with pytest.raises(ConvexProblemError, match="ConvexReLUClassifier"):
+        ConvexReLU().fit(X, np.where(y > 0, "up", "down"))
+    with pytest.raises(ConvexProblemError, match="NaN or inf"):
+        ConvexReLU(gates=np.full((3, 4), np.nan)).fit(X, y)
+
+
+def test_optimal_member_checks_its_input():
+    from sklearn.exceptions import NotFittedError
+
+    X, y = data()
+    with pytest.raises(NotFittedError):
+        ConvexReLU().optimal_member()
+    model = ConvexReLU(lam=0.05, n_gates=20, formulation="gated").fit(X, y)
+    with pytest.raises(ConvexProblemError, match="y has NaN"):
+        model.optimal_member("validation", X, np.where(y > 0, np.nan, y))
+    with pytest.raises(ConvexProblemError, match="y must have shape"):
+        model.optimal_member("validation", X, y[:-1])
 
 
 def test_max_iter_marks_not_converged():
@@ -97,3 +119,24 @@ def test_max_iter_marks_not_converged():
     model = ConvexReLU(lam=0.01, max_iter=5, tol=1e-12, check_global=False).fit(X, y)
     assert not model.solution_.converged
     assert "max_iter=5" in model.solution_.reason
+
+
+@pytest.mark.parametrize("formulation", ["gated", "relu"])
+def test_a_float32_lam_gives_the_float64_answer(formulation):
+    # NumPy 2 keeps np.float32 * float in float32: an unconverted lam rounded the
+    # objective and the dual bound to float32 and hid the duality gap.
+    from losslab.convex import certify_network
+
+    X, y = relu_teacher(30, 3, seed=2)
+    lam32 = np.logspace(-2, -1, 3, dtype=np.float32)[0]
+    params = {"formulation": formulation, "n_gates": 20, "tol": 1e-9}
+    narrow = ConvexReLU(lam=lam32, **params).fit(X, y)
+    wide = ConvexReLU(lam=float(lam32), **params).fit(X, y)
+    assert type(narrow.objective_) is float
+    assert narrow.objective_ == wide.objective_
+    assert narrow.solution_.dual_objective == wide.solution_.dual_objective
+    net = wide.to_torch()
+    assert (
+        certify_network(net, X, y, lam32).objective
+        == certify_network(net, X, y, float(lam32)).objective
+    )

@@ -64,6 +64,8 @@ def test_bad_path_arguments():
         regularization_path(X, y, lams=[0.1, -1.0])
     with pytest.raises(ConvexProblemError, match="n_lams >= 2"):
         regularization_path(X, y, n_lams=1)
+    with pytest.raises(ConvexProblemError, match="lam_max is 0"):
+        regularization_path(X, 0 * y)
 
 
 def test_optimal_network_is_certified_global():

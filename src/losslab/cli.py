@@ -355,7 +355,8 @@ def convex_fit(
         save.parent.mkdir(parents=True, exist_ok=True)
         torch.save(
             {"state_dict": model.to_torch().state_dict(), "bias": bias, "lam": lam,
-             "n_features": X.shape[1], "objective": model.objective_},
+             "standardize": standardize, "n_features": X.shape[1],
+             "objective": model.objective_},
             save,
         )  # fmt: skip
         _out().print(f"Saved the network to {save}")
@@ -437,12 +438,22 @@ def convex_certify(
         Path, typer.Argument(help="A network saved by `losslab convex fit --save`.")
     ],
     data: DataArgument,
-    lam: LamOption = 1e-3,
+    lam: Annotated[
+        float | None, typer.Option(help="Weight decay lam > 0 [default: the saved fit's].")
+    ] = None,
     target: TargetOption = None,
-    standardize: StandardizeOption = False,
+    standardize: Annotated[
+        bool | None,
+        typer.Option(
+            "--standardize/--no-standardize",
+            help="Standardise the features first [default: as the saved fit did].",
+        ),
+    ] = None,
     param: ParamOption = None,
 ) -> None:
-    """Is a saved two-layer ReLU network stationary, optimal for its own patterns, global?"""
+    """Is a saved two-layer ReLU network stationary, optimal for its own patterns, global?
+    The network is certified at the lam and on the features it was fitted with, unless
+    --lam or --[no-]standardize say otherwise."""
     import torch
     from torch import nn
 
@@ -462,10 +473,16 @@ def convex_certify(
             f"{str(network)!r} is not a network saved by `losslab convex fit --save` "
             f"({type(error).__name__}: {error})"
         ) from None
+    if lam is None:
+        lam = float(saved.get("lam", 1e-3))
+    if standardize is None:
+        standardize = bool(saved.get("standardize", False))
     dataset, X, y = _convex_data(data, target, standardize, param)
     certificate = certify_network(net, X, y, lam)
+    scaled = ", standardised" if standardize else ""
     table = Table(
-        title=f"certificate of {network.name} on {dataset.name}, lam={lam:g}", show_header=False
+        title=f"certificate of {network.name} on {dataset.name}{scaled}, lam={lam:g}",
+        show_header=False,
     )
     for key, value in certificate.to_dict().items():
         table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))

@@ -31,7 +31,7 @@ from losslab.convex.program import ConvexReLUProgram
 from losslab.convex.pruning import prune_blocks
 from losslab.convex.recovery import ReLUNetwork, neurons_from_blocks, split_gated_block
 from losslab.convex.solvers import SolveResult, solve
-from losslab.convex.validation import as_features, check_lam
+from losslab.convex.validation import as_features, as_target, check_lam
 from losslab.errors import ConvexProblemError
 
 
@@ -61,7 +61,10 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         solution_: the :class:`~losslab.convex.SolveResult`.
         network_: the recovered :class:`~losslab.convex.ReLUNetwork` (features with the
             bias column when ``bias``).
-        n_neurons_: its number of neurons.
+        n_neurons_: the fitted network's neurons, its non-zero blocks: ReLU neurons for
+            ``"relu"``, gated neurons ``x -> 1[x . g_i >= 0] (x . u_i)`` for ``"gated"``
+            (as :func:`regularization_path` counts them). A gated model's ``to_torch()``
+            network has up to two ReLU neurons per gated one (``network_.n_neurons``).
         patterns_: boolean array (n, P) of the activation patterns used.
         gates_: array (d or d + 1, P), one gate per pattern.
         n_features_in_: number of input features.
@@ -101,7 +104,12 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
     def fit(self, X: Any, y: Any) -> ConvexReLU:
         """Solve the convex program on ``X`` (n, d) and ``y`` (n,); returns ``self``."""
         X_np, y_np = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
-        check_lam(self.lam)
+        if not np.issubdtype(np.asarray(y_np).dtype, np.number):
+            raise ConvexProblemError(
+                f"y must be numbers for a regression; got {np.asarray(y_np).dtype} values. "
+                "For class labels use ConvexReLUClassifier"
+            )
+        lam = check_lam(self.lam)  # a plain float (np.float32 would round in float32)
         if X_np.shape[0] < 2:
             raise ConvexProblemError(
                 f"ConvexReLU needs at least 2 samples; got n_samples={X_np.shape[0]}"
@@ -113,7 +121,7 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         kept = unique_pattern_columns(features, masks)
         if kept.numel() == 0:
             raise ConvexProblemError("no gate activates any sample; sample more gates")
-        program = ConvexReLUProgram(features, target, masks[:, kept], self.lam, self.formulation)
+        program = ConvexReLUProgram(features, target, masks[:, kept], lam, self.formulation)
         self.solution_: SolveResult = solve(program, tol=self.tol, max_iter=self.max_iter)
         self.certificate_: Certificate | None = (
             certify(self.solution_, tol=max(10 * self.tol, 1e-6), seed=self.seed)
@@ -124,7 +132,7 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         self.patterns_ = masks[:, kept].numpy()
         self.network_ = self._network(program)
         self.objective_ = self.solution_.objective
-        self.n_neurons_ = self.network_.n_neurons
+        self.n_neurons_ = int((self.solution_.blocks.norm(dim=1) > 0).sum())
         self.n_iter_ = self.solution_.iterations
         return self
 
@@ -139,6 +147,8 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
             raise ConvexProblemError(
                 f"gates must have shape ({d}, n_gates){extra}; got {tuple(gates.shape)}"
             )
+        if not bool(torch.isfinite(gates).all()):
+            raise ConvexProblemError("gates hold NaN or inf")
         return gates
 
     def _network(self, program: ConvexReLUProgram) -> ReLUNetwork:
@@ -166,7 +176,9 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
 
     def prune(self) -> ConvexReLU:
         """A copy holding the optimally pruned network: the same objective (up to
-        rounding), with linearly independent neuron fits, hence at most n neurons.
+        rounding), with linearly independent neuron fits, hence at most n neurons
+        (``n_neurons_``; a gated model's ``to_torch()`` has up to two ReLU neurons per
+        gated one).
 
         The copy's ``pruned_`` is the :class:`~losslab.convex.pruning.PruneResult`
         (indices of the blocks removed, objective before and after).
@@ -202,6 +214,7 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         The member is taken from the set with the possibly equicorrelated zero blocks; if
         its objective exceeds ``objective_`` by more than ``max(1e-9 |objective_|, gap)``
         (such a block was not quite optimal), from the set without them."""
+        check_is_fitted(self, "solution_")
         allowed = self.objective_ + max(1e-9 * abs(self.objective_), self.solution_.duality_gap)
         for include_uncertain in (True, False):
             optimum = self.optimal_set(include_uncertain=include_uncertain)
@@ -227,9 +240,9 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         elif kind == "validation":
             if X_val is None or y_val is None:
                 raise ConvexProblemError("kind='validation' needs X_val and y_val")
-            y_np = np.asarray(y_val, dtype=np.float64).reshape(-1)
-            outputs = self._block_outputs(self._features(X_val), optimum)
-            scales = optimum.best_fit_to(outputs, torch.tensor(y_np))
+            features = self._features(X_val)
+            target = as_target(y_val, features)  # shape and finiteness checked
+            scales = optimum.best_fit_to(self._block_outputs(features, optimum), target)
         else:
             raise ConvexProblemError(
                 f"kind must be 'min_norm', 'sparsest', 'vertex' or 'validation'; got {kind!r}"
@@ -278,7 +291,7 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         )
         model.network_ = model._network(program)
         model.objective_ = objective
-        model.n_neurons_ = model.network_.n_neurons
+        model.n_neurons_ = int((blocks.norm(dim=1) > 0).sum())
         return model
 
     def to_torch(self) -> nn.Sequential:

@@ -174,6 +174,7 @@ def own_pattern_gap(
     """How far ``net`` is above the optimum of the convex program over its own patterns
     (cheap: one program with at most as many patterns as neurons). Every stationary point
     of the training problem attains that optimum (P3)."""
+    lam = check_lam(lam)
     W, alpha, features, target = _network_and_data(net, X, y, lam)
     return _own_pattern_gap(W, alpha, features, target, lam, tol, max_iter)
 

@@ -116,6 +116,11 @@ def regularization_path(
     patterns = activation_patterns(features, torch.as_tensor(gates).to(features))
     probe = ConvexReLUProgram(features, target, patterns, 1.0, formulation)
     lam_max = probe.lam_max()
+    if not lam_max > 0:
+        raise ConvexProblemError(
+            "lam_max is 0: no pattern's fit correlates with y (y is zero?), so U = 0 is "
+            "optimal for every lam and there is no path"
+        )
     if lams is None:
         if not (n_lams >= 2 and 0 < lam_min_ratio < 1):
             raise ConvexProblemError("need n_lams >= 2 and 0 < lam_min_ratio < 1")

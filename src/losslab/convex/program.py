@@ -55,7 +55,8 @@ class ConvexReLUProgram:
     formulation: Formulation = "gated"
 
     def __post_init__(self) -> None:
-        check_lam(self.lam)
+        # a plain float: NumPy 2 keeps np.float32 * float in float32 (NEP 50)
+        object.__setattr__(self, "lam", check_lam(self.lam))
         if self.formulation not in ("gated", "relu"):
             raise ConvexProblemError(
                 f"formulation must be 'gated' or 'relu'; got {self.formulation!r}"

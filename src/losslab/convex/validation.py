@@ -62,7 +62,7 @@ def _as_tensor(values: Any, dtype: torch.dtype | None) -> torch.Tensor:
         target = dtype or (values.dtype if values.is_floating_point() else torch.float64)
         return values.detach().to(target)
     try:
-        array = np.asarray(values, dtype=np.float64)
+        array = np.array(values, dtype=np.float64)  # a copy: torch wants it writable
     except (TypeError, ValueError) as error:
         raise ConvexProblemError(
             f"expected numbers, got {type(values).__name__}: {error}"
