@@ -244,6 +244,15 @@ def test_fixedpoints_count_bad_input(capsys):
     code, _, err = run(capsys, "fixedpoints", "count", "--N", "2", "--scale", "nan")
     assert code == 1
     assert "weight_scale must be a finite number" in err
+    code, _, err = run(capsys, "fixedpoints", "count", "--certify", "--time-limit", "0")
+    assert code == 1
+    assert "--time-limit must be a finite number of seconds > 0" in err
+    code, _, err = run(capsys, "fixedpoints", "count", "--init", "cauchy", "--scale", "1e308")
+    assert code == 1
+    assert "overflow" in err
+    code, _, err = run(capsys, "fixedpoints", "restore", "--stored", "1500")
+    assert code == 1
+    assert "--stored 1500: at most 1497" in err
 
 
 def test_fixedpoints_restore_writes_a_figure(capsys, tmp_path):

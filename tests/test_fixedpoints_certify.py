@@ -336,3 +336,51 @@ def test_bad_inputs_raise():
         bad.layers[1].weight[0, 0] = float("nan")
     with pytest.raises(FixedPointError, match="NaN"):
         certify_fixed_points(bad)
+
+
+@pytest.mark.parametrize(("activation", "module"), [("sigmoid", nn.Sigmoid), ("tanh", nn.Tanh)])
+def test_a_users_sequential_is_certified_as_its_square_net(activation, module):
+    net = SquareNet(3, 2, activation=activation, init="cauchy", weight_scale=32.0, seed=7)
+    layers = []
+    for W, b in net.weights():
+        linear = nn.Linear(3, 3, dtype=torch.float64)
+        with torch.no_grad():
+            linear.weight.copy_(W)
+            linear.bias.copy_(b)
+        layers += [linear, module()]
+    sequential = nn.Sequential(*layers)
+    converted = SquareNet.from_sequential(sequential)
+    x = torch.rand(20, 3, dtype=torch.float64)
+    torch.testing.assert_close(converted(x), sequential(x), rtol=0, atol=0)
+    mine, reference = certify_fixed_points(sequential), certify_fixed_points(net)
+    assert (mine.status, mine.count) == (reference.status, reference.count)
+    if activation == "sigmoid":  # (the Newton reference misses steep tanh roots)
+        assert mine.count == len(_newton_roots(net))
+
+
+def test_sequentials_that_are_not_square_nets_and_false_claims_are_refused():
+    for model in (
+        nn.Sequential(nn.Linear(3, 3), nn.ReLU()),
+        nn.Sequential(nn.Linear(3, 3), nn.Sigmoid(), nn.Linear(3, 3), nn.Tanh()),
+        nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 3), nn.Sigmoid()),
+        nn.Sequential(nn.Linear(3, 3, bias=False), nn.Sigmoid()),
+    ):
+        with pytest.raises(FixedPointError, match="from_sequential needs"):
+            certify_fixed_points(model.double())
+
+    class ClaimsSigmoid(nn.Module):  # lists sigmoid layers but computes a ReLU
+        N, activation = 2, "sigmoid"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = SquareNet(2, 1, seed=0)
+
+        def weights(self):
+            return self.inner.weights()
+
+        def forward(self, x):
+            ((W, b),) = self.weights()
+            return torch.relu(x @ W.T + b)
+
+    with pytest.raises(FixedPointError, match="not the composition of the layers"):
+        certify_fixed_points(ClaimsSigmoid())

@@ -594,3 +594,89 @@ def test_no_retry_without_random_starts():
     assert found.index_consistent is False
     assert found.rounds == 1
     assert find_fixed_points(net, basin_starts=0).count == 3
+
+
+DEGENERATE_MAPS = {
+    # name: (map of the first coordinate (the second contracts), box of x) -- each has the
+    # single fixed point x = 0 with eigenvalue 1: one point, non-hyperbolic
+    "x - x^3 (weak attractor)": (lambda x: x - x**3, 0.5),
+    "x + x^2 (saddle-node)": (lambda x: x + x**2, 0.5),
+    "x + x^3 (weak repeller)": (lambda x: x + x**3, 0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEGENERATE_MAPS))
+def test_a_degenerate_fixed_point_is_one_non_hyperbolic_point(name):
+    # ||f(x) - x|| <= 1e-12 holds on a whole interval around 0 (|x| <= 1e-4 for x^3): the
+    # starts that converge there must merge into one point, and its eigenvalue, 1 - 3e-8
+    # where the search stopped, must not pass for hyperbolic.
+    first, half_width = DEGENERATE_MAPS[name]
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return torch.stack([first(z[..., 0]), 0.5 * z[..., 1]], dim=-1)
+
+    box = (torch.tensor([-half_width, -1.0], dtype=DT), torch.tensor([half_width, 1.0], dtype=DT))
+    result = find_fixed_points(f, box=box, n_starts=300, basin_starts=100)
+    assert result.count == 1
+    assert result.kinds == ["non-hyperbolic"]
+    assert float(result.points.abs().max()) < 1e-3
+    assert int(result.indices[0]) == 0
+    assert result.index_consistent is None or result.maps_into_box is False
+
+
+def test_an_almost_degenerate_square_net_has_its_one_proved_point():
+    from losslab.fixedpoints import certify_fixed_points
+
+    net = SquareNet(1, 1)  # x -> sigmoid(w x + b) with slope 1 - 2.5e-9 at its fixed point 0.5
+    with torch.no_grad():
+        net.layers[0].weight.fill_(4 - 1e-8)
+        net.layers[0].bias.fill_(-2 + 0.5e-8)
+    proof = certify_fixed_points(net, time_limit=10)
+    result = find_fixed_points(net, basin_starts=0)
+    assert (proof.status, proof.count, result.count) == ("certified", 1, 1)
+    assert abs(float(result.points[0, 0]) - 0.5) < 1e-4
+
+
+def test_steep_tanh_roots_below_tol_only_at_the_rounding_floor_are_found():
+    # At two of this net's three proved roots ||J_F|| ~ 1e5: no float64 point has
+    # ||F|| <= 1e-12 (the best is 2.2e-12), so the search accepts the rounding floor.
+    from losslab.fixedpoints import certify_fixed_points
+
+    net = SquareNet(3, 2, activation="tanh", init="cauchy", weight_scale=64, seed=26)
+    proof = certify_fixed_points(net)
+    result = find_fixed_points(net, n_starts=1000, basin_starts=0)
+    assert (proof.status, proof.count) == ("certified", 3)
+    assert result.count == 3
+    assert float(result.residuals.max()) > 1e-12  # only the floor was reachable
+    for box in proof.enclosures:  # each proved root's enclosure holds one point found
+        inside = ((result.points >= box[:, 0] - 1e-9) & (result.points <= box[:, 1] + 1e-9)).all(1)
+        assert int(inside.sum()) == 1
+
+
+def test_float32_maps_capture_and_basins_use_exact_distances():
+    # cdist's matrix-product shortcut put a float32 point 5e-4 from itself, far outside a
+    # 1e-6 capture radius: basins came out 0.22 instead of 1.
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh())  # float32
+    with torch.no_grad():
+        net[0].weight.mul_(0.5)
+    box = (-torch.ones(3), torch.ones(3))
+    result = find_fixed_points(net, box=box, n_starts=200, basin_starts=500)
+    assert result.points.dtype == torch.float32
+    assert result.kinds == ["attractor"]
+    assert float(result.basin_fraction[0]) == 1.0
+    assert result.unassigned_fraction == 0.0
+
+
+def test_a_plain_callable_runs_in_the_box_dtype_and_must_keep_it():
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh())  # float32
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return net(x.float())
+
+    result = find_fixed_points(f, box=(-torch.ones(2), torch.ones(2)), n_starts=50)
+    assert result.points.dtype == torch.float32
+    assert result.count >= 1
+    with pytest.raises(FixedPointError, match=r"returned torch\.float32 for torch\.float64"):
+        find_fixed_points(f, box=(-torch.ones(2, dtype=DT), torch.ones(2, dtype=DT)))

@@ -505,10 +505,14 @@ def fixedpoints_count(
 ) -> None:
     """Find every fixed point of a random square network, classify it, estimate its
     basin, and (with --certify) prove the count."""
+    import math
+
     from losslab.fixedpoints.certify import certify_fixed_points
     from losslab.fixedpoints.search import find_fixed_points
     from losslab.nets import SquareNet
 
+    if certify and not (math.isfinite(time_limit) and time_limit > 0):
+        raise LosslabError(f"--time-limit must be a finite number of seconds > 0; got {time_limit}")
     net = SquareNet(N, L, activation.value, init.value, weight_scale=scale,
                     bias_scale=bias_scale, df=df, seed=seed)  # fmt: skip
     found = find_fixed_points(net, n_starts=starts, seed=seed)
@@ -530,6 +534,13 @@ def fixedpoints_count(
                   f"({found.rounds} round(s)); {found.unassigned_fraction:.1%} of forward "
                   f"iterations reached no attractor; {found.seconds:.2f} s")  # fmt: skip
     console.print(_index_line(found))
+    degenerate = found.kinds.count("non-hyperbolic")
+    if degenerate:
+        console.print(
+            f"[yellow]{degenerate} non-hyperbolic point(s)[/]: an eigenvalue of the Jacobian on "
+            "the unit circle, or unresolved at the search's tolerance. A degenerate fixed "
+            "point is counted once; a continuum of fixed points gives one point per start."
+        )
     if certify:
         with console.status(f"proving the count (at most {time_limit:g} s) ..."):
             proof = certify_fixed_points(net, time_limit=time_limit)
@@ -583,7 +594,7 @@ def fixedpoints_restore(
 
     from losslab.fixedpoints import (
         digits_unit,
-        psnr,
+        mean_psnr,
         restoration_figure,
         restore,
         standard_corruptions,
@@ -592,8 +603,14 @@ def fixedpoints_restore(
     from losslab.nets import SquareNet
 
     images, labels = digits_unit()
+    if stored > len(labels) - 300:
+        raise LosslabError(
+            f"--stored {stored}: at most {len(labels) - 300} of the {len(labels)} digits "
+            "(200 are kept unseen, and at least 100 train the classifier)"
+        )
     order = np.random.default_rng(seed).permutation(len(labels))
-    kept, unseen, rest = order[:stored], order[-200:], order[:-200]
+    # the classifier learns from digits neither stored nor unseen
+    kept, unseen, rest = order[:stored], order[-200:], order[stored:-200]
     net = SquareNet(64, L, init=init.value, weight_scale=scale, seed=seed)
     from rich.progress import Progress
 
@@ -618,8 +635,8 @@ def fixedpoints_restore(
         damaged = damage(clean)
         with torch.no_grad():
             result = restore(net, damaged, max_iter=500)
-        table.add_row(name, f"{float(psnr(clean, damaged).mean()):.2f}",
-                      f"{float(psnr(clean, result.images).mean()):.2f}",
+        table.add_row(name, f"{mean_psnr(clean, damaged):.2f}",
+                      f"{mean_psnr(clean, result.images):.2f}",
                       f"{classifier.score(damaged.numpy(), labels[rows]):.3f}",
                       f"{classifier.score(result.images.numpy(), labels[rows]):.3f}",
                       f"{float(result.converged.double().mean()):.0%}")  # fmt: skip

@@ -89,13 +89,16 @@ def _tail_alphas(net: SquareNet) -> list[float]:
 def _trained(cell: dict[str, Any]) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
 
-    from losslab.fixedpoints.restore import psnr, restore, standard_corruptions
+    from losslab.fixedpoints.restore import mean_psnr, restore, standard_corruptions
     from losslab.fixedpoints.training import digits_unit, faces_unit, train_autoencoder
 
     images, labels = faces_unit(8) if cell.get("data") == "faces" else digits_unit()
     order = np.random.default_rng(cell["seed"]).permutation(len(labels))
     n_unseen = min(200, len(labels) // 4)
-    stored, test, rest = order[: cell["n_train"]], order[-n_unseen:], order[:-n_unseen]
+    # the classifier learns from the other images: neither stored (it would recognise its
+    # own training images) nor unseen
+    stored, test = order[: cell["n_train"]], order[-n_unseen:]
+    rest = order[cell["n_train"] : -n_unseen]
     scale = 1.0 if cell["init"] == "gaussian" else TRAINED_CAUCHY_SCALE
     net = SquareNet(64, cell["L"], init=cell["init"], weight_scale=scale, seed=cell["seed"])
     alphas_before = _tail_alphas(net)
@@ -117,8 +120,8 @@ def _trained(cell: dict[str, Any]) -> dict[str, Any]:
             with torch.no_grad():
                 result = restore(net, damaged, max_iter=500)
             restoration[f"{split}/{name}"] = {
-                "psnr_before": float(psnr(clean, damaged).mean()),
-                "psnr_after": float(psnr(clean, result.images).mean()),
+                "psnr_before": mean_psnr(clean, damaged),
+                "psnr_after": mean_psnr(clean, result.images),
                 "converged": float(result.converged.double().mean()),
                 "accuracy_corrupted": float(classifier.score(damaged.numpy(), labels[rows])),
                 "accuracy_restored": float(classifier.score(result.images.numpy(), labels[rows])),
@@ -187,7 +190,7 @@ class BerlyandSlavin:
 
     name = "berlyand-slavin"
     paper = "Berlyand & Slavin (2025), Fixed Points of Deep Neural Networks"
-    version = 2
+    version = 3
 
     def grid(self, preset: str) -> list[dict[str, Any]]:
         full = preset == "full"

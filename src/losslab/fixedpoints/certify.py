@@ -78,6 +78,7 @@ from losslab.linalg.interval import (
     tanh,
     tanh_derivative,
 )
+from losslab.nets.square import SquareNet
 
 __all__ = ["CertifiedCount", "certify_fixed_points"]
 
@@ -296,7 +297,11 @@ class _IntervalMap:
 
 
 def _extract(net: Any) -> tuple[list[tuple[Tensor, Tensor]], str, int]:
-    """Validated float64 weights, activation name and width of a SquareNet-like map."""
+    """Validated float64 weights, activation name and width of a SquareNet-like map (an
+    ``nn.Sequential`` of square ``Linear`` layers and ``Sigmoid`` or ``Tanh`` is converted by
+    :meth:`SquareNet.from_sequential`)."""
+    if isinstance(net, nn.Sequential):
+        net = SquareNet.from_sequential(net)
     has_api = callable(getattr(net, "weights", None)) and hasattr(net, "activation")
     if not has_api or not hasattr(net, "N"):
         kind = "an nn.Module that is not a SquareNet" if isinstance(net, nn.Module) else "it"
@@ -329,7 +334,38 @@ def _extract(net: Any) -> tuple[list[tuple[Tensor, Tensor]], str, int]:
                 "parameters"
             )
         weights.append((W.contiguous(), b.contiguous()))
+    if callable(net) and not isinstance(net, SquareNet):
+        _check_layers_describe(net, weights, activation, N)
     return weights, activation, N
+
+
+def _check_layers_describe(
+    net: Any, weights: list[tuple[Tensor, Tensor]], activation: str, N: int
+) -> None:
+    """A map that lists its layers must compute them: compare ``net(x)`` with the
+    composition of the layers at a few points (a ReLU net claiming ``activation="sigmoid"``
+    would otherwise be certified as another map)."""
+    sigma = torch.sigmoid if activation == "sigmoid" else torch.tanh
+    x = torch.rand(8, N, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = x
+    for W, b in weights:
+        expected = sigma(expected @ W.T + b)
+    with torch.no_grad():
+        dtype = weights[0][0].dtype
+        try:
+            parameter = next(iter(net.parameters()), None) if isinstance(net, nn.Module) else None
+            dtype = parameter.dtype if parameter is not None else torch.float64
+            computed = torch.as_tensor(net(x.to(dtype))).to(torch.float64)
+        except Exception as error:  # the user's map, whatever it raises
+            raise FixedPointError(f"net(x) failed on (8, {N}) inputs: {error}") from None
+    tolerance = 1e-6 if dtype == torch.float64 else 1e-3
+    if computed.shape != expected.shape or not bool(
+        ((computed - expected).abs() <= tolerance).all()
+    ):
+        raise FixedPointError(
+            f"net(x) is not the composition of the layers net.weights() lists with "
+            f"activation={activation!r}: the proof would be about another map"
+        )
 
 
 def _search_box(

@@ -288,6 +288,15 @@ def psnr(clean: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(1.0 / mse)
 
 
+def mean_psnr(clean: torch.Tensor, other: torch.Tensor) -> float:
+    """The mean of :func:`psnr` over the images that differ (finite PSNR): an image the
+    damage left unchanged (a mask on blank pixels) has ``+inf`` and would make any mean
+    infinite. ``+inf`` only when every image is unchanged."""
+    values = psnr(clean, other).reshape(-1)
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if finite.numel() else math.inf
+
+
 def restoration_accuracy(
     train_images: torch.Tensor,
     train_labels: torch.Tensor,

@@ -62,7 +62,19 @@ the others and every Jacobian of the analysis in float64.
 nets):
 ``"attractor"`` when all ``|lambda_i| < 1``, ``"repeller"`` when all ``|lambda_i| > 1``,
 ``"saddle"`` when some are below and some above 1, and ``"non-hyperbolic"`` when some
-``| |lambda_i| - 1 | <= 1e-9`` (the linearisation does not decide stability).
+``| |lambda_i| - 1 | <= 1e-9`` (the linearisation does not decide stability). A search
+stops at ``||F|| <= tol``, not at ``x*``: near a degenerate fixed point (``x - x^3`` at
+0) it stops ``tol^(1/3) = 1e-4`` away, where ``|lambda| = 1 - 3e-8`` looks hyperbolic.
+So the hyperbolicity margin ``m = min_i | |lambda_i| - 1 |`` is read again at the Newton
+estimate ``x - J_F^+ F(x)``; at a hyperbolic point it moves by ``O(||J_F^+ F||)``, at a
+degenerate one it shrinks by a fixed share (``lambda - 1 ~ x^(k-2)`` on an ``x^k`` term,
+the Newton step covers ``1/(k-1)`` of the way). A margin that moves by more than a
+quarter of itself is unresolved: the point is ``"non-hyperbolic"`` and its index 0.
+Such points also merge more widely: the starts that converge near a degenerate root
+spread over ``tol^(1/m)``, so two points within ``4 (s_l + s_m)`` of each other (their
+Newton error bars, capped at ``DEGENERATE_SPREAD``) are one. A *continuum* of fixed
+points (``f`` the identity on a line) has no isolated points: each start finds its own,
+all non-hyperbolic.
 
 **Basins.** From ``basin_starts`` further uniform starts in the box the forward iteration
 ``x <- f(x)`` runs (batched) for up to ``basin_iterations`` steps; a start is assigned to
@@ -134,6 +146,16 @@ Map = Callable[[torch.Tensor], torch.Tensor]
 HYPERBOLICITY_TOL = 1e-9
 #: Absolute cap (times the box scale) on the distance of two points called the same.
 MERGE_ATOL = 1e-8
+#: Cap (times the box scale) on the error bars ``2 (s + beta ||F||)`` within which two
+#: points merge: near a degenerate root of multiplicity ``m``, ``||F|| <= tol`` holds on a
+#: ball of radius about ``tol^(1/m)`` (``1e-4`` for ``x - x^3`` at ``tol = 1e-12``), and
+#: the starts that converge there are one point, not hundreds.
+DEGENERATE_SPREAD = 1e-3
+#: A start that stopped with ``||F|| <=`` this many rounding units of ``||J_F|| ||x||``
+#: (``eps ||J_F||_2 max(1, ||x||) sqrt(N)``) is converged as far as the dtype allows: at
+#: a steep root (``||J_F|| = 1e5`` on saturated tanh nets) no float64 point has
+#: ``||F|| <= 1e-12``.
+ROUNDING_UNITS = 16
 #: Absolute cap (times the box scale) on the capture radius of an attractor.
 BASIN_CAPTURE = 1e-6
 #: A start whose ``||F||`` falls by less than half in 5 iterations is given up (creeping
@@ -317,15 +339,21 @@ def square_net_jacobian(net: SquareNet, dtype: torch.dtype | None = None) -> Map
     return jacobian
 
 
-def _infer_dtype_device(f: Any, starts: torch.Tensor | None) -> tuple[torch.dtype, torch.device]:
-    """The module's parameters decide (starts are cast to them), else the starts, else
-    float64 on the CPU."""
+def _infer_dtype_device(
+    f: Any, starts: torch.Tensor | None, box: Any = None
+) -> tuple[torch.dtype, torch.device]:
+    """The module's parameters decide (starts are cast to them), else the starts, else a
+    box given as floating tensors, else float64 on the CPU."""
     if isinstance(f, torch.nn.Module):
         for parameter in f.parameters():
             if parameter.is_floating_point():
                 return parameter.dtype, parameter.device
     if starts is not None and starts.is_floating_point():
         return starts.dtype, starts.device
+    if isinstance(box, tuple | list):
+        for bound in box:
+            if isinstance(bound, torch.Tensor) and bound.is_floating_point():
+                return bound.dtype, bound.device
     return torch.float64, torch.device("cpu")
 
 
@@ -342,11 +370,11 @@ def _resolve(
             user = user.unsqueeze(0)
         if user.ndim != 2 or user.shape[1] < 1:
             raise FixedPointError(f"starts must have shape (k, N); got {tuple(user.shape)}")
-    dtype, device = _infer_dtype_device(f, user)
-    if user is not None:
-        user = user.to(dtype=dtype, device=device)
     if box is None and hasattr(f, "output_box"):
         box = f.output_box
+    dtype, device = _infer_dtype_device(f, user, box)
+    if user is not None:
+        user = user.to(dtype=dtype, device=device)
     bounds: list[torch.Tensor] = []
     if box is not None:
         if not isinstance(box, tuple | list) or len(box) != 2:
@@ -398,7 +426,20 @@ def _evaluate(f: Map, x: torch.Tensor) -> torch.Tensor:
             f"f must map (..., N) to (..., N): input of shape {tuple(x.shape)} gave output "
             f"of shape {shape}"
         )
+    if y.dtype != x.dtype:
+        raise FixedPointError(
+            f"f returned {y.dtype} for {x.dtype} input: the search runs in the map's dtype "
+            "(an nn.Module's parameters', else the starts', else the box's, else float64); "
+            "pass starts or a box of the dtype the map computes in"
+        )
     return y
+
+
+def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances of the rows of ``a`` and ``b``, computed from differences
+    (``torch.cdist``'s matrix-product shortcut loses the small distances to cancellation:
+    in float32 a point was 5e-4 from itself)."""
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def _leader_clusters(X: torch.Tensor, atol: float) -> list[tuple[int, torch.Tensor]]:
@@ -505,8 +546,8 @@ def _deduplicate(
         for c, (_, members) in enumerate(clusters):
             rows = remaining[members]
             d = torch.linalg.vector_norm(X[rows] - refined[c], dim=1)
-            slack = 2 * (s[c] + beta[c] * residual[rows])
-            radius = torch.minimum(torch.full_like(d, atol), torch.maximum(rho[c] / 4, slack))
+            slack = _error_bars(4 * (s[c] + beta[c] * residual[rows]), scale)
+            radius = torch.maximum(torch.minimum(torch.full_like(d, atol), rho[c] / 4), slack)
             same = d <= radius
             same[members == clusters[c][0]] = True  # the leader itself
             counts.append(int(same.sum()))
@@ -521,6 +562,13 @@ def _deduplicate(
     return points, beta, rho, s, hits
 
 
+def _error_bars(slack: torch.Tensor, scale: float) -> torch.Tensor:
+    """``slack`` capped at ``DEGENERATE_SPREAD`` (times the scale); NaN (a singular
+    Jacobian: ``inf * 0``) counts as the cap."""
+    cap = torch.full_like(slack, DEGENERATE_SPREAD * scale)
+    return torch.where(torch.isnan(slack), cap, torch.minimum(slack, cap))
+
+
 def _merge_pairs(
     points: torch.Tensor,
     beta: torch.Tensor,
@@ -528,14 +576,18 @@ def _merge_pairs(
     s: torch.Tensor,
     hits: torch.Tensor,
     atol: float,
+    scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge refined unique points that are the same by the rule (earlier rows survive)."""
     k = points.shape[0]
     if k < 2:
         return points, beta, rho, s, hits
-    d = torch.cdist(points, points)
-    r = torch.maximum(rho[:, None] / 4, 2 * (s[:, None] + s[None, :]))
-    r = torch.minimum(torch.minimum(r, r.T), torch.full_like(r, atol))
+    d = _distances(points, points)
+    unique_within = torch.minimum(rho[:, None], rho[None, :]) / 4
+    r = torch.maximum(
+        torch.minimum(unique_within, torch.full_like(d, atol)),
+        _error_bars(4 * (s[:, None] + s[None, :]), scale),
+    )
     same = (d <= r) & ~torch.eye(k, dtype=torch.bool, device=points.device)
     if not bool(same.any()):
         return points, beta, rho, s, hits
@@ -575,7 +627,7 @@ class _Known:
         return int(self.points.shape[0])
 
     def _ratio(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cdist(x, self.points) / self.radius[None, :]
+        return _distances(x, self.points) / self.radius[None, :]
 
     def captured(self, x: torch.Tensor) -> torch.Tensor:
         return (self._ratio(x) <= 1).any(1)
@@ -593,6 +645,7 @@ class _Known:
         hits: torch.Tensor,
         *,
         atol: float,
+        scale: float,
     ) -> None:
         merged = _merge_pairs(
             torch.cat([self.points, points]),
@@ -601,12 +654,13 @@ class _Known:
             torch.cat([self.s, s]),
             torch.cat([self.hits, hits]),
             atol,
+            scale,
         )
         self.points, self.beta, self.rho, self.s, self.hits = merged
         # capture radius: rho / 4, and never beyond a quarter of the way to another point
         self.radius = self.rho / 4
         if self.count > 1:
-            d = torch.cdist(self.points, self.points)
+            d = _distances(self.points, self.points)
             d.fill_diagonal_(torch.inf)
             self.radius = torch.minimum(self.radius, d.amin(1) / 4)
 
@@ -647,6 +701,55 @@ def fixed_point_indices(eigenvalues: torch.Tensor, tol: float = HYPERBOLICITY_TO
     return torch.where(degenerate, torch.zeros_like(index), index)
 
 
+def _hyperbolicity_unresolved(
+    f: Map, jac_f: Map, points: torch.Tensor, eigenvalues: torch.Tensor
+) -> torch.Tensor:
+    """Points whose hyperbolicity margin ``m = min_i | |lambda_i| - 1 |`` moves by more than
+    a quarter of itself between the point and its Newton estimate of the fixed point (module
+    docstring, **Stability**): the margin is then an artefact of where the search stopped."""
+    with torch.no_grad():
+        J = jac_f(points)
+        J.diagonal(dim1=1, dim2=2).sub_(1)
+        U, S, Vh = torch.linalg.svd(J)
+        coefficients = (U.mT @ (_evaluate(f, points) - points).unsqueeze(2)).squeeze(2)
+        coefficients = torch.where(S > 0, coefficients / S, torch.zeros_like(S))
+        step = -(Vh.mT @ coefficients.unsqueeze(2)).squeeze(2)
+        moved_jacobian = jac_f(points + step)
+    margin = (eigenvalues.abs() - 1).abs().amin(1).to(points.dtype)
+    readable = torch.isfinite(moved_jacobian).flatten(1).all(1) & (step != 0).any(1)
+    unresolved = torch.zeros_like(readable)
+    if bool(readable.any()):
+        moved_eigenvalues = general_eigenvalues(moved_jacobian[readable])
+        moved = (moved_eigenvalues.abs() - 1).abs().amin(1).to(points.dtype)
+        kept = margin[readable]
+        unresolved[readable] = ~((moved - kept).abs() <= kept / 4) & (kept > 0)
+    return unresolved
+
+
+def _at_rounding_floor(result: Any, jac_f: Map, dtype: torch.dtype) -> torch.Tensor:
+    """Starts that stopped short of ``tol`` with ``||F||`` within ``ROUNDING_UNITS`` of the
+    rounding floor ``eps ||J_F||_2 max(1, ||x||) sqrt(N)``: converged as far as the dtype
+    allows (module docstring)."""
+    floor_ok = torch.zeros_like(result.converged)
+    near = (~result.converged & (result.status != CAPTURED)).nonzero().squeeze(1)
+    eps = torch.finfo(dtype).eps
+    # only starts whose residual a Jacobian norm up to 1e8 could explain
+    near = near[result.residual[near] <= ROUNDING_UNITS * eps * 1e8 * result.x.shape[1]]
+    if near.numel() == 0:
+        return floor_ok
+    x = result.x[near]
+    with torch.no_grad():
+        J = jac_f(x)
+    J.diagonal(dim1=1, dim2=2).sub_(1)
+    floor = (
+        ROUNDING_UNITS * eps * math.sqrt(x.shape[1])
+        * torch.linalg.matrix_norm(J, ord=2)
+        * torch.linalg.vector_norm(x, dim=1).clamp(min=1.0)
+    )  # fmt: skip
+    floor_ok[near] = result.residual[near] <= floor
+    return floor_ok
+
+
 def _maps_into_box(f: Any, low: torch.Tensor | None, high: torch.Tensor | None) -> bool:
     """Whether ``f`` provably maps the box ``[low, high]`` into its interior: a SquareNet,
     whose outputs lie in the open output box of its activation, on a box containing it."""
@@ -684,7 +787,7 @@ def _basins(
     z = starts.clone()
     step = 0
     while active.numel():
-        d = torch.cdist(z, attractors)  # (b, a)
+        d = _distances(z, attractors)  # (b, a)
         inside = d <= capture[None, :]
         hit = inside.any(1)
         label[active[hit]] = inside[hit].to(torch.int64).argmax(1)
@@ -756,6 +859,8 @@ def preactivation_starts(net: SquareNet, n_starts: int, generator: torch.Generat
         return J
 
     radius = torch.stack([b.abs() + W.abs().sum(dim=1) for W, b in weights])  # (L, N)
+    if not bool(torch.isfinite(radius).all()):  # weights near the dtype's overflow
+        return torch.empty(0, N, dtype=radius.dtype, device=radius.device)
     # magnitudes log-uniform in [0.1, R] (random signs): a root can be saturated in some
     # coordinates (|y| large) and moderate in others; uniform y would rarely be moderate.
     uniform = torch.rand(2, n_starts, L, N, generator=generator, dtype=radius.dtype)
@@ -827,7 +932,7 @@ def find_fixed_points(
     if not (isinstance(tol, int | float) and math.isfinite(tol) and tol > 0):
         raise FixedPointError(f"tol must be a finite number > 0; got {tol!r}")
     N, low, high, user = _resolve(f, box, starts)
-    dtype, device = _infer_dtype_device(f, user)
+    dtype, device = _infer_dtype_device(f, user, (low, high))
     generator = torch.Generator().manual_seed(seed)
     # lifted starts draw from a generator of their own, so that they do not shift the others
     lifted_generator = torch.Generator().manual_seed(seed + 1)
@@ -933,11 +1038,11 @@ def find_fixed_points(
             captured = result.status == CAPTURED
             if bool(captured.any()):
                 known.add_hits(result.x[captured])
-            conv = result.converged
+            conv = result.converged | _at_rounding_floor(result, jac_f, dtype)
             n_converged += int(conv.sum()) + int(captured.sum())
             if bool(conv.any()):
                 new = _deduplicate(result.x[conv], result.residual[conv], analysis, atol, scale)
-                known.merge(*new, atol=atol)
+                known.merge(*new, atol=atol, scale=scale)
     points, rho, hits = known.points, known.rho, known.hits
     # sort lexicographically (stable keys from the last coordinate to the first)
     order = torch.arange(points.shape[0], device=device)
@@ -957,6 +1062,11 @@ def find_fixed_points(
     spectral_radius = eig.abs().amax(1) if k else torch.empty(0, dtype=dtype)
     kinds = classify(eig)
     indices = fixed_point_indices(eig, index_tol).to(device)
+    if k:
+        unresolved = _hyperbolicity_unresolved(f, jac_f, points, eig)
+        flags = unresolved.tolist()
+        kinds = ["non-hyperbolic" if u else kind for kind, u in zip(kinds, flags, strict=True)]
+        indices[unresolved.to(device)] = 0
     basin = torch.full((k,), torch.nan, dtype=dtype, device=device)
     unassigned = math.nan
     is_attractor = torch.tensor([kind == "attractor" for kind in kinds], dtype=torch.bool)
@@ -970,7 +1080,7 @@ def find_fixed_points(
         attract = points[is_attractor.to(device)]
         capture = torch.empty(attract.shape[0], dtype=dtype, device=device)
         if attract.shape[0]:
-            d_all = torch.cdist(attract, points)
+            d_all = _distances(attract, points)
             d_all[d_all == 0] = torch.inf
             nearest = d_all.amin(1)
             capture = torch.minimum(

@@ -135,7 +135,51 @@ class SquareNet(nn.Module):
                 layer.bias.copy_(
                     bias_scale * sample_entries((N,), init, generator, df=df, dtype=dtype)
                 )
+            if not all(bool(torch.isfinite(t).all()) for t in (layer.weight, layer.bias)):
+                raise FixedPointError(
+                    f"weight_scale={weight_scale:g}, bias_scale={bias_scale:g}: the {init} "
+                    f"weights overflow {dtype} (heavy tails reach ~1e300 times the scale at "
+                    "worst); use smaller scales"
+                )
             self.layers.append(layer)
+
+    @classmethod
+    def from_sequential(cls, model: nn.Module) -> SquareNet:
+        """The SquareNet of a user's ``nn.Sequential(Linear(N, N), Sigmoid(), Linear(N, N),
+        Sigmoid(), ...)`` (or ``Tanh()`` throughout): a copy of its weights and biases, in
+        its dtype, with ``init="copied"``. Anything else (another activation, a mixed one,
+        a layer without bias or of another width) raises :class:`FixedPointError`."""
+        names = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
+        children = list(model.children()) if isinstance(model, nn.Sequential) else []
+        linears = [c for c in children[0::2] if isinstance(c, nn.Linear) and c.bias is not None]
+        kinds = {names.get(type(c)) for c in children[1::2]}
+        widths = {(c.in_features, c.out_features) for c in linears}
+        if not (
+            children
+            and len(children) % 2 == 0
+            and len(linears) == len(children) // 2
+            and len(widths) == 1
+            and len({*widths.pop()}) == 1
+            and len(kinds) == 1
+            and None not in kinds
+        ):
+            raise FixedPointError(
+                "from_sequential needs nn.Sequential(Linear(N, N), Sigmoid(), ...): square "
+                "Linear layers of one width, each with a bias and followed by the same "
+                f"activation (Sigmoid or Tanh); got {[type(c).__name__ for c in children]}"
+            )
+        activation: Activation = "sigmoid" if kinds == {"sigmoid"} else "tanh"
+        first = linears[0]
+        net = cls(first.in_features, len(linears), activation, dtype=first.weight.dtype)
+        with torch.no_grad():
+            for target, source in zip(net.layers, linears, strict=True):
+                assert isinstance(target, nn.Linear)
+                assert source.bias is not None
+                target.weight.copy_(source.weight)
+                target.bias.copy_(source.bias)
+        net.init = "copied"  # type: ignore[assignment]
+        net.weight_scale = net.bias_scale = math.nan
+        return net
 
     @property
     def output_box(self) -> tuple[float, float]:
