@@ -266,6 +266,11 @@ def test_nan_starts_are_dropped():
         (sigmoid_map, {"box": (0.0, float("inf")), "starts": torch.zeros(3, 2)}, "finite"),
         (sigmoid_map, {"box": _box(0.0, 1.0, 2), "n_starts": -1}, "n_starts"),
         (sigmoid_map, {"box": _box(0.0, 1.0, 2), "tol": 0.0}, "tol"),
+        (  # a map of (N,) vectors only
+            lambda x: torch.tensor([[0.5, 0.2], [0.1, 0.3]], dtype=DT) @ x,
+            {"box": _box(0.0, 1.0, 2)},
+            r"f failed on a batch of shape \(100, 2\).*torch.vmap",
+        ),
     ],
 )
 def test_bad_input(f, kwargs, message):

@@ -418,8 +418,15 @@ def _resolve(
 
 
 def _evaluate(f: Map, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        y = f(x)
+    try:
+        with torch.no_grad():
+            y = f(x)
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as error:
+        raise FixedPointError(
+            f"f failed on a batch of shape {tuple(x.shape)} ({type(error).__name__}: {error}). "
+            "find_fixed_points evaluates f on (B, N) batches; a map of (N,) vectors can be "
+            "batched with torch.vmap(f)"
+        ) from error
     if not isinstance(y, torch.Tensor) or y.shape != x.shape:
         shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise FixedPointError(
