@@ -35,7 +35,7 @@ def test_fit_matches_clarabel_and_recovers_the_network(formulation, bias):
     net = model.to_torch()
     with torch.no_grad():
         output = net(torch.as_tensor(X))[:, 0].numpy()
-    penalty = sum(float(p.square().sum()) for p in net.parameters())
+    penalty = sum(float(p.detach().square().sum()) for p in net.parameters())
     nonconvex = float(np.square(output - y).sum()) / (2 * len(y)) + 0.05 / 2 * penalty
     if formulation == "relu":
         assert nonconvex == pytest.approx(model.objective_, rel=1e-9)
