@@ -56,7 +56,7 @@ def test_in_region_hessian_matches_finite_differences_of_the_gradient(depth, see
     assert abs(certificate.hessian_min_eigenvalue - float(smallest)) <= 1e-6
     assert certificate.strongly_convex == (certificate.hessian_min_eigenvalue > 0)
     assert certificate.training_error == pytest.approx(
-        float(((model(inputs) - targets) ** 2).sum() / (2 * len(inputs))), rel=1e-12
+        float(((model(inputs) - targets) ** 2).sum().detach() / (2 * len(inputs))), rel=1e-12
     )
 
 
