@@ -155,6 +155,20 @@ def test_split_gated_block_reproduces_the_gated_fit_at_near_least_cost(bias):
         ).solve(solver="CLARABEL")
         cost = float(v.norm() + w.norm())
         assert best * (1 - 1e-6) <= cost <= d**0.5 * best * (1 + 1e-6)
+        along = signs * (prog.X @ u)
+        if bool((along >= 0).all()):  # u in its cone: one neuron, no split
+            assert bool((w == 0).all())
+    # a block inside its cone is not split, and neither is one whose negative is
+    from losslab.convex.recovery import interior_point
+
+    pattern = prog.patterns[:, 0]
+    inside = interior_point(prog.X, pattern)  # (2D - I) X g >= 1
+    v, w = split_gated_block(prog.X, pattern, inside)
+    assert torch.equal(v, inside)
+    assert bool((w == 0).all())
+    v, w = split_gated_block(prog.X, pattern, -inside)
+    assert bool((v == 0).all())
+    assert torch.equal(w, inside)
 
 
 def test_bad_programs():

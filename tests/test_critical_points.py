@@ -287,3 +287,30 @@ def test_loss_must_be_a_scalar() -> None:
         classify(lambda t: t[:2], torch.zeros(3))
     with pytest.raises(CurvatureError, match="stall_window"):
         find_critical_point(double_well, torch.zeros(3), stall_window=0)
+
+
+@pytest.mark.parametrize("curvature", [1e-5, 3e-6])
+def test_a_small_eigenvalue_next_to_a_cubic_term_is_still_a_minimum(curvature) -> None:
+    # At ||g|| <= 1e-10 the point is ~3e-6 from the minimum, where lambda_x is 2 to 7
+    # times its value at the minimum: the first Newton estimate moves it by half, the
+    # later ones settle (quadratic convergence), so it is resolved, not degenerate.
+    def loss(theta: torch.Tensor) -> torch.Tensor:
+        return 0.5 * curvature * theta[0] ** 2 + theta[0] ** 3 + 0.5 * theta[1] ** 2
+
+    for start in (1e-4, 2e-3):
+        found = find_critical_point(loss, torch.tensor([start, 0.3]))
+        assert found.converged
+        point = classify(loss, found.params)
+        assert (point.kind, point.unresolved, point.nullity) == ("minimum", 0, 0)
+
+
+def test_an_eigenvalue_that_grows_along_the_newton_estimates_is_resolved() -> None:
+    # lambda_x = 1 + z^2 grows as the Newton estimate moves along z (g_z = 1e-9 over a
+    # 1e-12 eigenvalue, below zero_tol): the saddle stays a saddle on both paths.
+    def loss(theta: torch.Tensor) -> torch.Tensor:
+        x, y, z = theta
+        return 0.5 * (1 + z**2) * x**2 - 0.5 * y**2 + 0.5e-12 * z**2 + 1e-9 * z
+
+    for dense_limit in (3000, 0):
+        point = classify(loss, torch.zeros(3), dense_limit=dense_limit)
+        assert (point.kind, point.unresolved) == ("saddle", 0)

@@ -685,3 +685,15 @@ def test_a_plain_callable_runs_in_the_box_dtype_and_must_keep_it():
     assert result.count >= 1
     with pytest.raises(FixedPointError, match=r"returned torch\.float32 for torch\.float64"):
         find_fixed_points(f, box=(-torch.ones(2, dtype=DT), torch.ones(2, dtype=DT)))
+
+
+def test_a_ghost_next_to_a_fold_is_not_a_fixed_point():
+    # f(x) = x + (1e6 x0, (x1 - 0.2)^2 + 1e-9) has no fixed point. At its local minimum
+    # of ||F|| (x1 = 0.2) ||F|| = 1e-9 is below 16 eps ||J_F||, but Newton points 3e-5
+    # away: not the rounding floor of a root.
+    def f(z: torch.Tensor) -> torch.Tensor:
+        x0, x1 = z[..., 0], z[..., 1]
+        return torch.stack([x0 + 1e6 * x0, x1 + (x1 - 0.2) ** 2 + 1e-9], dim=-1)
+
+    result = find_fixed_points(f, box=_box(-1.0, 1.0, 2), n_starts=300, basin_starts=0)
+    assert result.count == 0

@@ -111,6 +111,11 @@ def split_gated_block(
     """``(v, w)`` in the pattern's cone with ``v - w = u`` and small ``||v|| + ||w||``
     (the l1 linear program of the module docstring)."""
     signs = pattern.to(X.dtype) * 2 - 1
+    along_u = signs * (X @ u)
+    if bool((along_u >= 0).all()):  # u is in the cone already: one neuron
+        return u, torch.zeros_like(u)
+    if bool((along_u <= 0).all()):  # -u is: one neuron of negative sign
+        return torch.zeros_like(u), -u
     A = (signs[:, None] * X).detach().cpu().numpy().astype(np.float64)
     A = A[np.linalg.norm(A, axis=1) > 0]
     u_np = u.detach().cpu().numpy().astype(np.float64)

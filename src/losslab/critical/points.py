@@ -46,15 +46,17 @@ signs present, whatever the nullity: a direction of descent and one of ascent ex
 A search stops at ``||g|| <= tol``, not at the critical point ``theta*`` itself, and an
 eigenvalue that vanishes at ``theta*`` need not be small at ``theta``: on ``x^3 + y^2``,
 ``||g|| = 3 x^2 = 1e-10`` leaves ``lambda_x = 6 x = 3.5e-5``. So each eigenvalue is also
-read at the Newton estimate of the critical point, ``theta + s`` with
-``s = -sum_{|lambda_i| > zero_tol} (v_i^T g / lambda_i) v_i`` (MINRES on Hessian-vector
-products above ``dense_limit``), by the Rayleigh quotient ``v_i^T H(theta + s) v_i``. At a
-non-degenerate critical point it moves by ``O(||H'''|| ||s||)``, a tiny fraction of
-``lambda_i``; along a degenerate direction (``lambda ~ x^(k-2)`` on a ``x^k`` term) the
-Newton step covers a fixed share of the way and the eigenvalue moves by at least a third
-of itself (a half for ``k = 3``). An eigenvalue that moves by more than a quarter of
-itself is *unresolved*: it counts as zero (in ``nullity`` and for the kind) and
-``unresolved`` says how many did.
+read along Newton estimates of the critical point, ``theta_{k+1} = theta_k + s_k`` with
+``s_k = -sum_{|mu_j| > zero_tol} (w_j^T g / mu_j) w_j`` from the eigenpairs of
+``H(theta_k)`` (MINRES on Hessian-vector products above ``dense_limit``, its step capped
+at ``||g|| / zero_tol``), by the Rayleigh quotients ``v_i^T H(theta_k) v_i``. Along a
+degenerate direction (``lambda ~ x^(k-2)`` on a ``x^k`` term) each Newton step covers a
+fixed share of the way and the eigenvalue shrinks toward zero by half or more per step; a
+non-degenerate eigenvalue may move at first (a small ``lambda`` next to a cubic term) but
+settles once Newton converges quadratically. An eigenvalue that shrinks by more than a
+quarter at each of up to 8 estimates is *unresolved*: it counts as zero (in ``nullity``
+and for the kind) and ``unresolved`` says how many did. Eigenvalues that grow are
+resolved.
 
 ``loss_fn`` takes a flat parameter tensor, or a dict of named tensors as
 ``torch.func.functional_call`` takes them (``ModelLoss(model, loss, data)`` of
@@ -64,6 +66,7 @@ form and returned so.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -449,7 +452,8 @@ class CriticalPoint:
         kind: ``minimum``, ``maximum``, ``saddle``, ``degenerate`` or ``not critical``.
         morse_index: the number of negative eigenvalues (``None`` when only extreme
             eigenvalues were computed, i.e. above ``dense_limit`` parameters).
-        nullity: the number of eigenvalues with ``|lambda| <= zero_tol`` (``None`` likewise).
+        nullity: the number of eigenvalues with ``|lambda| <= zero_tol`` or unresolved
+            (``None`` likewise).
         min_eigenvalue, max_eigenvalue: the extreme Hessian eigenvalues.
         zero_tol: the tolerance below which an eigenvalue counts as zero.
         gradient_tol: the gradient norm above which the point is ``not critical``:
@@ -590,21 +594,44 @@ def _moves_toward_critical_point(
     vectors: torch.Tensor,
     zero_tol: float,
     exact: bool,
+    max_steps: int = 8,
 ) -> torch.Tensor:
-    """Which eigenvalues move by more than a quarter of themselves between ``theta`` and the
-    Newton estimate ``theta + s`` of the critical point (module docstring)."""
-    if exact:
-        kept = eigenvalues.abs() > zero_tol
-        coefficients = (vectors.T @ gradient)[kept] / eigenvalues[kept]
-        step = -(vectors[:, kept] @ coefficients)
-    else:
-        step = -_krylov_solve(lambda v: flat.hvp(theta, v), gradient, "minres")
-    if not (bool(torch.isfinite(step).all()) and float(step.norm()) > 0):
-        return torch.zeros_like(eigenvalues, dtype=torch.bool)
-    moved = theta + step
-    if exact:
-        quotients = torch.einsum("pi,pq,qi->i", vectors, flat.hessian(moved), vectors)
-    else:
-        columns = [flat.hvp(moved, vectors[:, i]) for i in range(vectors.shape[1])]
-        quotients = (vectors * torch.stack(columns, dim=1)).sum(0)
-    return ~((quotients - eigenvalues).abs() <= 0.25 * eigenvalues.abs())
+    """Which eigenvalues shrink toward zero by more than a quarter at every one of up to
+    ``max_steps`` Newton estimates of the critical point (module docstring): a degenerate
+    direction's eigenvalue shrinks geometrically (by half or more per step), a
+    non-degenerate one settles once Newton converges quadratically."""
+    signs = torch.sign(eigenvalues)
+    current = eigenvalues.abs()  # |lambda_i|, then sign(lambda_i) v_i^T H v_i per estimate
+    shrinking = current > zero_tol
+    point, g = theta, gradient
+    hessian = flat.hessian(theta) if exact else None
+    for _ in range(max_steps):
+        if not bool(shrinking.any()):
+            break
+        if hessian is not None:
+            values, basis = torch.linalg.eigh(hessian)
+            kept = values.abs() > zero_tol
+            step = -(basis[:, kept] @ ((basis[:, kept].T @ g) / values[kept]))
+        else:
+            step = -_krylov_solve(functools.partial(flat.hvp, point), g, "minres")
+            cap = float(g.norm()) / zero_tol  # no larger than the step of a zero_tol eigenvalue
+            if float(step.norm()) > cap:
+                step = step * (cap / float(step.norm()))
+        if not (bool(torch.isfinite(step).all()) and float(step.norm()) > 0):
+            if point is theta:  # theta is its own estimate: nothing moves
+                return torch.zeros_like(shrinking)
+            break
+        point = point + step
+        if exact:
+            hessian = flat.hessian(point)
+            quotients = torch.einsum("pi,pq,qi->i", vectors, hessian, vectors)
+        else:
+            columns = [flat.hvp(point, vectors[:, i]) for i in range(vectors.shape[1])]
+            quotients = (vectors * torch.stack(columns, dim=1)).sum(0)
+        moved = signs * quotients
+        shrinking = shrinking & ~(moved >= 0.75 * current)  # NaN counts as shrinking
+        current = moved
+        g = flat.gradient(point)
+        if not bool(torch.isfinite(g).all()):
+            break
+    return shrinking

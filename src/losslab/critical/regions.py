@@ -104,11 +104,12 @@ class RegionCertificate:
         weight_norms: ``||W~_l||_2`` per layer (bias-augmented).
         depth: hidden layers; ``n_params``: parameters.
         patterns: per hidden layer, the (n, width) boolean activation pattern.
-        critical_point_distance: ``||nabla L|| / mu`` with ``mu`` the proven smallest
-            eigenvalue (exact, or ``lower_bound``): how far the critical point of a
-            ``mu``-strongly convex region loss can be from ``theta`` (``inf`` when strong
-            convexity is not proven). A search stops at ``||nabla L|| <= tol``, near the
-            critical point, not on it.
+        critical_point_distance: ``||nabla L|| / mu`` with ``mu`` the smallest eigenvalue
+            at ``theta`` (exact, or ``lower_bound``): the Newton estimate of how far the
+            critical point is (exact for a quadratic; for the region's polynomial loss an
+            estimate, as ``mu`` is taken at ``theta`` only). ``inf`` when strong convexity
+            is not proven. A search stops at ``||nabla L|| <= tol``, near the critical
+            point, not on it.
         isolated_minimum: a critical point (``gradient_norm <= grad_tol``) with a proven
             positive definite in-region Hessian (``strongly_convex is True``) strictly inside
             its region: ``margin > 2 critical_point_distance``, so the critical point the

@@ -35,15 +35,19 @@ safety factor 4 below). Two
 converged points ``x_l`` (a cluster leader, refined by Newton steps) and ``x_m`` are the
 same fixed point when
 
-.. math::  ||x_m - x_l|| \le \min\bigl(\text{merge\_atol},\
-           \max(\rho_l / 4,\ 2 (s_l + \beta_l ||F(x_m)||))\bigr),
+.. math::  ||x_m - x_l|| \le \max\bigl(\min(\text{merge\_atol},\ \rho_l / 4),\
+           \min(\text{DEGENERATE\_SPREAD},\ 4 (s_l + \beta_l ||F(x_m)||))\bigr),
 
 with ``merge_atol = max(1e-8, 100 eps sqrt(N))`` (times the box scale; ``1e-8`` in
-float64) and ``s_l = ||J_F(x_l)^{-1} F(x_l)||``
-the Newton step left at the leader (its error estimate): within a quarter of the
-uniqueness radius, or within the two points' own error bars, and never farther apart
-than ``merge_atol``. Two fixed points ``1e-6`` apart (``rho < 1e-6``) are therefore kept
-apart, while the thousand copies of one point found from a thousand starts are one.
+float64), ``DEGENERATE_SPREAD = 1e-3`` (times the box scale) and
+``s_l = ||J_F(x_l)^{-1} F(x_l)||`` the Newton step left at the leader (its error
+estimate): within a quarter of the uniqueness radius (but no farther than
+``merge_atol``), or within the points' own error bars. Two fixed points ``1e-6`` apart
+(``rho < 1e-6``, error bars near ``1e-10``) are therefore kept apart, while the thousand
+copies of one point found from a thousand starts are one, and so are the starts that stop
+anywhere in the ``tol^(1/m)`` ball around a degenerate root of multiplicity ``m`` (the
+Newton step there covers ``1/m`` of the way: the factor 4 covers ``m <= 4`` from both
+sides).
 Each unique point is refined with up to three Newton steps (kept only when the residual
 does not grow), and the unique points are compared once more after the refinement.
 
@@ -146,7 +150,7 @@ Map = Callable[[torch.Tensor], torch.Tensor]
 HYPERBOLICITY_TOL = 1e-9
 #: Absolute cap (times the box scale) on the distance of two points called the same.
 MERGE_ATOL = 1e-8
-#: Cap (times the box scale) on the error bars ``2 (s + beta ||F||)`` within which two
+#: Cap (times the box scale) on the error bars ``4 (s + beta ||F||)`` within which two
 #: points merge: near a degenerate root of multiplicity ``m``, ``||F|| <= tol`` holds on a
 #: ball of radius about ``tol^(1/m)`` (``1e-4`` for ``x - x^3`` at ``tol = 1e-12``), and
 #: the starts that converge there are one point, not hundreds.
@@ -733,10 +737,15 @@ def _hyperbolicity_unresolved(
     return unresolved
 
 
-def _at_rounding_floor(result: Any, jac_f: Map, dtype: torch.dtype) -> torch.Tensor:
-    """Starts that stopped short of ``tol`` with ``||F||`` within ``ROUNDING_UNITS`` of the
-    rounding floor ``eps ||J_F||_2 max(1, ||x||) sqrt(N)``: converged as far as the dtype
-    allows (module docstring)."""
+def _at_rounding_floor(
+    result: Any, residual_map: Map, jac_f: Map, dtype: torch.dtype
+) -> torch.Tensor:
+    """Starts that stopped short of ``tol`` at the rounding floor (module docstring): ``||F||
+    <= ROUNDING_UNITS eps ||J_F||_2 max(1, ||x||) sqrt(N)`` *and* a Newton step
+    ``||J_F^{-1} F||`` below ``ROUNDING_UNITS eps max(1, ||x||) sqrt(N)``, the spacing of
+    the floats around ``x``. The second condition rejects a ghost: a local minimum of
+    ``||F||`` next to a fold, where ``F`` is small only because ``J_F`` is steep in another
+    direction, and Newton points far away."""
     floor_ok = torch.zeros_like(result.converged)
     near = (~result.converged & (result.status != CAPTURED)).nonzero().squeeze(1)
     eps = torch.finfo(dtype).eps
@@ -747,13 +756,16 @@ def _at_rounding_floor(result: Any, jac_f: Map, dtype: torch.dtype) -> torch.Ten
     x = result.x[near]
     with torch.no_grad():
         J = jac_f(x)
+        F = residual_map(x)
     J.diagonal(dim1=1, dim2=2).sub_(1)
-    floor = (
+    spacing = (
         ROUNDING_UNITS * eps * math.sqrt(x.shape[1])
-        * torch.linalg.matrix_norm(J, ord=2)
         * torch.linalg.vector_norm(x, dim=1).clamp(min=1.0)
     )  # fmt: skip
-    floor_ok[near] = result.residual[near] <= floor
+    floor = spacing * torch.linalg.matrix_norm(J, ord=2)
+    step, info = torch.linalg.solve_ex(J, -F.unsqueeze(2))
+    step_norm = torch.linalg.vector_norm(step.squeeze(2), dim=1)
+    floor_ok[near] = (result.residual[near] <= floor) & (info == 0) & (step_norm <= spacing)
     return floor_ok
 
 
@@ -766,12 +778,15 @@ def _maps_into_box(f: Any, low: torch.Tensor | None, high: torch.Tensor | None) 
     return bool((low <= out_low).all() and (high >= out_high).all())
 
 
-def _index_check(known: _Known, jac_f: Map, tol: float) -> bool | None:
-    """Whether the indices of the known points sum to 1 (None: some index undecided)."""
+def _index_check(known: _Known, f: Map, jac_f: Map, tol: float) -> bool | None:
+    """Whether the indices of the known points sum to 1 (None: some index undecided, as
+    the reported indices decide it)."""
     if known.count == 0:
         return False
     with torch.no_grad():
-        indices = fixed_point_indices(general_eigenvalues(jac_f(known.points)), tol)
+        eigenvalues = general_eigenvalues(jac_f(known.points))
+    indices = fixed_point_indices(eigenvalues, tol)
+    indices[_hyperbolicity_unresolved(f, jac_f, known.points, eigenvalues).to(indices.device)] = 0
     if bool((indices == 0).any()):
         return None
     return int(indices.sum()) == 1
@@ -990,7 +1005,7 @@ def find_fixed_points(
     while rounds <= index_retries:
         # a retry draws fresh random starts (none to draw when n_starts is 0)
         if rounds and not (
-            maps_into_box and n_starts > 0 and _index_check(known, jac_f, index_tol) is False
+            maps_into_box and n_starts > 0 and _index_check(known, f, jac_f, index_tol) is False
         ):
             break
         size = n_starts * 2**rounds  # each retry doubles the starts
@@ -1045,7 +1060,7 @@ def find_fixed_points(
             captured = result.status == CAPTURED
             if bool(captured.any()):
                 known.add_hits(result.x[captured])
-            conv = result.converged | _at_rounding_floor(result, jac_f, dtype)
+            conv = result.converged | _at_rounding_floor(result, residual_map, jac_f, dtype)
             n_converged += int(conv.sum()) + int(captured.sum())
             if bool(conv.any()):
                 new = _deduplicate(result.x[conv], result.residual[conv], analysis, atol, scale)

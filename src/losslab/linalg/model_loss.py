@@ -123,7 +123,9 @@ class ModelLoss:
 
     Args:
         model: any ``nn.Module``; its trainable parameters define ``theta``.
-        loss_fn: ``loss_fn(outputs, targets)``, the mean loss of a batch.
+        loss_fn: ``loss_fn(outputs, targets)``, the mean loss of a batch (a loss module
+            with ``reduction`` other than ``"mean"`` is refused; a plain function that sums
+            cannot be told apart and gives ``n_b`` times the Hessian).
         data: an ``(inputs, targets)`` pair or an iterable of such batches.
 
     Attributes:
