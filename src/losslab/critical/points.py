@@ -527,8 +527,9 @@ def classify(
     size = theta.numel()
     exact = size <= dense_limit
     converged = True
-    if exact:
-        eigenvalues, vectors = torch.linalg.eigh(flat.hessian(theta))
+    hessian = flat.hessian(theta) if exact else None
+    if hessian is not None:
+        eigenvalues, vectors = torch.linalg.eigh(hessian)
     else:
 
         def matvec(vector: torch.Tensor) -> torch.Tensor:
@@ -554,7 +555,7 @@ def classify(
     unresolved = torch.zeros_like(zero)
     if critical and gradient_norm > 0:
         unresolved = ~zero & _moves_toward_critical_point(
-            flat, theta, gradient, eigenvalues, vectors, zero_tol, exact
+            flat, theta, gradient, eigenvalues, vectors, zero_tol, hessian
         )
     zero = zero | unresolved
     negative, positive = (eigenvalues < 0) & ~zero, (eigenvalues > 0) & ~zero
@@ -593,7 +594,7 @@ def _moves_toward_critical_point(
     eigenvalues: torch.Tensor,
     vectors: torch.Tensor,
     zero_tol: float,
-    exact: bool,
+    hessian: torch.Tensor | None,
     max_steps: int = 8,
 ) -> torch.Tensor:
     """Which eigenvalues shrink toward zero by more than a quarter at every one of up to
@@ -603,8 +604,7 @@ def _moves_toward_critical_point(
     signs = torch.sign(eigenvalues)
     current = eigenvalues.abs()  # |lambda_i|, then sign(lambda_i) v_i^T H v_i per estimate
     shrinking = current > zero_tol
-    point, g = theta, gradient
-    hessian = flat.hessian(theta) if exact else None
+    point, g = theta, gradient  # hessian: the dense H(theta), or None (Lanczos path)
     for _ in range(max_steps):
         if not bool(shrinking.any()):
             break
@@ -622,7 +622,7 @@ def _moves_toward_critical_point(
                 return torch.zeros_like(shrinking)
             break
         point = point + step
-        if exact:
+        if hessian is not None:
             hessian = flat.hessian(point)
             quotients = torch.einsum("pi,pq,qi->i", vectors, hessian, vectors)
         else:
