@@ -239,12 +239,12 @@ def test_an_unguarded_script_gets_a_clear_error_not_a_dask_traceback(sample, tmp
         "from losslab.engine import run_sweep\n"
         "from tests.conftest import sample_spec\n"
         "from losslab.experiments import load_experiment\n"
-        "run_sweep(load_experiment(sample_spec('CLEAN')).experiment, workers=2, progress=False)\n"
+        "run_sweep(load_experiment(sample_spec('CLEAN')).experiment, workers=2, progress=False,\n"
+        f"          store={str(tmp_path / 'r.sqlite')!r})\n"
     )
     done = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-        cwd=Path(__file__).parent.parent,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
     )  # fmt: skip
     assert done.returncode != 0
     assert "EngineError: could not start 2 local Dask worker processes" in done.stderr
