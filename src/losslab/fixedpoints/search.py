@@ -101,7 +101,7 @@ they are solved first, so that the points they give capture the uniform starts, 
 there are then ``max(1, n_starts // UNIFORM_SHARE_LIFTED)`` (a quarter; all ``n_starts``
 when no lifted start converged). On
 ``SquareNet(6, 2, cauchy, weight_scale=64)`` the lifted starts take about three quarters of
-the search's 0.27 s. Deeper or wider nets skip them: their search is the uniform starts
+the search's 0.27 to 0.33 s. Deeper or wider nets skip them: their search is the uniform starts
 only (all ``n_starts`` of them).
 
 **Index check.** The index of a nondegenerate fixed point is
