@@ -357,7 +357,10 @@ def _rounding_floor(flat: _FlatLoss, theta: torch.Tensor, products: int = 20) ->
 
 
 def _krylov_solve(
-    matvec: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, solver: str
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    solver: str,
+    max_iter: int | None = None,
 ) -> torch.Tensor:
     from scipy.sparse.linalg import LinearOperator, cg, minres
 
@@ -369,7 +372,8 @@ def _krylov_solve(
 
     operator = LinearOperator((size, size), matvec=apply, dtype=np.float64)
     routine = minres if solver == "minres" else cg
-    solution, _ = routine(operator, rhs.detach().cpu().numpy(), rtol=1e-10, maxiter=4 * size)
+    maxiter = 4 * size if max_iter is None else max_iter
+    solution, _ = routine(operator, rhs.detach().cpu().numpy(), rtol=1e-10, maxiter=maxiter)
     return torch.as_tensor(solution, dtype=rhs.dtype, device=rhs.device)
 
 
@@ -613,7 +617,8 @@ def _moves_toward_critical_point(
             kept = values.abs() > zero_tol
             step = -(basis[:, kept] @ ((basis[:, kept].T @ g) / values[kept]))
         else:
-            step = -_krylov_solve(functools.partial(flat.hvp, point), g, "minres")
+            # an estimate of the way to the critical point: 200 products at most per step
+            step = -_krylov_solve(functools.partial(flat.hvp, point), g, "minres", 200)
             cap = float(g.norm()) / zero_tol  # no larger than the step of a zero_tol eigenvalue
             if float(step.norm()) > cap:
                 step = step * (cap / float(step.norm()))
