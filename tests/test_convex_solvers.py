@@ -146,7 +146,7 @@ def test_split_gated_block_reproduces_the_gated_fit_at_near_least_cost(bias):
             torch.relu(prog.X @ v) - torch.relu(prog.X @ w), pattern.double() * (prog.X @ u)
         )
         # The least-cost split, a second-order cone program, by Clarabel: the l1 split is
-        # within sqrt(d) of it by norm equivalence.
+        # within sqrt(d) of it by norm equivalence, and within 5% here (the docs say so).
         A = (signs[:, None] * prog.X).numpy()
         shift = cp.Variable(d)
         best = cp.Problem(
@@ -154,7 +154,7 @@ def test_split_gated_block_reproduces_the_gated_fit_at_near_least_cost(bias):
             [A @ shift >= -A @ u.numpy(), A @ shift >= 0],
         ).solve(solver="CLARABEL")
         cost = float(v.norm() + w.norm())
-        assert best * (1 - 1e-6) <= cost <= d**0.5 * best * (1 + 1e-6)
+        assert best * (1 - 1e-6) <= cost <= 1.05 * best <= d**0.5 * best
         along = signs * (prog.X @ u)
         if bool((along >= 0).all()):  # u in its cone: one neuron, no split
             assert bool((w == 0).all())
