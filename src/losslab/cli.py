@@ -7,6 +7,7 @@ with status 1; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from enum import StrEnum
@@ -102,8 +103,8 @@ def _out() -> Console:
 
 
 def _write_figure(plot: Any, path: Path) -> None:
-    """Save the matplotlib figure ``plot`` as a PNG at ``path`` (folders created) and say so."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Save the matplotlib figure ``plot`` as a PNG at ``path`` (checked by
+    :func:`_check_writable` first) and say so."""
     plot.savefig(path, dpi=120, bbox_inches="tight")
     _out().print(f"Wrote {path}")
 
@@ -352,7 +353,6 @@ def convex_fit(
     title = f"convex {formulation.value} fit of {dataset.name}, lam={lam:g}"
     _out().print(_solution_table(title, model))
     if save is not None:
-        save.parent.mkdir(parents=True, exist_ok=True)
         torch.save(
             {"state_dict": model.to_torch().state_dict(), "bias": bias, "lam": lam,
              "standardize": standardize, "n_features": X.shape[1],
@@ -505,8 +505,6 @@ def fixedpoints_count(
 ) -> None:
     """Find every fixed point of a random square network, classify it, estimate its
     basin, and (with --certify) prove the count."""
-    import math
-
     from losslab.fixedpoints.certify import certify_fixed_points
     from losslab.fixedpoints.search import find_fixed_points
     from losslab.nets import SquareNet
@@ -562,7 +560,7 @@ def _index_line(found: FixedPointSet) -> str:
     if not found.maps_into_box:
         return "index check: not applicable (the map is not known to map the box into itself)"
     if found.index_consistent is None:
-        return "index check: undecided (an eigenvalue lies within rounding of 1)"
+        return "index check: undecided (an eigenvalue within rounding of 1, or unresolved)"
     if found.index_consistent:
         return ("index check: the indices sum to 1, as they must (a missed pair of opposite "
                 "indices would not show)")  # fmt: skip
@@ -1002,7 +1000,6 @@ def results(
         console.print("No stored cells match.")
         return
     if csv is not None:
-        csv.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(csv, index=False)
         console.print(f"Wrote {len(frame)} rows to {csv}")
     hidden = {"error", "started_at", "finished_at", "host"}

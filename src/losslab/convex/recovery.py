@@ -18,8 +18,8 @@ whose solution is within ``sqrt(d)`` of the best split (``||z||_2 <= ||z||_1 <=
 sqrt(d) ||z||_2``) and, measured against Clarabel on the blocks of 12 small programs
 (``n = 30``, ``d = 3`` or 4), within 4.2% (``tests/test_convex_solvers.py`` asserts 5%).
 (An arbitrary interior point ``g`` and the least ``t`` with ``u + t g`` in the cone gave
-splits 2 to 3 times costlier on a 40-point problem.) Rows the LP leaves infeasible by its tolerance are
-repaired along an interior point of the cone.
+splits 2 to 3 times costlier on a 40-point problem.) Rows the LP leaves infeasible by its
+tolerance are repaired along an interior point of the cone.
 """
 
 from __future__ import annotations
