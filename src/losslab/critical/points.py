@@ -309,18 +309,24 @@ def _newton_mr_iteration(
         if accepted is not None:
             return accepted
     values, vectors = torch.linalg.eigh(hessian)
-    projected = vectors.T @ gradient
-    largest = values.abs().max()
+    largest = float(values.abs().max())
     floor = theta.numel() * torch.finfo(theta.dtype).eps  # the pseudo-inverse's cut-off
     cutoffs = ([] if regular else [floor]) + [c for c in TRUNCATION_LADDER if c > floor]
     for relative in cutoffs:
-        keep = values.abs() > relative * largest
-        step = -(vectors[:, keep] @ (projected[keep] / values[keep]))
+        step = _truncated_newton_step(values, vectors, gradient, relative * largest)
         accepted = _armijo_on_gradient_norm(flat, theta, gradient, step, TRUNCATED_HALVINGS)
         if accepted is not None:
             return accepted
     hg = hessian @ gradient
     return _steepest_descent_of_gradient_norm(flat, theta, gradient, hg, hessian @ hg)
+
+
+def _truncated_newton_step(
+    values: torch.Tensor, vectors: torch.Tensor, gradient: torch.Tensor, cutoff: float
+) -> torch.Tensor:
+    """``-sum_{|lambda_i| > cutoff} (v_i^T g / lambda_i) v_i`` from the eigenpairs of ``H``."""
+    keep = values.abs() > cutoff
+    return -(vectors[:, keep] @ ((vectors[:, keep].T @ gradient) / values[keep]))
 
 
 def _steepest_descent_of_gradient_norm(
@@ -612,10 +618,9 @@ def _moves_toward_critical_point(
     for _ in range(max_steps):
         if not bool(shrinking.any()):
             break
-        if hessian is not None:
-            values, basis = torch.linalg.eigh(hessian)
-            kept = values.abs() > zero_tol
-            step = -(basis[:, kept] @ ((basis[:, kept].T @ g) / values[kept]))
+        if hessian is not None:  # theta's eigenpairs are known; later points' are not
+            values, basis = (eigenvalues, vectors) if point is theta else torch.linalg.eigh(hessian)
+            step = _truncated_newton_step(values, basis, g, zero_tol)
         else:
             # an estimate of the way to the critical point: 200 products at most per step
             step = -_krylov_solve(functools.partial(flat.hvp, point), g, "minres", 200)
