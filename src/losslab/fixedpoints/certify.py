@@ -346,18 +346,19 @@ def _check_layers_describe(
     composition of the layers at a few points (a ReLU net claiming ``activation="sigmoid"``
     would otherwise be certified as another map)."""
     sigma = torch.sigmoid if activation == "sigmoid" else torch.tanh
+    device = weights[0][0].device
     x = torch.rand(8, N, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x.to(device)
     expected = x
     for W, b in weights:
         expected = sigma(expected @ W.T + b)
-    with torch.no_grad():
-        dtype = weights[0][0].dtype
-        try:
-            parameter = next(iter(net.parameters()), None) if isinstance(net, nn.Module) else None
-            dtype = parameter.dtype if parameter is not None else torch.float64
+    parameter = next(iter(net.parameters()), None) if isinstance(net, nn.Module) else None
+    dtype = torch.float64 if parameter is None else parameter.dtype  # the map's own dtype
+    try:
+        with torch.no_grad():
             computed = torch.as_tensor(net(x.to(dtype))).to(torch.float64)
-        except Exception as error:  # the user's map, whatever it raises
-            raise FixedPointError(f"net(x) failed on (8, {N}) inputs: {error}") from None
+    except Exception as error:  # the user's map, whatever it raises
+        raise FixedPointError(f"net(x) failed on (8, {N}) inputs: {error}") from None
     tolerance = 1e-6 if dtype == torch.float64 else 1e-3
     if computed.shape != expected.shape or not bool(
         ((computed - expected).abs() <= tolerance).all()
