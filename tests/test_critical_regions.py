@@ -9,7 +9,7 @@ import torch
 from torch.func import functional_call, grad, hessian
 
 from losslab.critical.points import find_critical_point
-from losslab.critical.regions import output_hessian_bounds, strong_convexity
+from losslab.critical.regions import output_hessian_bounds, region_objective, strong_convexity
 from losslab.errors import CurvatureError
 from losslab.linalg.model_loss import ModelLoss
 from losslab.nets import ReLUMLP
@@ -50,6 +50,10 @@ def test_in_region_hessian_matches_finite_differences_of_the_gradient(depth, see
         offset[index] = step
         columns.append((gradient(theta + offset) - gradient(theta - offset)) / (2 * step))
     differenced = torch.stack(columns)
+    # the in-region Hessian, entry by entry (a wrong matrix with the right lambda_min fails)
+    in_region = hessian(region_objective(model, (inputs, targets), 1e-2).function)(theta)
+    scale = float(differenced.abs().max())
+    torch.testing.assert_close(in_region, differenced, atol=1e-6 * scale, rtol=0)
     smallest = torch.linalg.eigvalsh((differenced + differenced.T) / 2)[0]
     # exact (dense) or a converged Lanczos value that proved a negative eigenvalue
     assert certificate.eigenvalue_exact or certificate.hessian_min_eigenvalue < 0
@@ -88,24 +92,58 @@ def test_output_hessian_bound_holds(depth, bias) -> None:
     assert tightest > 0.01  # the bound is not vacuous
 
 
+def dense_regularised_hessian(model, inputs, targets, weight_decay) -> torch.Tensor:
+    """The Hessian of ``E + lambda/2 ||theta||^2`` by ``torch.func.hessian`` of a loss
+    built here from ``functional_call`` (no library code): ReLU'' = 0 away from kinks, so
+    at a point of a region this is the in-region Hessian."""
+    names = [name for name, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(flat: torch.Tensor) -> torch.Tensor:
+        pieces = torch.split(flat, [s.numel() for s in shapes])
+        named = {n: p.view(s) for n, p, s in zip(names, pieces, shapes, strict=True)}
+        residuals = functional_call(model, named, (inputs,)) - targets
+        return (residuals**2).sum() / (2 * len(inputs)) + weight_decay / 2 * (flat @ flat)
+
+    return hessian(loss)(theta)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_threshold_inequality_on_random_networks(seed) -> None:
+    """lambda_min >= lambda - (1/n) sum ||r_i|| B_i, and below E* = lambda^2 / (2 mean B^2)
+    lambda_min >= lambda - sqrt(2E) B_bar > 0, with lambda_min from a dense Hessian built
+    here. B_i comes from the library; its validity is checked against dense output
+    Hessians in test_output_hessian_bound_holds."""
     depth = 1 + seed % 3
     model, inputs, targets = problem(depth, 20 + seed, n=15, width=4)
+    with torch.no_grad():
+        residual_norms = (model(inputs) - targets).norm(dim=1)
+    bounds = output_hessian_bounds(model, inputs)
+    error = float((residual_norms**2).sum() / (2 * len(inputs)))
     below = []
     for weight_decay in (1e-3, 1e-1, 10.0):
-        certificate = strong_convexity(model, (inputs, targets), weight_decay)
-        assert certificate.hessian_min_eigenvalue >= certificate.lower_bound - 1e-10
-        below.append(certificate.below_threshold)
-        if certificate.below_threshold:
-            assert certificate.lower_bound > 0
+        certificate = strong_convexity(model, (inputs, targets), weight_decay,
+                                       eigenvalue_method="dense")  # fmt: skip
+        matrix = dense_regularised_hessian(model, inputs, targets, weight_decay)
+        smallest = float(torch.linalg.eigvalsh(matrix)[0])
+        lower_bound = weight_decay - float((residual_norms * bounds).mean())
+        threshold = weight_decay**2 / (2 * float((bounds**2).mean()))
+        assert smallest >= lower_bound - 1e-10
+        assert certificate.hessian_min_eigenvalue == pytest.approx(smallest, abs=1e-10)
+        assert certificate.lower_bound == pytest.approx(lower_bound, rel=1e-12, abs=1e-14)
+        assert certificate.training_error == pytest.approx(error, rel=1e-12)
+        assert certificate.error_threshold == pytest.approx(threshold, rel=1e-12)
+        assert certificate.below_threshold == (error < threshold)
+        below.append(error < threshold)
+        if error < threshold:  # the theorem's implication, on the dense eigenvalue
+            root_mean_square = float((bounds**2).mean().sqrt())
+            assert smallest >= weight_decay - (2 * error) ** 0.5 * root_mean_square - 1e-10
+            assert weight_decay - (2 * error) ** 0.5 * root_mean_square > 0
             assert certificate.strongly_convex
     assert below[0] is False  # at lambda = 1e-3 the threshold is far below E
     if depth < 3:  # shallow nets at lambda = 10 lie below it: the implication is exercised
         assert below[-1] is True
-    # the threshold is lambda^2 / (2 mean B^2), recomputed independently
-    bounds = output_hessian_bounds(model, inputs)
-    assert certificate.error_threshold == pytest.approx(100.0 / (2 * float((bounds**2).mean())))
 
 
 def test_margin_is_certified() -> None:

@@ -123,10 +123,24 @@ def test_trace_float32():
 def test_full_lanczos_nodes_are_the_eigenvalues():
     eigenvalues = torch.linspace(-2, 3, 60, dtype=DT)
     A = symmetric(eigenvalues, seed=3)
-    density = spectral_density(lambda v: A @ v, 60, n_steps=60, n_vectors=1)
+    seen = []  # Lanczos's first product is with the (normalised) probe q
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        seen.append(v.clone())
+        return A @ v
+
+    density = spectral_density(matvec, 60, n_steps=60, n_vectors=1, sigma=0.05)
     assert density.nodes.shape == (1, 60)
     torch.testing.assert_close(density.nodes[0], eigenvalues, rtol=0, atol=1e-8)
-    torch.testing.assert_close(density.weights.sum(dim=1), torch.ones(1, dtype=DT))
+    # the weights are q's squared coordinates in A's eigenbasis, from a dense eigh
+    values, vectors = torch.linalg.eigh(A)
+    probe = seen[0] / seen[0].norm()
+    expected = (vectors.T @ probe) ** 2
+    torch.testing.assert_close(density.weights[0], expected, rtol=0, atol=1e-8)
+    # and the curve is their Gaussian mixture on the grid
+    z = (density.grid[:, None] - values[None, :]) / 0.05
+    mixture = (torch.exp(-0.5 * z**2) * expected).sum(dim=1) / (0.05 * math.sqrt(2 * math.pi))
+    torch.testing.assert_close(density.curve, mixture, rtol=0, atol=1e-8)
     assert density.matvecs == 60
     # n_steps above dim is capped
     capped = spectral_density(lambda v: A @ v, 60, n_steps=500)
