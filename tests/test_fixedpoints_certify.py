@@ -149,7 +149,7 @@ ONE_D_CASES = [(10.0, -5.0, 3), (12.0, -6.5, 3), (20.0, -10.0, 3), (2.0, 0.0, 1)
 def test_one_dimensional_sigmoid_counts(w, b, expected):
     reference = _roots_1d(_composite_1d([(w, b)]), 0.0, 1.0)
     assert len(reference) == expected
-    result = certify_fixed_points(_net([([[w]], [b])]))
+    result = certify_fixed_points(_net([([[w]], [b])]), time_limit=math.inf)
     assert result.status == "certified", result.reason
     assert result.count == expected
     for r in reference:
@@ -159,7 +159,7 @@ def test_one_dimensional_sigmoid_counts(w, b, expected):
 
 def test_root_exactly_on_a_bisection_face_is_counted_once():
     # w = 10, b = -5: x = 1/2 is a fixed point, and 1/2 is where the first cut falls
-    result = certify_fixed_points(_net([([[10.0]], [-5.0])]), box=(0.0, 1.0))
+    result = certify_fixed_points(_net([([[10.0]], [-5.0])]), box=(0.0, 1.0), time_limit=math.inf)
     assert result.count == 3
     assert result.certified
     assert float(result.roots[1, 0]) == pytest.approx(0.5, abs=1e-14)
@@ -169,7 +169,7 @@ def test_tanh_one_dimensional():
     layers = [(3.0, 0.2)]
     reference = _roots_1d(_composite_1d(layers, "tanh"), -1.0, 1.0)
     assert len(reference) == 3
-    result = certify_fixed_points(_net([([[3.0]], [0.2])], activation="tanh"))
+    result = certify_fixed_points(_net([([[3.0]], [0.2])], activation="tanh"), time_limit=math.inf)
     assert result.certified
     assert result.count == 3
 
@@ -190,7 +190,7 @@ def test_diagonal_net_count_is_product_of_1d_counts(per_unit):
     for layer in range(L):
         W = [[per_unit[i][layer][0] if i == j else 0.0 for j in range(N)] for i in range(N)]
         weights.append((W, [per_unit[i][layer][1] for i in range(N)]))
-    result = certify_fixed_points(_net(weights))
+    result = certify_fixed_points(_net(weights), time_limit=math.inf)
     assert result.certified, result.reason
     assert result.count == reference
     assert reference > 1
@@ -205,7 +205,7 @@ CAUCHY_CASES = [(2, 1, 16.0, 2), (2, 1, 16.0, 27), (2, 2, 64.0, 3), (3, 1, 32.0,
 def test_random_cauchy_counts_match_newton(N, L, scale, seed):
     net = SquareNet(N, L, init="cauchy", weight_scale=scale, seed=seed)
     reference = _newton_roots(net)
-    result = certify_fixed_points(net, time_limit=30)
+    result = certify_fixed_points(net, time_limit=math.inf)
     assert result.certified, result.reason
     assert result.count == len(reference)
     for p in reference:
@@ -218,17 +218,17 @@ def test_random_cauchy_counts_match_newton(N, L, scale, seed):
 def test_tanh_random_net_matches_newton():
     net = SquareNet(2, 2, activation="tanh", init="cauchy", weight_scale=8.0, seed=2)
     reference = _newton_roots(net)
-    result = certify_fixed_points(net)
+    result = certify_fixed_points(net, time_limit=math.inf)
     assert result.certified, result.reason
     assert result.count == len(reference)
 
 
 def test_user_box_and_tensor_bounds():
     net = _net([([[10.0, 0.0], [0.0, 10.0]], [-5.0, -5.0])])  # 9 fixed points
-    whole = certify_fixed_points(net)
+    whole = certify_fixed_points(net, time_limit=math.inf)
     assert whole.count == 9
     low = torch.tensor([0.6, 0.6], dtype=torch.float64)
-    part = certify_fixed_points(net, box=(low, 1.0))
+    part = certify_fixed_points(net, box=(low, 1.0), time_limit=math.inf)
     assert part.certified
     assert part.count == 1
     assert part.box_lo.tolist() == [0.6, 0.6]
@@ -304,7 +304,7 @@ def test_impossible_budget_is_incomplete_never_certified():
 
 
 def test_to_dict_is_json_ready():
-    result = certify_fixed_points(_net([([[10.0]], [-5.0])]))
+    result = certify_fixed_points(_net([([[10.0]], [-5.0])]), time_limit=math.inf)
     record = result.to_dict()
     json.dumps(record)
     assert record["count"] == 3
@@ -352,7 +352,10 @@ def test_a_users_sequential_is_certified_as_its_square_net(activation, module):
     converted = SquareNet.from_sequential(sequential)
     x = torch.rand(20, 3, dtype=torch.float64)
     torch.testing.assert_close(converted(x), sequential(x), rtol=0, atol=0)
-    mine, reference = certify_fixed_points(sequential), certify_fixed_points(net)
+    mine, reference = (
+        certify_fixed_points(sequential, time_limit=math.inf),
+        certify_fixed_points(net, time_limit=math.inf),
+    )
     assert (mine.status, mine.count) == (reference.status, reference.count)
     if activation == "sigmoid":  # (the Newton reference misses steep tanh roots)
         assert mine.count == len(_newton_roots(net))
