@@ -46,7 +46,17 @@ def _dense_kinds(f, points: torch.Tensor) -> list[str]:
     for x in points:
         J = torch.autograd.functional.jacobian(lambda z: f(z[None])[0], x)
         eigs.append(torch.linalg.eigvals(J))
-    return classify(torch.stack(eigs))
+    kinds = []
+    for moduli in torch.stack(eigs).abs():
+        if bool(((moduli - 1).abs() < 1e-9).any()):
+            kinds.append("non-hyperbolic")
+        elif bool((moduli < 1).all()):
+            kinds.append("attractor")
+        elif bool((moduli > 1).all()):
+            kinds.append("repeller")
+        else:
+            kinds.append("saddle")
+    return kinds
 
 
 def _box(low, high, N: int = 1):
