@@ -258,20 +258,20 @@ def test_bad_products_and_arguments_raise():
     with pytest.raises(CurvatureError, match="shape"):
         lanczos_eigenpairs(lambda v: (A @ v)[:-1], 120, 2)
     bad = [
-        {"dim": 0},
-        {"k": 0},
-        {"tol": 0.0},
-        {"tol": float("nan")},
-        {"which": "middle"},
-        {"krylov_dim": 3, "k": 2},
-        {"max_matvecs": 3, "k": 2},
-        {"dtype": torch.int64},
-        {"start": torch.zeros(120, dtype=DT)},
-        {"start": torch.ones(7, dtype=DT)},
+        ({"dim": 0}, "dim must be a positive integer"),
+        ({"k": 0}, "k must be an integer >= 1"),
+        ({"tol": 0.0}, "tol must be a positive finite"),
+        ({"tol": float("nan")}, "tol must be a positive finite"),
+        ({"which": "middle"}, "which must be"),
+        ({"krylov_dim": 3, "k": 2}, "krylov_dim = 3 leaves no room"),
+        ({"max_matvecs": 3, "k": 2}, "max_matvecs must be an integer >= 4"),
+        ({"dtype": torch.int64}, "dtype must be a real floating"),
+        ({"start": torch.zeros(120, dtype=DT)}, "start must be a finite, nonzero"),
+        ({"start": torch.ones(7, dtype=DT)}, r"start must be a tensor of shape \(120,\)"),
     ]
-    for overrides in bad:
+    for overrides, message in bad:
         kwargs = {"dim": 120, "k": 1} | overrides
-        with pytest.raises(CurvatureError):
+        with pytest.raises(CurvatureError, match=message):
             lanczos_eigenpairs(lambda v: A @ v, **kwargs)
 
 
@@ -369,9 +369,9 @@ def test_power_iteration_reports_max_iter_and_validates():
     assert not result.converged
     assert result.reason == "max_iter"
     assert result.matvecs == 20
-    with pytest.raises(CurvatureError):
+    with pytest.raises(CurvatureError, match="ask for k <= 40"):
         power_iteration_eigenpairs(lambda v: A @ v, 40, 41)
-    with pytest.raises(CurvatureError):
+    with pytest.raises(CurvatureError, match="tol must be a positive finite"):
         power_iteration_eigenpairs(lambda v: A @ v, 40, 1, tol=-1.0)
     with pytest.raises(CurvatureError, match="NaN or inf"):
         power_iteration_eigenpairs(lambda v: v * float("nan"), 40, 1)

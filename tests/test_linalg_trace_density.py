@@ -100,13 +100,13 @@ def test_small_budgets():
 def test_trace_validation():
     A = _indefinite(40)
     for estimator in (hutchinson_trace, hutch_plus_plus_trace):
-        with pytest.raises(CurvatureError):
+        with pytest.raises(CurvatureError, match="dim must be a positive integer"):
             estimator(lambda v: A @ v, 0, 10)
-        with pytest.raises(CurvatureError):
+        with pytest.raises(CurvatureError, match="n_matvecs must be an integer >= 1"):
             estimator(lambda v: A @ v, 40, 0)
         with pytest.raises(CurvatureError, match="NaN or inf"):
             estimator(lambda v: v * float("nan"), 40, 10)
-        with pytest.raises(CurvatureError):
+        with pytest.raises(CurvatureError, match="dtype must be a real floating"):
             estimator(lambda v: A @ v, 40, 10, dtype=torch.int32)
 
 
@@ -222,15 +222,15 @@ def test_density_float32_probes():
 def test_density_validation():
     A = _indefinite(30)
     bad = [
-        {"n_steps": 0},
-        {"n_vectors": 0},
-        {"sigma": 0.0},
-        {"sigma": float("inf")},
-        {"grid_size": 1},
-        {"dtype": torch.int64},
+        ({"n_steps": 0}, "n_steps must be an integer >= 1"),
+        ({"n_vectors": 0}, "n_vectors must be an integer >= 1"),
+        ({"sigma": 0.0}, "sigma must be a positive finite"),
+        ({"sigma": float("inf")}, "sigma must be a positive finite"),
+        ({"grid_size": 1}, "grid_size must be an integer >= 2"),
+        ({"dtype": torch.int64}, "dtype must be a real floating"),
     ]
-    for kwargs in bad:
-        with pytest.raises(CurvatureError):
+    for kwargs, message in bad:
+        with pytest.raises(CurvatureError, match=message):
             spectral_density(lambda v: A @ v, 30, **kwargs)
     with pytest.raises(CurvatureError, match="NaN or inf"):
         spectral_density(lambda v: v * float("nan"), 30)
