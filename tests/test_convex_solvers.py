@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ from losslab.convex import (
     certify,
     enumerate_patterns,
     neurons_from_blocks,
+    project_onto_cone,
     sample_gates,
     solve,
     split_gated_block,
@@ -94,10 +96,11 @@ def test_global_certificate_on_an_enumerable_problem(formulation):
     assert certificate.max_dual_ratio <= 1 + 1e-5
 
 
-def test_too_few_patterns_are_not_certified_global():
+@pytest.mark.parametrize("formulation", ["gated", "relu"])
+def test_too_few_patterns_are_not_certified_global(formulation):
     X, y = relu_teacher(12, 2, seed=3)
     few = activation_patterns(X, sample_gates(2, 2, seed=0))
-    result = solve(ConvexReLUProgram(X, y, few, 0.05, "gated"), tol=1e-10)
+    result = solve(ConvexReLUProgram(X, y, few, 0.05, formulation), tol=1e-10)
     certificate = certify(result, tol=1e-6)
     assert result.converged  # optimal for its own two patterns ...
     assert not certificate.is_global  # ... but not over all of them
@@ -267,3 +270,24 @@ def test_gated_global_check_includes_gates_on_lower_dimensional_cells():
     assert over_all.objective < over_regions.objective * (1 - 1e-3)
     reference = clarabel_objective(X, y, closed, 1e-2, "gated")
     assert over_all.objective == pytest.approx(reference, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cone_projection_against_clarabel(seed):
+    """``project_onto_cone`` against cvxpy + Clarabel's ``min ||v - z||`` s.t.
+    ``signs * (X v) >= 0``, on random cones (some z inside, most outside)."""
+    import cvxpy as cp
+
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(15, 4, generator=g, dtype=torch.float64)
+    signs = 2.0 * (X @ torch.randn(4, generator=g, dtype=torch.float64) >= 0) - 1
+    for _ in range(5):
+        z = torch.randn(4, generator=g, dtype=torch.float64)
+        projection = project_onto_cone(z, X, signs)
+        v = cp.Variable(4)
+        constraints = [cp.multiply(signs.numpy(), X.numpy() @ v) >= 0]
+        problem = cp.Problem(cp.Minimize(cp.sum_squares(v - z.numpy())), constraints)
+        problem.solve(solver="CLARABEL", tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+        assert problem.status == "optimal"
+        np.testing.assert_allclose(projection.numpy(), v.value, atol=1e-7)
+        assert float(((X @ projection) * signs).min()) >= -1e-12
