@@ -48,6 +48,14 @@ def _encloses(enc: Interval, exact: list[Fraction] | Fraction, index: int | tupl
     return lo <= exact <= hi  # type: ignore[operator]
 
 
+def _tight(enc: Interval, exact_lo: Fraction, exact_hi: Fraction, index: int = 0) -> bool:
+    """The enclosure is at most a few ulps wider than the exact range ``[lo, hi]`` on each
+    side (an enclosure ``[-inf, inf]`` encloses everything and is useless)."""
+    slack = Fraction(2) ** -49 * max(abs(exact_lo), abs(exact_hi)) + Fraction(2) ** -1000
+    lo, hi = Fraction(float(enc.lo[index])), Fraction(float(enc.hi[index]))
+    return exact_lo - slack <= lo and hi <= exact_hi + slack
+
+
 def _t(values: list[float]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
@@ -70,6 +78,14 @@ def test_elementwise_operations_enclose_exact_results(a, b, c, d, s, t):
     assert _encloses(X + _t([c]), x + Fraction(c), 0)
     assert _encloses(_t([c]) - X, Fraction(c) - x, 0)
     assert _encloses(X * _t([d]), x * Fraction(d), 0)
+    # and tight: the exact ranges, from the end points in rational arithmetic
+    A, B, C, D = (Fraction(v) for v in (a, b, c, d))
+    corners = [A * C, A * D, B * C, B * D]
+    assert _tight(X + Y, A + C, B + D)
+    assert _tight(X - Y, A - D, B - C)
+    assert _tight(X * Y, min(corners), max(corners))
+    assert _tight(-X, -B, -A)
+    assert _tight(X * -3.7, B * Fraction(-3.7), A * Fraction(-3.7))
 
 
 @FAST
@@ -276,6 +292,12 @@ def test_activation_enclosures_over_intervals(a, b, t):
     assert _mp_in(tanh(X), _mp_tanh(x))
     assert _mp_in(sigmoid_derivative(X), _mp_dsigmoid(x))
     assert _mp_in(tanh_derivative(X), _mp_dtanh(x))
+    # tight: the end points' values widened by a few ulps (the 4-ulp libm assumption)
+    for enclosure, function in ((sigmoid(X), _mp_sigmoid), (tanh(X), _mp_tanh)):
+        low, high = function(a), function(b)
+        slack = max(abs(low), abs(high)) * mpmath.mpf(2) ** -47 + mpmath.mpf(2) ** -999
+        assert mpmath.mpf(float(enclosure.lo[0])) >= low - slack
+        assert mpmath.mpf(float(enclosure.hi[0])) <= high + slack
     # float64 values from math are within the outward-widened bounds as well
     assert float(sigmoid(X).lo[0]) <= float(torch.sigmoid(_t([x]))[0]) <= float(sigmoid(X).hi[0])
 
