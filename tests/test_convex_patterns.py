@@ -78,7 +78,12 @@ def test_count_in_general_position_is_covers_formula():
     X = torch.randn(30, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     patterns = enumerate_patterns(X)
     cover = 2 * sum(comb(29, k) for k in range(3))
-    all_negative_exists = False  # 30 Gaussian rows: no g has X g < 0 everywhere
+    # the all-negative pattern (left out) exists iff some g has X g <= -1: one LP decides
+    from scipy.optimize import linprog
+
+    lp = linprog(np.zeros(3), A_ub=X.numpy(), b_ub=-np.ones(30), bounds=[(None, None)] * 3)
+    assert lp.status in (0, 2)  # solved: feasible (0) or proved infeasible (2)
+    all_negative_exists = lp.status == 0
     assert patterns.shape[1] == cover - all_negative_exists
     assert count_bound(X).bound == cover
 

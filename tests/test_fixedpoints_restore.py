@@ -12,6 +12,7 @@ from losslab.errors import FixedPointError
 from losslab.fixedpoints.restore import (
     gaussian_noise,
     mask_block,
+    mean_psnr,
     psnr,
     restoration_accuracy,
     restoration_figure,
@@ -296,6 +297,21 @@ def test_trained_denoising_autoencoder_restores_its_stored_digits():
     restored = restore(net, corrupted)
     assert restored.converged.all()
     assert psnr(clean, restored.images).mean() > psnr(clean, corrupted).mean() + 10
+    # each damaged copy comes back to its own stored digit, not to another one
+    nearest = torch.cdist(restored.images, stored).argmin(dim=1)
+    assert nearest.tolist() == list(range(5)) * 4
+    assert float((restored.images - clean).abs().max()) < 0.25
+
+
+def test_mean_psnr_leaves_out_unchanged_images():
+    clean = torch.zeros(3, 4, dtype=torch.float64)
+    other = clean.clone()
+    other[0] = 0.1  # MSE 1e-2: 20 dB
+    other[1, 0] = 0.2  # MSE 1e-2: 20 dB
+    assert mean_psnr(clean, other) == pytest.approx(20.0, rel=1e-12)  # row 2 is unchanged
+    other[1] = 0.01  # MSE 1e-4: 40 dB
+    assert mean_psnr(clean, other) == pytest.approx(30.0, rel=1e-12)
+    assert mean_psnr(clean, clean) == math.inf
 
 
 def test_float32_images_follow_a_float64_net():
