@@ -7,7 +7,6 @@ from losslab.convex import (
     ConvexReLU,
     ConvexReLUProgram,
     activation_patterns,
-    block_fits,
     prune_blocks,
     sample_gates,
     solve,
@@ -20,9 +19,18 @@ def _check_pruned(program: ConvexReLUProgram, blocks: torch.Tensor, *, optimal: 
     if optimal:  # constant along every dependency at an optimum
         assert result.objective_after == pytest.approx(result.objective_before, rel=1e-9)
     assert result.objective_after <= result.objective_before * (1 + 1e-12)  # never grows
-    torch.testing.assert_close(program.operator.fit(result.blocks), program.operator.fit(blocks))
+    # the fit, dense: sum_b s_b D_b X z_b, with blocks [v_1..v_P, w_1..w_P] in the ReLU form
+    P = program.patterns.shape[1]
+    masks = program.patterns.double()
+    masks = torch.cat([masks, masks], dim=1) if program.formulation == "relu" else masks
+    signs = torch.ones(masks.shape[1], dtype=torch.float64)
+    if program.formulation == "relu":
+        signs[P:] = -1
+    dense_fits = masks * (program.X @ result.blocks.T) * signs  # column b: s_b D_b X z_b
+    before = (masks * (program.X @ blocks.T) * signs).sum(dim=1)
+    torch.testing.assert_close(dense_fits.sum(dim=1), before)
     active = torch.nonzero(result.blocks.norm(dim=1) > 0).flatten()
-    fits = block_fits(program, result.blocks)[:, active]
+    fits = dense_fits[:, active]
     assert int(torch.linalg.matrix_rank(fits)) == active.numel() <= program.n
     if program.formulation == "relu":  # non-negative rescaling keeps the blocks in their cones
         signs = program.operator.cone_signs
