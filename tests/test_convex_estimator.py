@@ -146,3 +146,16 @@ def test_a_float32_lam_gives_the_float64_answer(formulation):
         certify_network(net, X, y, lam32).objective
         == certify_network(net, X, y, float(lam32)).objective
     )
+
+
+def test_a_gated_fit_on_small_uniform_data_splits_every_block():
+    # scikit-learn's check data (10 x 3 uniform, +-1 labels): the l1 split left violations
+    # of 5e-17 on entries near 3, and the repair step (1e-16 g) was lost to rounding.
+    rng = np.random.RandomState(0)
+    X = rng.uniform(size=(10, 3))
+    y = np.where(np.arange(10) < 5, -1.0, 1.0)
+    model = ConvexReLU(lam=1e-2, formulation="gated", n_gates=20, check_global=False).fit(X, y)
+    net = model.to_torch()
+    with torch.no_grad():
+        output = net(torch.as_tensor(X))[:, 0].numpy()
+    np.testing.assert_allclose(output, model.predict(X), rtol=1e-9, atol=1e-10)

@@ -396,3 +396,32 @@ def test_a_further_copy_of_a_repeated_top_eigenvalue_is_searched_for():
     assert float(result.residuals.max()) <= 1e-6 * 3.0
     gram = result.vectors.T @ result.vectors
     torch.testing.assert_close(gram, torch.eye(5, dtype=torch.float64), atol=1e-10, rtol=0)
+
+
+def test_the_smallest_pairs_of_a_hessian_with_a_large_null_space():
+    # A ReLU MLP trained briefly on wine (as `losslab critical spectrum` does): its squared
+    # loss Hessian (139 parameters) has a 119-dimensional null space and 20 distinct
+    # non-zero eigenvalues. From seed 0 the Krylov space met one zero direction and
+    # converged on 0, 5e-5, 4.5e-3 as "the three smallest"; deflation finds the copies.
+    from losslab.critical import classification_data, squared_error, train_squared_loss
+    from losslab.linalg import HessianOperator
+    from losslab.nets import ReLUMLP
+
+    inputs, targets = classification_data("wine", None, seed=0)
+    model = ReLUMLP(inputs.shape[1], [8], targets.shape[1], seed=0, dtype=DT)
+    train_squared_loss(model, inputs.to(DT), targets.to(DT), weight_decay=1e-3, epochs=20,
+                       momentum=0.9, seed=0)  # fmt: skip
+    matrix = HessianOperator(model, squared_error, (inputs.to(DT), targets.to(DT))).dense()
+    exact = torch.linalg.eigvalsh(matrix)
+    assert int((exact.abs() < 1e-10).sum()) > 100
+    scale = float(exact.abs().max())
+    for k, which in ((2, "smallest"), (3, "smallest"), (4, "smallest"), (4, "both")):
+        for seed in range(3):
+            result = lanczos_eigenpairs(lambda v: matrix @ v, 139, k, which=which, seed=seed)
+            assert result.converged, (k, which, seed, result.reason)
+            smallest = result.values[-(k // 2) :] if which == "both" else result.values
+            assert float(smallest.abs().max()) <= 1e-6 * scale, (k, which, seed, smallest)
+            residuals = torch.linalg.vector_norm(
+                matrix @ result.vectors - result.vectors * result.values, dim=0
+            )
+            assert float(residuals.max()) <= 1e-6 * scale

@@ -137,13 +137,21 @@ def split_gated_block(
     w = torch.as_tensor(result.x[:d] if result.status == 0 else np.zeros(d)).to(u)
     v = u + w
     g: torch.Tensor | None = None
-    for _ in range(4):  # the repair: twice the step that rounding may undo, at most 4 times
+    eps = torch.finfo(X.dtype).eps
+    for attempt in range(8):
+        # The repair: move v and w together along an interior direction g of the cone
+        # (v - w is kept) by twice the largest violation, and by at least a few rounding
+        # units of v and w, so that the step is not itself lost to rounding (a violation
+        # of 1e-17 on entries of size 3 is); four times further at each retry.
         along_v, along_w = signs * (X @ v), signs * (X @ w)
         if not bool((along_v < 0).any() or (along_w < 0).any()):
             return v, w
         g = interior_point(X, pattern) if g is None else g
         along_g = signs * (X @ g)
         rows = along_g > 0
-        t = 2 * float((torch.maximum(-along_v, -along_w)[rows] / along_g[rows]).max())
+        violation = float((torch.maximum(-along_v, -along_w)[rows] / along_g[rows]).max())
+        size = float(torch.maximum(v.abs().max(), w.abs().max()))
+        floor = 16 * eps * size / float(g.abs().max())
+        t = max(2 * violation, floor) * 4**attempt
         v, w = v + t * g, w + t * g
     raise ConvexProblemError("cannot split a gated block into two members of its cone")
