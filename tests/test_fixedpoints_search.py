@@ -729,3 +729,76 @@ def test_a_ghost_next_to_a_fold_is_not_a_fixed_point():
 
     result = find_fixed_points(f, box=_box(-1.0, 1.0, 2), n_starts=300, basin_starts=0)
     assert result.count == 0
+
+
+def test_a_sequential_is_searched_with_its_square_net_structure():
+    # An nn.Sequential(Linear, Tanh) whose third fixed point (a saddle at a corner) the
+    # generic search missed, with indices summing to 2 and no index check: the search now
+    # uses the SquareNet structure of a plain Sequential (same function, same dtype).
+    from torch import nn
+
+    from losslab.fixedpoints.certify import certify_fixed_points
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Tanh()).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[0.156497523188591, 3.1398816108703613],
+                                          [16.631793975830078, 4237.04833984375]]))  # fmt: skip
+        net[0].bias.copy_(torch.tensor([11.41674518585205, 9.80637264251709]))
+    proof = certify_fixed_points(net, time_limit=math.inf)
+    assert (proof.status, proof.count) == ("certified", 3)
+    found = find_fixed_points(net, box=(-1.0, 1.0))
+    assert found.count == 3
+    assert found.index_consistent is True
+    assert sorted(found.indices.tolist()) == [-1, 1, 1]
+
+
+class _Flipped(SquareNet):
+    """``x -> 1 - net(x)``: a subclass whose forward is not its layers' composition."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1 - super().forward(x)
+
+
+def test_a_square_net_subclass_with_its_own_forward_is_a_generic_map():
+    from losslab.fixedpoints.certify import certify_fixed_points
+
+    net = _Flipped(2, 1, init="cauchy", weight_scale=20.0, seed=3)
+    assert not net.computes_its_layers
+    assert SquareNet(2, 1, seed=3).computes_its_layers
+    with pytest.raises(FixedPointError, match="not the composition of the layers"):
+        certify_fixed_points(net)
+    found = find_fixed_points(net, basin_starts=0)  # the base map's structure is not used
+    assert found.index_consistent is None  # no index theorem for a generic map
+
+    # brute force: the roots of 1 - sigmoid(W x + b) - x on a 400 x 400 grid, polished
+    (W, b) = net.weights()[0]
+
+    def F(x: torch.Tensor) -> torch.Tensor:
+        return 1 - torch.sigmoid(x @ W.T + b) - x
+
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(0, 1, 400, dtype=DT)] * 2,
+                                      indexing="ij"), dim=-1).reshape(-1, 2)  # fmt: skip
+    x = grid
+    for _ in range(50):
+        J = torch.func.vmap(torch.func.jacrev(F))(x)
+        x = (x - torch.linalg.solve(J, F(x))).clamp(-0.5, 1.5)
+    roots = x[(F(x).abs().max(dim=1).values < 1e-13)]
+    distinct = []
+    for r in roots:
+        if all(float((r - q).abs().max()) > 1e-8 for q in distinct):
+            distinct.append(r)
+    assert found.count == len(distinct) == 3
+    for r in distinct:
+        assert float((found.points - r).abs().max(dim=1).values.min()) < 1e-10
+
+
+def test_a_map_undefined_outside_the_box_is_searched():
+    # sqrt is NaN below 0: the uniqueness radius's probes around a point near 0 leave the
+    # domain; the search crashed in an SVD of NaN. x = 0.5 + 0.3 sqrt(x): s = sqrt(x) solves
+    # s^2 - 0.3 s - 0.5 = 0.
+    found = find_fixed_points(lambda x: 0.5 + 0.3 * torch.sqrt(x), box=(0.0, 1.0),
+                              starts=torch.zeros(1, 1, dtype=DT))  # fmt: skip
+    root = ((0.3 + math.sqrt(0.09 + 2.0)) / 2) ** 2
+    assert found.count == 1
+    assert float(found.points[0, 0]) == pytest.approx(root, abs=1e-14)
+    assert found.kinds == ["attractor"]

@@ -137,6 +137,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from losslab.errors import FixedPointError
 from losslab.linalg.eigenvalues import general_eigenvalues
@@ -511,8 +512,11 @@ class _Analysis:
         """``(beta, rho, s)`` per point: ``||J_F^{-1}||``, uniqueness radius, Newton step."""
         k, N = x.shape
         J = self.jac_F(x)
+        # a map may be non-differentiable at a point (sqrt at 0): nothing is known there
+        finite = torch.isfinite(J).all(dim=2).all(dim=1)
+        J = torch.where(finite[:, None, None], J, torch.zeros_like(J))
         U, S, Vh = torch.linalg.svd(J)
-        smin = S[:, -1]
+        smin = torch.where(finite, S[:, -1], torch.zeros_like(S[:, -1]))
         beta = torch.where(smin > 0, 1 / smin, torch.full_like(smin, torch.inf))
         Fx = _evaluate(self.f, x) - x
         # Newton step via the SVD (stable for ill-conditioned J): V diag(1/S) U^T F
@@ -527,7 +531,12 @@ class _Analysis:
         H = ladder.shape[0]
         probes = x[:, None, None, :] + ladder[None, :, None, None] * directions[:, None, :, :]
         Jp = self.jac_F(probes.reshape(-1, N)).reshape(k, H, E, N, N)
-        omega = torch.linalg.matrix_norm(Jp - J[:, None, None], ord=2).amax(2)  # (k, H)
+        change = Jp - J[:, None, None]
+        # probes may leave the map's domain (sqrt below 0): an undefined change is infinite
+        defined = torch.isfinite(change).all(dim=4).all(dim=3)
+        change = torch.where(defined[..., None, None], change, torch.zeros_like(change))
+        norms = torch.linalg.matrix_norm(change, ord=2)
+        omega = torch.where(defined, norms, torch.full_like(norms, torch.inf)).amax(2)  # (k, H)
         omega = torch.where(torch.isfinite(omega), omega, torch.full_like(omega, torch.inf))
         # modulus of continuity up to each scale: running max from the smallest scale up
         omega = torch.flip(torch.cummax(torch.flip(omega, [1]), dim=1).values, [1])
@@ -769,12 +778,29 @@ def _at_rounding_floor(
     return floor_ok
 
 
-def _maps_into_box(f: Any, low: torch.Tensor | None, high: torch.Tensor | None) -> bool:
-    """Whether ``f`` provably maps the box ``[low, high]`` into its interior: a SquareNet,
+def square_structure(f: Any) -> SquareNet | None:
+    """The SquareNet whose structure the search may use for ``f`` (chain-rule Jacobians,
+    pre-activation starts, the index theorem): ``f`` itself when it is a SquareNet that
+    :attr:`~SquareNet.computes_its_layers`; a copy (same function and dtype) when ``f`` is a
+    plain ``nn.Sequential`` of SquareNet's form; else None (``f`` is a generic map)."""
+    if isinstance(f, SquareNet):
+        return f if f.computes_its_layers else None
+    if type(f) is nn.Sequential:
+        try:
+            return SquareNet.from_sequential(f)
+        except FixedPointError:
+            return None
+    return None
+
+
+def _maps_into_box(
+    net: SquareNet | None, low: torch.Tensor | None, high: torch.Tensor | None
+) -> bool:
+    """Whether the map provably maps the box ``[low, high]`` into its interior: a SquareNet,
     whose outputs lie in the open output box of its activation, on a box containing it."""
-    if not isinstance(f, SquareNet) or low is None or high is None:
+    if net is None or low is None or high is None:
         return False
-    out_low, out_high = f.output_box
+    out_low, out_high = net.output_box
     return bool((low <= out_low).all() and (high >= out_high).all())
 
 
@@ -953,15 +979,17 @@ def find_fixed_points(
             raise FixedPointError(f"{name} must be an integer >= {minimum}; got {value!r}")
     if not (isinstance(tol, int | float) and math.isfinite(tol) and tol > 0):
         raise FixedPointError(f"tol must be a finite number > 0; got {tol!r}")
+    net = square_structure(f)
+    f = net if net is not None else f  # a Sequential's copy computes the same function
     N, low, high, user = _resolve(f, box, starts)
     dtype, device = _infer_dtype_device(f, user, (low, high))
     generator = torch.Generator().manual_seed(seed)
     # lifted starts draw from a generator of their own, so that they do not shift the others
     lifted_generator = torch.Generator().manual_seed(seed + 1)
     lifted_net = (
-        f
-        if isinstance(f, SquareNet)
-        and f.L * N <= LIFTED_MAX_UNKNOWNS
+        net
+        if net is not None
+        and net.L * N <= LIFTED_MAX_UNKNOWNS
         and low is not None
         and n_starts > 0
         else None
@@ -972,7 +1000,7 @@ def find_fixed_points(
     # never below what rounding allows in the dtype (float32 maps: about 1e-5)
     tol_eff = max(tol, 64 * torch.finfo(dtype).eps * math.sqrt(N)) * scale
     jac_f: Map = (
-        square_net_jacobian(f) if isinstance(f, SquareNet) else (lambda z: batched_jacobian(f, z))
+        square_net_jacobian(net) if net is not None else (lambda z: batched_jacobian(f, z))
     )
 
     def residual_map(x: torch.Tensor) -> torch.Tensor:
@@ -984,8 +1012,8 @@ def find_fixed_points(
         return J
 
     coarse: Map | None = None
-    if isinstance(f, SquareNet) and dtype == torch.float64:
-        jac_32 = square_net_jacobian(f, torch.float32)
+    if net is not None and dtype == torch.float64:
+        jac_32 = square_net_jacobian(net, torch.float32)
 
         def coarse(x: torch.Tensor) -> torch.Tensor:
             J = jac_32(x)
@@ -995,7 +1023,7 @@ def find_fixed_points(
     analysis = _Analysis(f, jac_f, generator)
     atol = max(MERGE_ATOL, 100 * torch.finfo(dtype).eps * math.sqrt(N)) * scale
     known = _Known(N, dtype, device)
-    maps_into_box = _maps_into_box(f, low, high)
+    maps_into_box = _maps_into_box(net, low, high)
     # an eigenvalue this close to 1 leaves the index undecided (rounding of the dtype's
     # Jacobians could flip the sign of 1 - lambda)
     index_tol = max(HYPERBOLICITY_TOL, 1e3 * torch.finfo(dtype).eps)

@@ -148,10 +148,14 @@ class SquareNet(nn.Module):
         """The SquareNet of a user's ``nn.Sequential(Linear(N, N), Sigmoid(), Linear(N, N),
         Sigmoid(), ...)`` (or ``Tanh()`` throughout): a copy of its weights and biases, in
         its dtype, with ``init="copied"``. Anything else (another activation, a mixed one,
-        a layer without bias or of another width) raises :class:`FixedPointError`."""
+        a layer without bias or of another width, a subclass of ``Sequential``, ``Linear``
+        or the activation, a forward hook) raises :class:`FixedPointError`."""
         names = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
-        children = list(model.children()) if isinstance(model, nn.Sequential) else []
-        linears = [c for c in children[0::2] if isinstance(c, nn.Linear) and c.bias is not None]
+        plain = type(model) is nn.Sequential and not any(
+            m._forward_hooks or m._forward_pre_hooks for m in model.modules()
+        )
+        children = list(model.children()) if plain else []
+        linears = [c for c in children[0::2] if type(c) is nn.Linear and c.bias is not None]
         kinds = {names.get(type(c)) for c in children[1::2]}
         widths = {(c.in_features, c.out_features) for c in linears}
         if not (
@@ -164,9 +168,10 @@ class SquareNet(nn.Module):
             and None not in kinds
         ):
             raise FixedPointError(
-                "from_sequential needs nn.Sequential(Linear(N, N), Sigmoid(), ...): square "
-                "Linear layers of one width, each with a bias and followed by the same "
-                f"activation (Sigmoid or Tanh); got {[type(c).__name__ for c in children]}"
+                "from_sequential needs a plain nn.Sequential(Linear(N, N), Sigmoid(), ...) "
+                "without forward hooks: square Linear layers of one width, each with a bias "
+                "and followed by the same activation (Sigmoid or Tanh); got "
+                f"{type(model).__name__}({', '.join(type(c).__name__ for c in model.children())})"
             )
         activation: Activation = "sigmoid" if kinds == {"sigmoid"} else "tanh"
         first = linears[0]
@@ -202,6 +207,23 @@ class SquareNet(nn.Module):
             assert isinstance(layer, nn.Linear)
             pairs.append((layer.weight.detach(), layer.bias.detach()))
         return pairs
+
+    @property
+    def computes_its_layers(self) -> bool:
+        """Whether calling the net computes the layers :meth:`weights` lists, so that tools
+        may use that structure (its Jacobian by the chain rule, interval enclosures, the
+        index theorem): ``forward``, ``weights`` and the layers' own ``forward`` are not
+        overridden by a subclass and no forward hook is registered on any module."""
+        layers_plain = all(type(layer) is nn.Linear for layer in self.layers)
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+        return (
+            type(self).forward is SquareNet.forward
+            and type(self).weights is SquareNet.weights
+            and type(self).__call__ is nn.Module.__call__
+            and self.activation in ACTIVATIONS
+            and layers_plain
+            and not hooked
+        )
 
     def extra_repr(self) -> str:
         return (
