@@ -118,6 +118,20 @@ def test_wrong_architecture_is_refused():
         certify_network(net, X, y, 0.05)
 
 
+def test_zero_fits_above_lam_max_do_not_make_every_step_a_jump():
+    def point(lam, fit):
+        return PathPoint(lam, None, torch.tensor(fit, dtype=torch.float64), frozenset())  # type: ignore[arg-type]
+
+    # a smooth path below lam_max = 1 (fit = (1 - lam) v), and most of the grid above it
+    lams = np.geomspace(1e4, 0.1, 16)
+    fits = [(max(0.0, 1 - lam) * np.array([1.0, 2.0])).tolist() for lam in lams]
+    described = _describe([point(lam, f) for lam, f in zip(lams, fits, strict=True)], 1.0, 10.0)
+    assert sum(f == [0.0, 0.0] for f in fits) > 8  # the median rate would be 0
+    below = [i for i, lam in enumerate(lams) if lam < 1]
+    alone = _describe([point(lams[i], fits[i]) for i in below], 1.0, 10.0)
+    assert described.jumps == alone.jumps == []
+
+
 def test_the_first_step_away_from_zero_is_no_jump_and_sensitivity_stays_on_active_sets():
     def point(lam, fit, active):
         return PathPoint(lam, None, torch.tensor(fit, dtype=torch.float64), frozenset(active))  # type: ignore[arg-type]

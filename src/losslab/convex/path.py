@@ -61,7 +61,8 @@ class RegularizationPath:
 
     ``fit_change[i]`` is ``||fit_{i+1} - fit_i|| / max_j ||fit_j||`` (0 when every fit is
     zero); ``jumps`` the indices ``i`` whose change per unit of ``log lam`` exceeds
-    ``jump_factor`` times the path's median; ``active_set_changes`` the ``(i, added,
+    ``jump_factor`` times its median over the intervals where the fit is not zero at both
+    ends (those above ``lam_max`` do not move); ``active_set_changes`` the ``(i, added,
     removed)`` block indices; ``sensitivity[i]`` estimates ``||d fit / d lam||`` at point i
     on its active set (module docstring; NaN where no neighbour shares it).
     """
@@ -105,6 +106,8 @@ def regularization_path(
 ) -> RegularizationPath:
     """Solve along ``lams`` (default: ``n_lams`` log-spaced values from ``lam_max`` down to
     ``lam_min_ratio * lam_max``), warm-starting each point from the previous one (gated form).
+    A given ``lams`` is sorted into decreasing order and its repeats dropped: read each
+    point's ``lam`` from ``path.points[i].lam``, not from the position in your list.
 
     The patterns are sampled once (``n_gates`` Gaussian gates, or ``gates``) and shared
     by every point, so the points are solutions of one family of programs.
@@ -149,7 +152,11 @@ def _describe(points: list[PathPoint], lam_max: float, jump_factor: float) -> Re
         rates.append(change / abs(np.log(a.lam / b.lam)))
         if a.active != b.active:
             active_changes.append((i, sorted(b.active - a.active), sorted(a.active - b.active)))
-    median = float(np.median(rates)) if rates else 0.0
+    # the typical rate where the path moves: intervals above lam_max, with U = 0 at both
+    # ends, would make the median 0 and every other interval a jump
+    zero = [bool(point.fit.norm() == 0) for point in points]
+    moving = [r for i, r in enumerate(rates) if not (zero[i] and zero[i + 1])]
+    median = float(np.median(moving)) if moving else 0.0
     jumps = [i for i, r in enumerate(rates) if r > jump_factor * median and changes[i] > 1e-3]
     sensitivity = []
     for i, point in enumerate(points):
