@@ -184,3 +184,22 @@ def test_a_solution_and_its_pruned_copy_describe_the_same_set():
         second.solution_.program.operator.fit(second.solution_.blocks),
         atol=1e-6, rtol=0,
     )  # fmt: skip
+
+
+def test_vertex_members_have_independent_fits():
+    # A simplex vertex's zero scales came back as 2e-16: extra "neurons" whose fits made
+    # the vertex's fits dependent (6 or 7 neurons, rank 5). Dense fits and numpy's rank.
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((8, 2)), rng.standard_normal(8)
+    model = ConvexReLU(lam=1e-2, n_gates=3000, bias=True, tol=1e-10).fit(X, y)
+    features = np.c_[X, np.ones(8)]
+    for seed in range(3):
+        member = model.optimal_member("vertex", seed=seed)
+        net = member.to_torch()
+        with torch.no_grad():
+            hidden = torch.relu(net[0](torch.as_tensor(X))).numpy()  # (n, m): each neuron's fit
+        weights = np.c_[net[0].weight.detach().numpy(), net[0].bias.detach().numpy()]
+        np.testing.assert_allclose(hidden, np.maximum(features @ weights.T, 0), atol=1e-12)
+        assert np.linalg.matrix_rank(hidden, tol=1e-8 * np.abs(hidden).max()) == hidden.shape[1]
+        assert member.n_neurons_ == hidden.shape[1] <= 8
+        assert member.objective_ == pytest.approx(model.objective_, rel=1e-9)

@@ -158,8 +158,12 @@ class OptimalSet:
         return self.null_space.cpu().numpy(), -self.minimum_norm_scales.cpu().numpy()
 
     def _scales(self, s: np.ndarray) -> torch.Tensor:
+        """``t = t0 + N s``, with the scales that are zero up to rounding set to zero (a
+        simplex vertex's bounds hold to about ``eps max t``; blocks of scale 1e-16 would
+        otherwise count as neurons and make the vertex's fits dependent)."""
         t = self.minimum_norm_scales + self.null_space @ torch.as_tensor(s).to(self.null_space)
-        return t.clamp(min=0)
+        floor = 64 * torch.finfo(t.dtype).eps * float(t.abs().max()) if t.numel() else 0.0
+        return torch.where(t > floor, t, torch.zeros_like(t))
 
 
 def _least_distance(G: np.ndarray, h: np.ndarray) -> np.ndarray:
