@@ -22,7 +22,8 @@ from tests.convex_reference import clarabel_objective, relu_teacher
 
 @functools.cache
 def _doubled_program(formulation: str) -> tuple[ConvexReLUProgram, torch.Tensor]:
-    """Every pattern twice, so the optimal set is a polytope of positive dimension."""
+    """Every pattern twice, so the optimal set of the program, in block coordinates
+    (``merge_copies=False``), is a polytope of positive dimension."""
     X, y = relu_teacher(20, 3, seed=2)
     patterns = activation_patterns(X, sample_gates(3, 15, seed=1))
     program = ConvexReLUProgram(X, y, torch.cat([patterns, patterns], dim=1), 0.05, formulation)
@@ -39,7 +40,7 @@ def _assert_member(optimum, scales: torch.Tensor, reference: float) -> None:
 def test_members_share_the_fit_and_the_optimal_objective(formulation):
     program, blocks = _doubled_program(formulation)
     reference = clarabel_objective(program.X, program.y, program.patterns, 0.05, formulation)
-    optimum = optimal_set(program, blocks)
+    optimum = optimal_set(program, blocks, merge_copies=False)
     assert optimum.dimension > 0
     assert optimum.objective(optimum.scales) == pytest.approx(reference, rel=1e-6)
     best = optimum.objective(optimum.scales)
@@ -73,14 +74,14 @@ def _reference_qp(optimum, outputs=None, target=None) -> np.ndarray:
 @pytest.mark.parametrize("formulation", ["gated", "relu"])
 def test_min_norm_member_matches_clarabel(formulation):
     program, blocks = _doubled_program(formulation)
-    optimum = optimal_set(program, blocks)
+    optimum = optimal_set(program, blocks, merge_copies=False)
     expected = _reference_qp(optimum)
     np.testing.assert_allclose(optimum.min_norm().numpy(), expected, atol=1e-6)
 
 
 def test_best_member_on_validation_matches_clarabel():
     program, blocks = _doubled_program("gated")
-    optimum = optimal_set(program, blocks)
+    optimum = optimal_set(program, blocks, merge_copies=False)
     generator = torch.Generator().manual_seed(3)
     outputs = torch.randn(9, optimum.scales.shape[0], generator=generator, dtype=torch.float64)
     target = torch.randn(9, generator=generator, dtype=torch.float64)
@@ -93,7 +94,7 @@ def test_best_member_on_validation_matches_clarabel():
 
 def test_sparsest_member_is_a_vertex():
     program, blocks = _doubled_program("gated")
-    optimum = optimal_set(program, blocks)
+    optimum = optimal_set(program, blocks, merge_copies=False)
     scales = optimum.sparsest()
     support = scales > 0
     fits = block_fits(program, optimum.blocks(scales))[:, optimum.active[support]]
@@ -119,7 +120,7 @@ def test_vertices_keep_the_common_fit_to_rounding():
     # Vertices are found in the null-space coordinates t = t0 + N s, so F t = yhat holds to
     # rounding, not merely to the simplex's feasibility tolerance (about 1e-8).
     program, blocks = _doubled_program("gated")
-    optimum = optimal_set(program, blocks)
+    optimum = optimal_set(program, blocks, merge_copies=False)
     for seed in range(4):
         cost = torch.rand(optimum.scales.shape[0], generator=torch.Generator().manual_seed(seed),
                           dtype=torch.float64)  # fmt: skip
@@ -132,7 +133,7 @@ def test_vertices_keep_the_common_fit_to_rounding():
 def test_directions_are_those_of_the_dual_point():
     """Each active block's direction is Pi_K(A_b^T q) / lam for the common dual point q."""
     program, blocks = _doubled_program("gated")
-    optimum = optimal_set(program, blocks)
+    optimum = optimal_set(program, blocks, merge_copies=False)
     correlations = program.operator.adjoint(optimum.dual)[optimum.active] / program.lam
     torch.testing.assert_close(optimum.directions, correlations, atol=1e-5, rtol=0)
 
@@ -164,19 +165,29 @@ def test_estimator_members(formulation):
 
 def test_a_solution_and_its_pruned_copy_describe_the_same_set():
     # Pruning zeroes blocks that stay equicorrelated: the pruned member's set takes them
-    # back (as possibly equicorrelated blocks at scale 0), so both describe one polytope,
-    # with the same unique minimum-norm member, at the optimal objective.
+    # back (as possibly equicorrelated blocks at scale 0), so both describe one polytope:
+    # the same neurons (sign and direction, to the solve's accuracy), the same dimension,
+    # members at the optimal objective. (Their minimum-norm members are not compared: at
+    # lam = 1e-4 the fits' smallest singular values are 1e-8 of the largest, and the
+    # directions' 1e-6 accuracy moves the exact minimum norm by 15%, Clarabel on each.)
     X, y = relu_teacher(15, 2, seed=2)
     model = ConvexReLU(lam=1e-4, n_gates=300, tol=1e-9, check_global=False)
     model.fit(X.numpy(), y.numpy())
     pruned = model.prune()
     assert pruned.n_neurons_ < model.n_neurons_
-    assert model.optimal_set().dimension == pruned.optimal_set().dimension > 0
+    sets = model.optimal_set(), pruned.optimal_set()
+    assert sets[0].dimension == sets[1].dimension > 0
     assert pruned.optimal_set(include_uncertain=False).dimension == 0
+    P = model.patterns_.shape[1]
+    neurons = [
+        torch.cat([torch.where(o.active < P, 1.0, -1.0)[:, None], o.directions], dim=1)
+        for o in sets
+    ]
+    assert neurons[0].shape == neurons[1].shape
+    assert float(torch.cdist(neurons[0], neurons[1]).min(dim=1).values.max()) < 1e-5
+    assert float(torch.cdist(neurons[0], neurons[1]).min(dim=0).values.max()) < 1e-5
     first = model.optimal_member("min_norm")
     second = pruned.optimal_member("min_norm")
-    norms = [float(m.solution_.blocks.square().sum()) for m in (first, second)]
-    assert norms[0] == pytest.approx(norms[1], rel=1e-3)
     for member in (first, second):
         assert member.objective_ == pytest.approx(model.objective_, rel=1e-8)
     torch.testing.assert_close(
@@ -203,3 +214,26 @@ def test_vertex_members_have_independent_fits():
         assert np.linalg.matrix_rank(hidden, tol=1e-8 * np.abs(hidden).max()) == hidden.shape[1]
         assert member.n_neurons_ == hidden.shape[1] <= 8
         assert member.objective_ == pytest.approx(model.objective_, rel=1e-9)
+
+
+@pytest.mark.parametrize("formulation", ["gated", "relu"])
+def test_copies_of_one_neuron_count_once(formulation):
+    # Every pattern twice: each neuron can sit in either copy of its pattern, which adds a
+    # dimension per neuron to the program's set but no new network. Merged, the set is the
+    # single program's.
+    program, blocks = _doubled_program(formulation)
+    separate = optimal_set(program, blocks, merge_copies=False)
+    merged = optimal_set(program, blocks)
+    P = program.patterns.shape[1] // 2
+    single = ConvexReLUProgram(program.X, program.y, program.patterns[:, :P], 0.05, formulation)
+    alone = optimal_set(single, solve(single, tol=1e-9).blocks)
+    assert merged.dimension == alone.dimension < separate.dimension
+    assert merged.active.numel() == alone.active.numel()
+    assert merged.copies.shape[0] == separate.active.numel() - merged.active.numel() > 0
+    for copy, kept in merged.copies.tolist():  # the same pattern, and the same sign
+        assert copy % P == kept % P
+        assert (copy < 2 * P) == (kept < 2 * P)
+    assert merged.objective(merged.scales) == pytest.approx(
+        separate.objective(separate.scales), rel=1e-12
+    )
+    _assert_member(merged, merged.min_norm(), merged.objective(merged.scales))

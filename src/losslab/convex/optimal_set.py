@@ -42,6 +42,9 @@ from losslab.convex.program import ConvexReLUProgram, project_onto_cone
 from losslab.convex.pruning import block_fits, prune_blocks
 from losslab.errors import ConvexProblemError
 
+#: Unit directions and fits (relative to the largest) this close are one neuron's copies.
+COPY_TOL = 1e-9
+
 
 @dataclass(frozen=True)
 class OptimalSet:
@@ -59,6 +62,8 @@ class OptimalSet:
         null_space: ``N`` (k, m), an orthonormal basis of ``ker F``; ``m`` is the dimension.
         uncertain: zero blocks whose dual ratio is within ``uncertain_tol`` of 1 (in
             ``active`` too, at scale 0, when included).
+        copies: (c, 2) pairs ``(block, kept)``: a block holding the same neuron as the
+            active block ``kept`` (same sign, direction and fit), merged into it.
     """
 
     program: ConvexReLUProgram
@@ -71,6 +76,7 @@ class OptimalSet:
     minimum_norm_scales: torch.Tensor
     null_space: torch.Tensor
     uncertain: torch.Tensor
+    copies: torch.Tensor
 
     @property
     def dimension(self) -> int:
@@ -190,13 +196,19 @@ def optimal_set(
     rank_tol: float = 1e-9,
     uncertain_tol: float = 1e-6,
     include_uncertain: bool = True,
+    merge_copies: bool = True,
 ) -> OptimalSet:
     """Describe the optimal set of ``program`` from a solution ``blocks`` (B, d).
 
     ``rank_tol`` is the relative singular-value cut-off that decides ``rank F``;
     ``uncertain_tol`` the distance to 1 of a zero block's dual ratio that lists it as
     possibly equicorrelated; ``include_uncertain`` puts those blocks in the polytope
-    (module docstring).
+    (module docstring). With ``merge_copies``, blocks that hold one neuron (same sign, unit
+    directions and fits within ``COPY_TOL`` relative) count once: in the ReLU form a
+    direction on the boundary that two patterns' cones share is feasible in both blocks,
+    and moving scale between such copies changes no network (it would add a dimension per
+    copy to a set whose networks are all the same). ``copies`` lists them. Without it the
+    set is the program's own, in block coordinates.
     """
     if blocks.shape != program.zeros().shape:
         raise ConvexProblemError(f"blocks must have shape {tuple(program.zeros().shape)}")
@@ -214,6 +226,11 @@ def optimal_set(
     directions = unit[active]
     fits = block_fits(program, unit)[:, active]
     scales = norms[active]
+    copies = torch.zeros(0, 2, dtype=torch.long)
+    if merge_copies:
+        active, directions, fits, scales, copies = _merge_copies(
+            program, active, directions, fits, scales, COPY_TOL
+        )
     if active.numel():
         u_svd, singular, vh = torch.linalg.svd(fits, full_matrices=True)
         rank = int((singular > rank_tol * singular[0]).sum())
@@ -232,7 +249,42 @@ def optimal_set(
         minimum_norm_scales=t0,
         null_space=null_space,
         uncertain=uncertain,
+        copies=copies,
     )
+
+
+def _merge_copies(
+    program: ConvexReLUProgram,
+    active: torch.Tensor,
+    directions: torch.Tensor,
+    fits: torch.Tensor,
+    scales: torch.Tensor,
+    tol: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The active blocks with each group of copies of one neuron (same sign, direction and
+    fit) merged into its first block, which takes the group's total scale; and the
+    ``(copy, kept)`` pairs."""
+    k = active.numel()
+    if k < 2:
+        return active, directions, fits, scales, torch.zeros(0, 2, dtype=torch.long)
+    P = program.patterns.shape[1]
+    signs = torch.where(active < P, 1, -1) if program.operator.signed else torch.ones_like(active)
+    fit_scale = float(fits.norm(dim=0).max())
+    same = (
+        (signs[:, None] == signs[None, :])
+        & (torch.cdist(directions, directions) <= tol)
+        & (torch.cdist(fits.T, fits.T) <= tol * fit_scale)
+    )
+    kept_of = torch.arange(k)
+    for i in range(k):
+        earlier = torch.nonzero(same[i, :i]).flatten()
+        if earlier.numel():
+            kept_of[i] = kept_of[earlier[0]]
+    keep = kept_of == torch.arange(k)
+    merged_scales = torch.zeros(k, dtype=scales.dtype).index_add_(0, kept_of, scales.cpu())
+    copies = torch.stack([active[~keep].cpu(), active[kept_of[~keep]].cpu()], dim=1)
+    return (active[keep], directions[keep], fits[:, keep],
+            merged_scales[keep].to(scales), copies)  # fmt: skip
 
 
 def _uncertain_blocks(
