@@ -52,3 +52,24 @@ def test_one_class_is_an_error():
     X, _ = _iris()
     with pytest.raises(ConvexProblemError, match="at least 2 classes"):
         ConvexReLUClassifier(n_gates=5).fit(X[:10], np.zeros(10))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_classifier_as_one_torch_network(bias):
+    X, y = _iris()
+    model = ConvexReLUClassifier(lam=0.05, n_gates=20, bias=bias, tol=1e-8).fit(X, y)
+    assert [c.is_global for c in model.certificates_] == [
+        e.certificate_.is_global for e in model.estimators_
+    ]
+    net = model.to_torch()
+    widths = [e.to_torch()[0].out_features for e in model.estimators_]
+    assert net[0].out_features == sum(widths)
+    assert net[2].out_features == 3
+    with torch.no_grad():
+        outputs = net(torch.as_tensor(X)).numpy()
+    np.testing.assert_allclose(outputs, model.decision_function(X), rtol=1e-9, atol=1e-10)
+    # hidden units of network k feed output k only
+    blocks = np.split(np.arange(sum(widths)), np.cumsum(widths)[:-1])
+    weight = net[2].weight.detach().numpy()
+    for k, units in enumerate(blocks):
+        assert np.count_nonzero(np.delete(weight[:, units], k, axis=0)) == 0

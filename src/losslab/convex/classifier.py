@@ -13,9 +13,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import nn
 
 from losslab.convex.estimator import ConvexReLU
 from losslab.errors import ConvexProblemError
@@ -28,7 +30,9 @@ class ConvexReLUClassifier(ClassifierMixin, BaseEstimator):
 
     Attributes:
         classes_: the class labels, sorted.
-        estimators_: the fitted :class:`ConvexReLU` networks (one for two classes).
+        estimators_: the fitted :class:`ConvexReLU` networks (one for two classes); each
+            has its own ``certificate_``, ``optimal_set()``, ``prune()``.
+        certificates_: their certificates (``certificates_[k].is_global``, ...).
         objective_: the sum of their convex objectives.
         n_neurons_: the total number of neurons.
         n_iter_: solver iterations of each network.
@@ -79,6 +83,7 @@ class ConvexReLUClassifier(ClassifierMixin, BaseEstimator):
             ConvexReLU(**self.get_params()).fit(X_np, np.where(y_np == label, 1.0, -1.0))
             for label in columns
         ]
+        self.certificates_ = [e.certificate_ for e in self.estimators_]
         self.objective_ = float(sum(e.objective_ for e in self.estimators_))
         self.n_neurons_ = int(sum(e.n_neurons_ for e in self.estimators_))
         self.n_iter_ = np.array([e.n_iter_ for e in self.estimators_])
@@ -91,6 +96,26 @@ class ConvexReLUClassifier(ClassifierMixin, BaseEstimator):
         X_np = validate_data(self, X, reset=False, dtype=np.float64)
         scores = np.column_stack([e.predict(X_np) for e in self.estimators_])
         return scores[:, 0] if len(self.estimators_) == 1 else scores
+
+    def to_torch(self) -> nn.Sequential:
+        """The networks side by side as one float64 ``Sequential(Linear(d, m, bias), ReLU(),
+        Linear(m, K, bias=False))`` (``K = 1`` for two classes): hidden units of network
+        ``k`` feed only output ``k``, so its outputs are :meth:`decision_function`'s for the
+        ``"relu"`` form (each network's :meth:`ConvexReLU.to_torch`)."""
+        check_is_fitted(self, "estimators_")
+        nets = [e.to_torch() for e in self.estimators_]
+        firsts: list[nn.Linear] = [net[0] for net in nets]  # type: ignore[misc]
+        seconds: list[nn.Linear] = [net[2] for net in nets]  # type: ignore[misc]
+        widths = [layer.out_features for layer in firsts]
+        hidden = nn.Linear(firsts[0].in_features, sum(widths), bias=self.bias,
+                           dtype=torch.float64)  # fmt: skip
+        output = nn.Linear(sum(widths), len(nets), bias=False, dtype=torch.float64)
+        with torch.no_grad():
+            hidden.weight.copy_(torch.cat([layer.weight for layer in firsts]))
+            if self.bias:
+                hidden.bias.copy_(torch.cat([layer.bias for layer in firsts]))
+            output.weight.copy_(torch.block_diag(*[layer.weight for layer in seconds]))
+        return nn.Sequential(hidden, nn.ReLU(), output)
 
     def predict(self, X: Any) -> np.ndarray:
         """The predicted class of each row of ``X``."""

@@ -988,10 +988,7 @@ def find_fixed_points(
     lifted_generator = torch.Generator().manual_seed(seed + 1)
     lifted_net = (
         net
-        if net is not None
-        and net.L * N <= LIFTED_MAX_UNKNOWNS
-        and low is not None
-        and n_starts > 0
+        if net is not None and net.L * N <= LIFTED_MAX_UNKNOWNS and low is not None and n_starts > 0
         else None
     )
     scale = 1.0
@@ -999,9 +996,7 @@ def find_fixed_points(
         scale = max(1.0, float(torch.maximum(low.abs(), high.abs()).max()))
     # never below what rounding allows in the dtype (float32 maps: about 1e-5)
     tol_eff = max(tol, 64 * torch.finfo(dtype).eps * math.sqrt(N)) * scale
-    jac_f: Map = (
-        square_net_jacobian(net) if net is not None else (lambda z: batched_jacobian(f, z))
-    )
+    jac_f: Map = square_net_jacobian(net) if net is not None else (lambda z: batched_jacobian(f, z))
 
     def residual_map(x: torch.Tensor) -> torch.Tensor:
         return f(x) - x
