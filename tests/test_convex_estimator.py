@@ -85,6 +85,9 @@ def test_params_clone_and_score():
         ({"lam": 0.0}, "lam must be"),
         ({"lam": -1.0}, "lam must be"),
         ({"n_gates": 0}, "n_gates must be"),
+        ({"max_iter": 0, "formulation": "gated"}, "max_iter must be"),
+        ({"max_iter": 0, "formulation": "relu"}, "max_iter must be"),
+        ({"tol": -1.0}, "tol must be"),
     ],
 )
 def test_bad_parameters(params, match):

@@ -13,6 +13,7 @@ from losslab.convex import (
     sample_gates,
 )
 from losslab.convex.interior_point_method import InteriorPointResult, solve_relu_interior_point
+from losslab.errors import ConvexProblemError
 from tests.convex_reference import clarabel_objective, relu_teacher
 
 
@@ -130,7 +131,7 @@ def test_max_iter_returns_a_feasible_point_not_converged():
         ({}, {"max_iter": 2.5}, "max_iter must be"),
     ],
 )
-def test_bad_arguments_raise_value_error(change, kwargs, message):
+def test_bad_arguments_raise_a_clear_error(change, kwargs, message):
     program = dataclasses.replace(relu_program(bias=False, lam=0.05), **change)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConvexProblemError, match=message):
         solve_relu_interior_point(program, **kwargs)

@@ -114,8 +114,11 @@ def test_a_random_network_is_neither_stationary_nor_global():
 def test_wrong_architecture_is_refused():
     X, y = relu_teacher(12, 2, seed=3)
     net = nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.Linear(5, 1, bias=False))
-    with pytest.raises(ConvexProblemError, match=r"expected Sequential\(Linear"):
+    with pytest.raises(ConvexProblemError, match=r"expected Sequential\(Linear.*Tanh"):
         certify_network(net, X, y, 0.05)
+    biased = nn.Sequential(nn.Linear(2, 5), nn.ReLU(), nn.Linear(5, 1))
+    with pytest.raises(ConvexProblemError, match="output layer has a bias"):
+        certify_network(biased, X, y, 0.05)
 
 
 def test_zero_fits_above_lam_max_do_not_make_every_step_a_jump():

@@ -99,6 +99,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from losslab.convex.program import ConvexReLUProgram, project_onto_cone
+from losslab.errors import ConvexProblemError
 
 #: Fraction of the way to the boundary of the cone that a step goes.
 STEP_FRACTION = 0.99
@@ -146,16 +147,16 @@ def solve_relu_interior_point(
     Works in float64 (a program in another precision is converted). At ``lam >= lam_max``
     returns the zero blocks at once. At ``max_iter`` interior-point iterations, or when the
     iteration stalls numerically, returns the best certified point with ``converged=False``
-    and the reason. Raises ``ValueError`` only for bad arguments.
+    and the reason. Raises ``ConvexProblemError`` only for bad arguments.
     """
     if program.formulation != "relu":
-        raise ValueError(
+        raise ConvexProblemError(
             f"the interior-point solver is for the 'relu' form; got {program.formulation!r}"
         )
     if isinstance(tol, bool) or not isinstance(tol, float | int) or not 0 < tol < math.inf:
-        raise ValueError(f"tol must be a finite number > 0; got {tol!r}")
+        raise ConvexProblemError(f"tol must be a finite number > 0; got {tol!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1; got {max_iter!r}")
+        raise ConvexProblemError(f"max_iter must be an integer >= 1; got {max_iter!r}")
     if program.X.dtype != torch.float64 or program.y.dtype != torch.float64:
         program = replace(program, X=program.X.double(), y=program.y.double())
     if _zero_is_optimal(program):

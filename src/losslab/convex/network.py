@@ -76,9 +76,15 @@ def network_parameters(net: nn.Module) -> tuple[torch.Tensor, torch.Tensor, bool
         and second.out_features == 1
         and second.bias is None
     ):
+        got = f"Sequential({', '.join(map(repr, layers))})" if layers else type(net).__name__
+        why = ""
+        if isinstance(second, nn.Linear) and second.bias is not None:
+            why = (" The output layer has a bias, which the convex reformulation (P3) does "
+                   "not have: build it with Linear(m, 1, bias=False).")  # fmt: skip
+        elif isinstance(second, nn.Linear) and second.out_features != 1:
+            why = f" The output layer has {second.out_features} outputs: certify one at a time."
         raise ConvexProblemError(
-            "expected Sequential(Linear(d, m), ReLU(), Linear(m, 1, bias=False)); "
-            f"got {net.__class__.__name__}"
+            f"expected Sequential(Linear(d, m), ReLU(), Linear(m, 1, bias=False)); got {got}.{why}"
         )
     W = first.weight.detach().to(torch.float64)
     if first.bias is not None:

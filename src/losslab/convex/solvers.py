@@ -102,6 +102,8 @@ def solve(
     """
     if not (isinstance(tol, int | float) and math.isfinite(tol) and tol > 0):
         raise ConvexProblemError(f"tol must be a finite number > 0; got {tol!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ConvexProblemError(f"max_iter must be an integer >= 1; got {max_iter!r}")
     tol = max(tol, TOL_FLOOR_EPS * torch.finfo(program.X.dtype).eps)
     U0 = program.zeros() if init is None else init.to(program.zeros())
     if U0.shape != program.zeros().shape:
