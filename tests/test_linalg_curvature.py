@@ -269,3 +269,27 @@ def test_dense_refuses_products_that_are_not_symmetric() -> None:
     torch.testing.assert_close(rounding, symmetric, atol=1e-12, rtol=0)
     with pytest.raises(CurvatureError, match="not form a symmetric matrix"):
         dense_from_products(lambda v: (symmetric + 100 * skew) @ v, 7, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    "loss_fn",
+    [
+        nn.CrossEntropyLoss(weight=torch.tensor([0.2, 1.0, 3.0], dtype=torch.float64)),
+        nn.CrossEntropyLoss(ignore_index=1),
+        nn.CrossEntropyLoss(
+            weight=torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64), ignore_index=0
+        ),
+    ],
+)
+def test_weighted_and_ignoring_means_combine_over_batches(loss_fn) -> None:
+    # Their batch mean divides by the counted targets' weight, not by n_b: batches of
+    # unequal size must still give the full-batch Hessian (built here, one batch).
+    model, _, (inputs, labels) = small_problem(7, "cross_entropy")
+    batches = [(inputs[:7], labels[:7]), (inputs[7:30], labels[7:30]), (inputs[30:], labels[30:])]
+    reference = dense_hessian(model, loss_fn, (inputs, labels))
+    split = HessianOperator(model, loss_fn, batches)
+    torch.testing.assert_close(split.dense(), reference, atol=1e-12, rtol=1e-10)
+    loss, theta, _ = flat_loss(model, loss_fn, (inputs, labels))
+    assert float(split.loss(theta)) == pytest.approx(float(loss(theta)), rel=1e-12)
+    torch.testing.assert_close(split.gradient(), torch.func.grad(loss)(theta), atol=1e-13,
+                               rtol=1e-11)  # fmt: skip

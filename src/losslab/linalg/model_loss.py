@@ -3,14 +3,18 @@ r"""The loss of a model on data as a function of one flat parameter vector.
 Matrix-free curvature (Hessian- and Gauss-Newton-vector products), critical-point search
 and loss-landscape slices all need the same object: the map
 
-.. math::  \theta \mapsto L(\theta) = \frac{\sum_b n_b\, \ell(f_\theta(X_b), y_b)}{\sum_b n_b},
+.. math::  \theta \mapsto L(\theta) = \frac{\sum_b m_b\, \ell(f_\theta(X_b), y_b)}{\sum_b m_b},
 
 where ``theta`` stacks the model's trainable parameters (in ``model.named_parameters()``
 order, each flattened row-major), ``f_theta`` is the model evaluated with those
 parameters by :func:`torch.func.functional_call`, ``(X_b, y_b)`` are the data's batches of
 ``n_b`` samples and ``loss_fn(outputs, targets)`` returns the *mean* loss of a batch (as
-``torch.nn.MSELoss()`` and ``torch.nn.CrossEntropyLoss()`` do by default). With one batch
-this is ``loss_fn(model(X), y)``; with several it is the mean over every sample.
+``torch.nn.MSELoss()`` and ``torch.nn.CrossEntropyLoss()`` do by default), whose
+denominator is ``m_b``: the batch's ``n_b`` samples, or for a cross-entropy with class
+weights or ``ignore_index`` the weight of its counted targets (:func:`batch_mass`). With
+one batch this is ``loss_fn(model(X), y)``; with several it is the loss of all the data
+as one batch. A plain function with its own weighted mean cannot be told apart: give one
+batch.
 
 The model is never modified: parameters are passed functionally, buffers are taken as
 they are. Put the model in ``eval()`` mode first when it has dropout or batch norm, or the
@@ -118,6 +122,21 @@ def parameter_layout(model: nn.Module) -> ParameterLayout:
     return ParameterLayout(tuple(n for n, _ in named), tuple(p.shape for _, p in named))
 
 
+def batch_mass(loss_fn: LossFn, targets: torch.Tensor) -> float:
+    """The denominator of a batch's mean loss: ``n_b`` (its samples), except for
+    ``nn.CrossEntropyLoss`` / ``nn.NLLLoss`` with class-index targets, whose mean is
+    weighted: ``sum_i weight[y_i]`` over the targets not equal to ``ignore_index``. Batches
+    combine exactly, ``L = sum_b m_b l_b / sum_b m_b``, whatever the batch sizes."""
+    if not isinstance(loss_fn, nn.CrossEntropyLoss | nn.NLLLoss) or targets.is_floating_point():
+        return float(targets.shape[0])
+    labels = targets.reshape(-1)
+    kept = labels[labels != loss_fn.ignore_index]
+    weight = loss_fn.weight
+    if weight is None:
+        return float(kept.numel())
+    return float(weight.detach().to(kept.device)[kept].sum())
+
+
 class ModelLoss:
     """``L(theta)``, the mean loss of ``model`` on ``data`` at flat parameters ``theta``.
 
@@ -131,7 +150,7 @@ class ModelLoss:
     Attributes:
         layout: the :class:`ParameterLayout` of ``theta``.
         batches: the checked batches.
-        weights: each batch's share of the samples, ``n_b / sum n``.
+        weights: each batch's share of the mean, ``m_b / sum m`` (:func:`batch_mass`).
         theta0: the model's current parameters, flat and detached.
     """
 
@@ -158,7 +177,17 @@ class ModelLoss:
         ]
         sizes = [inputs.shape[0] for inputs, _ in self.batches]
         self.n_samples = sum(sizes)
-        self.weights = tuple(size / self.n_samples for size in sizes)
+        masses = [batch_mass(loss_fn, targets) for _, targets in self.batches]
+        total = sum(masses)
+        if not total > 0:
+            raise CurvatureError(
+                "every target is ignored (ignore_index) or has class weight 0: the mean loss "
+                "is undefined"
+            )
+        # a batch whose every target is ignored has no mean (NaN): it is left out
+        keep = [index for index, mass in enumerate(masses) if mass > 0]
+        self.batches = [self.batches[index] for index in keep]
+        self.weights = tuple(masses[index] / total for index in keep)
         params = dict(model.named_parameters())
         self.theta0 = self.layout.flatten({n: params[n].detach() for n in self.layout.names})
         self._buffers = dict(model.named_buffers())
