@@ -57,6 +57,37 @@ MAX_CACHED_BATCHES = 8
 MAX_DENSE_DIM = 10_000
 
 
+def _check_fixed_function(model: nn.Module, n_batches: int) -> None:
+    """Refuse models whose loss is not one fixed function of the parameters: dropout in
+    training mode (random masks), normalisation layers that update running statistics in
+    training mode, and batch norm that uses batch statistics (``track_running_stats=False``)
+    when the data come in several batches (the loss would depend on the batching)."""
+    random, updating, batch_dependent = [], [], []
+    for module in model.modules():
+        name = type(module).__name__
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.training:
+            random.append(name)
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            if module.training and module.track_running_stats:
+                updating.append(name)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+                module.training or not module.track_running_stats
+            ):
+                batch_dependent.append(name)
+    if random or updating:
+        layers = ", ".join(sorted(set(random + updating)))
+        raise CurvatureError(
+            f"the model is in training mode with {layers}: its loss changes from call to "
+            "call (random masks, batch statistics). Call model.eval() first"
+        )
+    if batch_dependent and n_batches > 1:
+        raise CurvatureError(
+            f"{', '.join(sorted(set(batch_dependent)))} uses batch statistics "
+            "(track_running_stats=False): with the data in several batches the loss depends "
+            "on how they are split; give one batch"
+        )
+
+
 class CurvatureOperator:
     """A symmetric ``dim x dim`` curvature matrix of a model's loss, seen through products.
 
@@ -65,17 +96,8 @@ class CurvatureOperator:
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Data) -> None:
-        stochastic = nn.modules.dropout._DropoutNd | nn.modules.batchnorm._NormBase
-        random = [
-            type(m).__name__ for m in model.modules() if m.training and isinstance(m, stochastic)
-        ]
-        if random:
-            raise CurvatureError(
-                f"the model is in training mode with {', '.join(sorted(set(random)))}: its "
-                "loss changes from call to call (random masks, batch statistics). Call "
-                "model.eval() first"
-            )
         self.loss = ModelLoss(model, loss_fn, data)
+        _check_fixed_function(model, len(self.loss.batches))
         self.theta = self.loss.theta0
         self.dim = self.loss.dim
         value = self.loss(self.theta)
@@ -84,12 +106,20 @@ class CurvatureOperator:
                 f"the loss is {float(value)} at the model's parameters: curvature of a "
                 "non-finite loss is meaningless; check the data and the model"
             )
+        again = self.loss(self.theta)  # random layers the module checks cannot see
+        if not bool((again - value).abs() <= 1e-12 * value.abs() + 1e-300):
+            raise CurvatureError(
+                f"the loss differs between two evaluations at the same parameters ({float(value)!r}"
+                f" and {float(again)!r}): the model is random (e.g. F.dropout with "
+                "training=True); put it in eval() mode or make it deterministic"
+            )
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         """The product of the matrix with a flat vector of length ``dim``."""
         raise NotImplementedError
 
     def _check_vector(self, vector: torch.Tensor) -> torch.Tensor:
+        self.loss.check_modes()  # cached products would still answer for the old mode
         if vector.shape != (self.dim,):
             raise CurvatureError(
                 f"expected a vector of shape ({self.dim},), got {tuple(vector.shape)}"

@@ -18,7 +18,15 @@ batch.
 
 The model is never modified: parameters are passed functionally, buffers are taken as
 they are. Put the model in ``eval()`` mode first when it has dropout or batch norm, or the
-loss will be random.
+loss will be random (the curvature operators refuse such models). The modes of its
+modules are recorded: calling ``model.train()`` or ``model.eval()`` afterwards makes the
+loss another function, and evaluating it then raises :class:`CurvatureError`.
+
+Batch norm with batch statistics (``track_running_stats=False``) makes the loss a function
+of the whole batch; torch 2.13's ``torch.func`` second derivatives of it are wrong (0.2 off
+on a small net, against finite differences), while :class:`~losslab.linalg.HessianOperator`
+on one batch (its cached reverse-over-reverse products) is right. Do not hand such a loss
+to ``torch.func.hessian`` or to :func:`~losslab.critical.find_critical_point`.
 """
 
 from __future__ import annotations
@@ -44,6 +52,11 @@ def as_batches(data: Data) -> list[Batch]:
     tensor finite (:class:`ModelLoss` then casts floating tensors to the parameters' dtype
     and device). ``data`` is one ``(inputs, targets)`` pair or an iterable of them (a
     ``DataLoader`` is read once and kept)."""
+    if isinstance(data, torch.utils.data.Dataset):
+        raise CurvatureError(
+            f"data is a {type(data).__name__}, whose items are single samples, not batches: "
+            "wrap it in a torch.utils.data.DataLoader(dataset, batch_size=...)"
+        )
     if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         batches = [(data[0], data[1])]
     else:
@@ -60,6 +73,12 @@ def as_batches(data: Data) -> list[Batch]:
         if len(batch) != 2 or not all(isinstance(t, torch.Tensor) for t in batch):
             raise CurvatureError(f"batch {index} is not an (inputs, targets) pair of tensors")
         inputs, targets = batch
+        if inputs.ndim == 0 or targets.ndim == 0:
+            raise CurvatureError(
+                f"batch {index} holds a 0-dimensional tensor: batches have a leading "
+                "dimension of samples (iterating a Dataset gives single samples; use a "
+                "DataLoader)"
+            )
         if inputs.shape[0] == 0:
             raise CurvatureError(f"batch {index} is empty")
         if inputs.shape[0] != targets.shape[0]:
@@ -191,13 +210,25 @@ class ModelLoss:
         params = dict(model.named_parameters())
         self.theta0 = self.layout.flatten({n: params[n].detach() for n in self.layout.names})
         self._buffers = dict(model.named_buffers())
+        self._modes = tuple(module.training for module in model.modules())
 
     @property
     def dim(self) -> int:
         return self.layout.dim
 
+    def check_modes(self) -> None:
+        """Raise :class:`CurvatureError` when a module's train/eval mode differs from when
+        this loss was built (the loss would be another function)."""
+        if tuple(module.training for module in self.model.modules()) != self._modes:
+            raise CurvatureError(
+                "the model's train/eval mode changed after this loss was built "
+                "(model.train() or model.eval() since): its loss is another function now; "
+                "build the loss (or the operator) again"
+            )
+
     def batch_loss(self, theta: torch.Tensor, index: int) -> torch.Tensor:
         """The mean loss of batch ``index`` at ``theta`` (differentiable by torch.func)."""
+        self.check_modes()
         inputs, targets = self.batches[index]
         named = self.layout.unflatten(theta)
         outputs = functional_call(self.model, (named, self._buffers), (inputs,))
