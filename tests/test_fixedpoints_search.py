@@ -802,3 +802,31 @@ def test_a_map_undefined_outside_the_box_is_searched():
     assert found.count == 1
     assert float(found.points[0, 0]) == pytest.approx(root, abs=1e-14)
     assert found.kinds == ["attractor"]
+
+
+def test_a_slowly_contracting_attractor_has_its_basin():
+    # x -> 0.3 + 0.99 (x - 0.3) attracts every start, but 500 steps shrink a distance only
+    # 150-fold: no start came within the 1e-6 capture radius, and the basin read 0.
+    found = find_fixed_points(lambda x: 0.3 + 0.99 * (x - 0.3), box=_box(0.0, 1.0),
+                              basin_starts=300)  # fmt: skip
+    assert found.kinds == ["attractor"]
+    assert float(found.basin_fraction[0]) == 1.0
+    assert found.unassigned_fraction == 0.0
+
+    # two slow attractors at 0.2 and 0.8 (slope 0.98 at each), split at the repeller 0.5:
+    # each start is assigned to the one on its side
+    def two_wells(x: torch.Tensor) -> torch.Tensor:
+        return x - 0.01 * (x - 0.2) * (x - 0.5) * (x - 0.8) / 0.09
+
+    wells = find_fixed_points(two_wells, box=_box(0.0, 1.0), basin_starts=400, seed=3)
+    assert wells.count == 3
+    attractors = [i for i, kind in enumerate(wells.kinds) if kind == "attractor"]
+    assert len(attractors) == 2
+    starts = torch.rand(400, 1, generator=torch.Generator().manual_seed(3), dtype=DT)
+    expected_left = float((starts < 0.5).double().mean())
+    left = min(attractors, key=lambda i: float(wells.points[i, 0]))
+    assert abs(float(wells.basin_fraction[left]) - expected_left) < 0.1  # other draws
+    # only starts next to the repeller (slope 1.01) are still on their way after 500 steps
+    total = float(wells.basin_fraction[attractors].sum())
+    assert total >= 0.97
+    assert total + wells.unassigned_fraction == pytest.approx(1.0)

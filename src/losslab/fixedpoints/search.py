@@ -83,9 +83,13 @@ all non-hyperbolic.
 **Basins.** From ``basin_starts`` further uniform starts in the box the forward iteration
 ``x <- f(x)`` runs (batched) for up to ``basin_iterations`` steps; a start is assigned to
 attractor ``a`` as soon as it is within ``r_a = min(1e-6 scale, rho_a / 4,
-dist(a, other fixed points) / 4)`` of it. ``basin_fraction[a]`` is the share of basin starts
+dist(a, other fixed points) / 4)`` of it. A slowly contracting attractor (spectral radius
+0.99: 500 steps shrink a distance only 150-fold) is reached at the end: an orbit then
+within ``min(rho_a, dist(a, other fixed points)) / 4`` of ``a`` that came closer over its
+last 5 steps counts for ``a``. ``basin_fraction[a]`` is the share of basin starts
 assigned to ``a`` (NaN for non-attractors); ``unassigned_fraction`` the share that ended
-nowhere (periodic or chaotic orbits, escape, NaN, or too slow convergence). The sampling
+nowhere (periodic or chaotic orbits, escape, NaN, or convergence too slow even for that:
+raise ``basin_iterations``). The sampling
 error of a fraction ``p`` is ``sqrt(p (1 - p) / basin_starts)``.
 
 **Cost.** Per start and iteration: one Jacobian (``N`` forward-mode passes generically,
@@ -822,25 +826,32 @@ def _basins(
     f: Map,
     attractors: torch.Tensor,
     capture: torch.Tensor,
+    reach: torch.Tensor,
     starts: torch.Tensor,
     iterations: int,
     check_every: int = 5,
 ) -> tuple[torch.Tensor, float]:
-    """Fractions of ``starts`` whose forward orbit enters ``capture[a]`` of attractor ``a``."""
+    """Fractions of ``starts`` whose forward orbit enters ``capture[a]`` of attractor ``a``;
+    an orbit still outside every capture radius after ``iterations`` steps is assigned to
+    ``a`` when it lies within ``reach[a]`` (where ``a`` is the only fixed point) and came
+    closer to ``a`` over its last ``check_every`` steps (a slowly contracting attractor)."""
     n = starts.shape[0]
     label = torch.full((n,), -1, dtype=torch.int64, device=starts.device)
     if n == 0 or attractors.shape[0] == 0:
         return torch.zeros(attractors.shape[0], dtype=starts.dtype), 1.0
     active = torch.arange(n, device=starts.device)
     z = starts.clone()
+    previous = torch.full((n, attractors.shape[0]), torch.inf, dtype=z.dtype, device=z.device)
     step = 0
     while active.numel():
         d = _distances(z, attractors)  # (b, a)
         inside = d <= capture[None, :]
+        if step >= iterations:  # slow attractors: within reach and still approaching
+            inside = inside | ((d <= reach[None, :]) & (d < previous))
         hit = inside.any(1)
         label[active[hit]] = inside[hit].to(torch.int64).argmax(1)
         alive = ~hit & torch.isfinite(z).all(1)
-        active, z = active[alive], z[alive]
+        active, z, previous = active[alive], z[alive], d[alive]
         if step >= iterations or active.numel() == 0:
             break
         burst = min(check_every, iterations - step)
@@ -1128,11 +1139,11 @@ def find_fixed_points(
             d_all = _distances(attract, points)
             d_all[d_all == 0] = torch.inf
             nearest = d_all.amin(1)
-            capture = torch.minimum(
-                torch.full_like(nearest, BASIN_CAPTURE * scale),
-                torch.minimum(rho[is_attractor.to(device)] / 4, nearest / 4),
-            )
-        fractions, unassigned = _basins(f, attract, capture, basin_x0, basin_iterations)
+            reach = torch.minimum(rho[is_attractor.to(device)] / 4, nearest / 4)
+            capture = torch.minimum(torch.full_like(nearest, BASIN_CAPTURE * scale), reach)
+        else:
+            reach = capture
+        fractions, unassigned = _basins(f, attract, capture, reach, basin_x0, basin_iterations)
         basin[is_attractor.to(device)] = fractions.to(device)
     return FixedPointSet(
         points=points,
