@@ -385,3 +385,23 @@ def test_sequentials_that_are_not_square_nets_and_false_claims_are_refused():
 
     with pytest.raises(FixedPointError, match="not the composition of the layers"):
         certify_fixed_points(ClaimsSigmoid())
+
+
+def test_roots_next_to_saturated_corners_are_certified_at_the_default_min_width():
+    # Boxes of width 1e-12 around these roots were given up (incomplete, counts 1 and 2);
+    # 45 rounding units decide them. The counts agree with the search.
+    from losslab.fixedpoints.search import find_fixed_points
+
+    corners = nn.Sequential(nn.Linear(2, 2), nn.Tanh()).double()
+    with torch.no_grad():
+        corners[0].weight.copy_(torch.tensor([[2.46485443, -6.45908023],
+                                              [-6.45908023, 2.7160676]]))  # fmt: skip
+        corners[0].bias.zero_()
+    steep = SquareNet(1, 4, activation="tanh", init="gaussian", weight_scale=6, bias_scale=2,
+                      seed=6)  # fmt: skip
+    for net in (corners, steep):
+        proof = certify_fixed_points(net, time_limit=math.inf)
+        assert (proof.status, proof.count) == ("certified", 3), proof.reason
+        assert find_fixed_points(net, basin_starts=0).count == 3
+    with pytest.raises(FixedPointError, match="min_width"):
+        certify_fixed_points(steep, min_width=-1.0)
