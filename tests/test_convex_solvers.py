@@ -12,6 +12,7 @@ from losslab.convex import (
     enumerate_patterns,
     neurons_from_blocks,
     project_onto_cone,
+    projection_norm_bounds,
     sample_gates,
     solve,
     split_gated_block,
@@ -291,3 +292,37 @@ def test_cone_projection_against_clarabel(seed):
         assert problem.status == "optimal"
         np.testing.assert_allclose(projection.numpy(), v.value, atol=1e-7)
         assert float(((X @ projection) * signs).min()) >= -1e-12
+
+
+def test_projection_norm_bounds_are_upper_bounds_close_to_the_norms():
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    signs = 2 * (X @ torch.randn(6, 50, generator=g, dtype=torch.float64) >= 0).double() - 1
+    Z = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    bounds = projection_norm_bounds(Z, X, signs)
+    exact = torch.stack([project_onto_cone(Z[p], X, signs[:, p]).norm() for p in range(50)])
+    assert bool((bounds >= exact * (1 - 1e-12)).all())
+    assert bool((bounds <= Z.norm(dim=1) * (1 + 1e-12)).all())
+    assert float((bounds / exact).median()) < 1.05
+
+
+@pytest.mark.parametrize("lam", [0.02, 0.5])  # dual constraints violated, and satisfied
+def test_max_dual_ratio_against_every_projection(lam):
+    X, y = relu_teacher(30, 3, seed=6)
+    program = ConvexReLUProgram(X, y, activation_patterns(X, sample_gates(3, 40, seed=2)),
+                                lam, "relu")  # fmt: skip
+    q = (y - 0.5 * y.mean()) / len(y)
+    patterns = activation_patterns(X, sample_gates(3, 600, seed=3))  # more than a chunk
+    signs = patterns.double() * 2 - 1
+    exact = (
+        max(
+            max(float(project_onto_cone(s * z, X, signs[:, p]).norm()) for s in (1, -1))
+            for p, z in enumerate((patterns.double() * q[:, None]).T @ X)
+        )
+        / lam
+    )
+    ratio = program.max_dual_ratio(q, patterns)
+    if exact >= 1:
+        assert ratio == pytest.approx(exact, rel=1e-10)
+    else:  # below 1 an upper bound, at most 1
+        assert exact * (1 - 1e-10) <= ratio <= 1.0

@@ -770,13 +770,13 @@ def test_a_square_net_subclass_with_its_own_forward_is_a_generic_map():
     found = find_fixed_points(net, basin_starts=0)  # the base map's structure is not used
     assert found.index_consistent is None  # no index theorem for a generic map
 
-    # brute force: the roots of 1 - sigmoid(W x + b) - x on a 400 x 400 grid, polished
+    # brute force: the roots of 1 - sigmoid(W x + b) - x from a 120 x 120 grid, polished
     (W, b) = net.weights()[0]
 
     def F(x: torch.Tensor) -> torch.Tensor:
         return 1 - torch.sigmoid(x @ W.T + b) - x
 
-    grid = torch.stack(torch.meshgrid(*[torch.linspace(0, 1, 400, dtype=DT)] * 2,
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(0, 1, 120, dtype=DT)] * 2,
                                       indexing="ij"), dim=-1).reshape(-1, 2)  # fmt: skip
     x = grid
     for _ in range(50):

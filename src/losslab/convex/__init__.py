@@ -30,7 +30,12 @@ from losslab.convex.patterns import (
     unique_pattern_columns,
     unique_patterns,
 )
-from losslab.convex.program import ConvexReLUProgram, DualBound, project_onto_cone
+from losslab.convex.program import (
+    ConvexReLUProgram,
+    DualBound,
+    project_onto_cone,
+    projection_norm_bounds,
+)
 from losslab.convex.pruning import PruneResult, block_fits, prune_blocks
 from losslab.convex.recovery import (
     ReLUNetwork,
@@ -73,6 +78,7 @@ __all__ = [
     "optimal_set",
     "own_pattern_gap",
     "project_onto_cone",
+    "projection_norm_bounds",
     "prune_blocks",
     "regularization_path",
     "sample_gates",
