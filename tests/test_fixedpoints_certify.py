@@ -364,10 +364,38 @@ def test_sequentials_that_are_not_square_nets_and_false_claims_are_refused():
         nn.Sequential(nn.Linear(3, 3), nn.ReLU()),
         nn.Sequential(nn.Linear(3, 3), nn.Sigmoid(), nn.Linear(3, 3), nn.Tanh()),
         nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 3), nn.Sigmoid()),
-        nn.Sequential(nn.Linear(3, 3, bias=False), nn.Sigmoid()),
+        nn.Sequential(nn.Linear(3, 3), nn.Hardtanh()),
     ):
         with pytest.raises(FixedPointError, match="from_sequential needs"):
             certify_fixed_points(model.double())
+
+
+def test_a_hopfield_map_without_biases_is_certified():
+    # x -> tanh(beta W x), symmetric W, no bias: 0 and pairs +-x*; the count against a dense
+    # grid polished by Newton (numpy-free: torch only), and the search
+    from losslab.fixedpoints.search import find_fixed_points
+
+    g = torch.Generator().manual_seed(4)
+    A = torch.randn(2, 2, generator=g, dtype=torch.float64)
+    hopfield = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Tanh()).double()
+    with torch.no_grad():
+        hopfield[0].weight.copy_(3.0 * (A + A.T) / 2)
+    proof = certify_fixed_points(hopfield, time_limit=math.inf)
+    assert proof.status == "certified", proof.reason
+
+    def F(x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x @ hopfield[0].weight.detach().T) - x
+
+    axis = torch.linspace(-1, 1, 101, dtype=torch.float64)
+    x = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1).reshape(-1, 2)
+    for _ in range(60):
+        x = (x - torch.linalg.solve(vmap(jacrev(F))(x), F(x))).clamp(-1.5, 1.5)
+    roots: list[torch.Tensor] = []
+    for r in x[F(x).abs().max(dim=1).values < 1e-13]:
+        if all(float((r - q).abs().max()) > 1e-8 for q in roots):
+            roots.append(r)
+    assert proof.count == len(roots) >= 3
+    assert find_fixed_points(hopfield, basin_starts=0).count == proof.count
 
     class ClaimsSigmoid(nn.Module):  # lists sigmoid layers but computes a ReLU
         N, activation = 2, "sigmoid"

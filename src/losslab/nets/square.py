@@ -148,14 +148,14 @@ class SquareNet(nn.Module):
         """The SquareNet of a user's ``nn.Sequential(Linear(N, N), Sigmoid(), Linear(N, N),
         Sigmoid(), ...)`` (or ``Tanh()`` throughout): a copy of its weights and biases, in
         its dtype, with ``init="copied"``. Anything else (another activation, a mixed one,
-        a layer without bias or of another width, a subclass of ``Sequential``, ``Linear``
+        a layer of another width, a subclass of ``Sequential``, ``Linear``
         or the activation, a forward hook) raises :class:`FixedPointError`."""
         names = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
         plain = type(model) is nn.Sequential and not any(
             m._forward_hooks or m._forward_pre_hooks for m in model.modules()
         )
         children = list(model.children()) if plain else []
-        linears = [c for c in children[0::2] if type(c) is nn.Linear and c.bias is not None]
+        linears = [c for c in children[0::2] if type(c) is nn.Linear]
         kinds = {names.get(type(c)) for c in children[1::2]}
         widths = {(c.in_features, c.out_features) for c in linears}
         if not (
@@ -169,8 +169,8 @@ class SquareNet(nn.Module):
         ):
             raise FixedPointError(
                 "from_sequential needs a plain nn.Sequential(Linear(N, N), Sigmoid(), ...) "
-                "without forward hooks: square Linear layers of one width, each with a bias "
-                "and followed by the same activation (Sigmoid or Tanh); got "
+                "without forward hooks: square Linear layers of one width, each followed by "
+                "the same activation (Sigmoid or Tanh); got "
                 f"{type(model).__name__}({', '.join(type(c).__name__ for c in model.children())})"
             )
         activation: Activation = "sigmoid" if kinds == {"sigmoid"} else "tanh"
@@ -179,9 +179,11 @@ class SquareNet(nn.Module):
         with torch.no_grad():
             for target, source in zip(net.layers, linears, strict=True):
                 assert isinstance(target, nn.Linear)
-                assert source.bias is not None
                 target.weight.copy_(source.weight)
-                target.bias.copy_(source.bias)
+                if source.bias is None:  # e.g. a Hopfield map tanh(beta W x)
+                    target.bias.zero_()
+                else:
+                    target.bias.copy_(source.bias)
         net.init = "copied"  # type: ignore[assignment]
         net.weight_scale = net.bias_scale = math.nan
         return net
