@@ -84,9 +84,11 @@ all non-hyperbolic.
 ``x <- f(x)`` runs (batched) for up to ``basin_iterations`` steps; a start is assigned to
 attractor ``a`` as soon as it is within ``r_a = min(1e-6 scale, rho_a / 4,
 dist(a, other fixed points) / 4)`` of it. A slowly contracting attractor (spectral radius
-0.99: 500 steps shrink a distance only 150-fold) is reached at the end: an orbit then
-within ``min(rho_a, dist(a, other fixed points)) / 4`` of ``a`` that came closer over its
-last 5 steps counts for ``a``. ``basin_fraction[a]`` is the share of basin starts
+0.99: 500 steps shrink a distance only 150-fold) gets more time: an orbit still within
+``min(rho_a, dist(a, other fixed points)) / 4`` of ``a`` after ``basin_iterations`` steps
+goes on, up to 20 times as many steps, as long as its distance to ``a`` shrinks by 0.1%
+or more over every 10 steps (an even window: an orbit on a 2-cycle does not shrink), and
+counts once it is within ``r_a``. ``basin_fraction[a]`` is the share of basin starts
 assigned to ``a`` (NaN for non-attractors); ``unassigned_fraction`` the share that ended
 nowhere (periodic or chaotic orbits, escape, NaN, or convergence too slow even for that:
 raise ``basin_iterations``). The sampling
@@ -822,6 +824,13 @@ def _index_check(known: _Known, f: Map, jac_f: Map, tol: float) -> bool | None:
     return int(indices.sum()) == 1
 
 
+#: Orbits still on their way after ``basin_iterations`` steps may take this many times as
+#: many more, as long as they keep approaching their attractor (module docstring).
+SLOW_BASIN_FACTOR = 20
+#: ... by at least this factor per window of ``2 check_every`` steps.
+SLOW_BASIN_SHRINK = 0.999
+
+
 def _basins(
     f: Map,
     attractors: torch.Tensor,
@@ -831,27 +840,31 @@ def _basins(
     iterations: int,
     check_every: int = 5,
 ) -> tuple[torch.Tensor, float]:
-    """Fractions of ``starts`` whose forward orbit enters ``capture[a]`` of attractor ``a``;
-    an orbit still outside every capture radius after ``iterations`` steps is assigned to
-    ``a`` when it lies within ``reach[a]`` (where ``a`` is the only fixed point) and came
-    closer to ``a`` over its last ``check_every`` steps (a slowly contracting attractor)."""
+    """Fractions of ``starts`` whose forward orbit enters ``capture[a]`` of attractor ``a``
+    within ``iterations`` steps; then the orbits that lie within ``reach[a]`` of an
+    attractor go on (up to ``SLOW_BASIN_FACTOR * iterations`` more steps) while their
+    distance to it shrinks by ``SLOW_BASIN_SHRINK`` per even window of ``2 check_every``
+    steps, and count once they enter a capture radius (slowly contracting attractors; a
+    periodic orbit does not shrink over an even window and is dropped)."""
     n = starts.shape[0]
     label = torch.full((n,), -1, dtype=torch.int64, device=starts.device)
     if n == 0 or attractors.shape[0] == 0:
         return torch.zeros(attractors.shape[0], dtype=starts.dtype), 1.0
     active = torch.arange(n, device=starts.device)
     z = starts.clone()
-    previous = torch.full((n, attractors.shape[0]), torch.inf, dtype=z.dtype, device=z.device)
-    step = 0
-    while active.numel():
+
+    def assign(z: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = _distances(z, attractors)  # (b, a)
         inside = d <= capture[None, :]
-        if step >= iterations:  # slow attractors: within reach and still approaching
-            inside = inside | ((d <= reach[None, :]) & (d < previous))
         hit = inside.any(1)
         label[active[hit]] = inside[hit].to(torch.int64).argmax(1)
         alive = ~hit & torch.isfinite(z).all(1)
-        active, z, previous = active[alive], z[alive], d[alive]
+        return alive, d
+
+    step = 0
+    while active.numel():
+        alive, d = assign(z, active)
+        active, z, d = active[alive], z[alive], d[alive]
         if step >= iterations or active.numel() == 0:
             break
         burst = min(check_every, iterations - step)
@@ -859,6 +872,21 @@ def _basins(
             for _ in range(burst):
                 z = f(z)
         step += burst
+    if active.numel() and iterations > 0:  # slow attractors: follow the orbits within reach
+        near = (d <= reach[None, :]).any(1)
+        active, z, d = active[near], z[near], d[near]
+        target = (d / reach[None, :]).argmin(1)
+        last = d.gather(1, target[:, None])[:, 0]
+        extra = 0
+        while active.numel() and extra < SLOW_BASIN_FACTOR * iterations:
+            with torch.no_grad():
+                for _ in range(2 * check_every):
+                    z = f(z)
+            extra += 2 * check_every
+            alive, d = assign(z, active)
+            now = d.gather(1, target[:, None])[:, 0]
+            alive = alive & (now <= SLOW_BASIN_SHRINK * last)
+            active, z, target, last = active[alive], z[alive], target[alive], now[alive]
     counts = torch.bincount(label[label >= 0], minlength=attractors.shape[0]).to(starts.dtype)
     fractions = counts / n
     return fractions, float((label < 0).sum()) / n
