@@ -425,3 +425,24 @@ def test_the_smallest_pairs_of_a_hessian_with_a_large_null_space():
                 matrix @ result.vectors - result.vectors * result.values, dim=0
             )
             assert float(residuals.max()) <= 1e-6 * scale
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_the_search_for_copies_keeps_to_the_budget_and_never_claims_too_much(k):
+    # 40 zeros among 300 eigenvalues: the copies of 0 need up to k - 1 deflation rounds.
+    # Whatever the budget: no more products than it, residuals those of the returned
+    # vectors, and converged only with k zeros.
+    g = torch.Generator().manual_seed(0)
+    spectrum = torch.cat([torch.zeros(40, dtype=DT), torch.linspace(1e-3, 1.0, 260, dtype=DT)])
+    basis, _ = torch.linalg.qr(torch.randn(300, 300, generator=g, dtype=DT))
+    A = basis @ torch.diag(spectrum) @ basis.T
+    for budget in [*range(4 * k + 60, 4 * k + 500, 37), None]:
+        result = lanczos_eigenpairs(lambda v: A @ v, 300, k, which="smallest", seed=0,
+                                    max_matvecs=budget)  # fmt: skip
+        if budget is not None:
+            assert result.matvecs <= budget
+        true = torch.linalg.vector_norm(A @ result.vectors - result.vectors * result.values, dim=0)
+        torch.testing.assert_close(result.residuals, true, rtol=1e-6, atol=1e-13)
+        if result.converged:
+            assert float(result.values.abs().max()) <= 1e-6
+    assert result.converged  # the default budget covers the search

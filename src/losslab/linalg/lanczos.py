@@ -68,10 +68,13 @@ converged wanted values of one side hold a repeated value (two within ``tol max|
 or a zero, other than the boundary value, the found vectors ``V`` are *deflated*: Lanczos
 runs again, for the same wanted pairs, on ``P A P + sigma V V^T`` (``P = I - V V^T``,
 ``sigma`` a value that is not wanted) from a fresh random vector orthogonal to ``V``; its
-converged values beyond the found boundary values replace them, and each such round can
-bring one more copy of each value, so up to ``k - 1`` rounds run, until none enters. The
-new pairs get explicit residuals; a round that does not converge, or residuals that miss
-the tolerance, give ``converged=False, reason="repeated eigenvalue unresolved"``. Measured:
+converged values beyond the found boundary values replace them. Each such round can
+bring one more copy of each value, so rounds go on (at most ``k``) until one brings none or
+the wanted values of each side are all copies of its extreme one. The returned pairs get
+explicit residuals. A round that does not converge or cannot run within ``max_matvecs``
+(``k`` products are kept for the residuals), or residuals that miss the tolerance, give
+``converged=False, reason="repeated eigenvalue unresolved"``; by default the search may
+use ``k`` more runs' worth of products beyond ``max_matvecs``' default. Measured:
 the null-space case above now returns zeros; five copies of 3 among 395 distinct values
 come back as five. A copy can still hide when no repeat and no zero is visible among the
 wanted values (one copy of a non-zero value seen, the others not). Clustered, distinct
@@ -121,9 +124,9 @@ class Eigenpairs:
         converged: every pair met the tolerance.
         reason: why the iteration stopped: ``"converged"``, ``"max_matvecs"``,
             ``"max_iter"``, ``"lost orthogonality"``, ``"accuracy floor"``,
-            ``"invariant subspace"``, ``"repeated eigenvalue unresolved"`` (the search for a
-            further copy of a repeated wanted eigenvalue found one but did not converge it:
-            raise ``max_matvecs``).
+            ``"invariant subspace"``, ``"repeated eigenvalue unresolved"`` (the search for
+            further copies of a repeated or zero wanted eigenvalue did not finish: raise
+            ``max_matvecs``).
         matvecs: products with ``A`` used in all (the explicit residuals included).
         iterations: Lanczos steps (or power iterations).
         seconds: wall time.
@@ -488,6 +491,15 @@ class _Deflated:
         return image - self.V @ (self.V.T @ image) + self.shift * (self.V @ coefficients)
 
 
+def _saturated(values: torch.Tensor, n_large: int, n_small: int, gap: float) -> bool:
+    """Are all wanted values of each side copies of its most extreme one? Then no further
+    copy can enter: nothing is wanted beyond them."""
+    for side in (values[:n_large], values[n_large : n_large + n_small]):
+        if side.numel() and not bool(((side - side[0]).abs() <= gap).all()):
+            return False
+    return True
+
+
 def _search_for_copies(
     op: CountingMatvec,
     values: torch.Tensor,
@@ -504,10 +516,13 @@ def _search_for_copies(
     for the same wanted pairs of ``A`` on the complement of the found vectors ``V`` (moved
     out of the wanted range), from a fresh random vector; its values that lie beyond the
     found boundary values (by more than ``tol * scale``) replace them. Each round can bring
-    one more copy of each value, so up to ``k - 1`` rounds, until none enters.
+    one more copy of each value; rounds go on (at most ``k``) until one brings none or the
+    wanted values are all copies of the extreme ones. ``k`` products of ``max_matvecs``
+    are kept for the final residuals.
 
-    Returns ``(values, vectors, residuals, iterations, resolved)``: ``resolved`` is False
-    when a round did not converge or the new pairs' explicit residuals miss the tolerance.
+    Returns ``(values, vectors, residuals, iterations, resolved)``, the residuals those of
+    the returned vectors: ``resolved`` is False when a round did not converge or could not
+    run within ``max_matvecs`` before the search ended, or a residual misses the tolerance.
     """
     n_large, n_small = split
     k = values.shape[0]
@@ -518,18 +533,22 @@ def _search_for_copies(
         shift = float(values[n_large - 1] + values[-1]) / 2
     else:
         shift = scale if n_small else -scale
-    changed = False
-    for _ in range(k - 1):
-        if dim - vectors.shape[1] < 1 or max_matvecs - op.count < 2 * k + 1:
+    changed, resolved = False, False
+    for _ in range(k):
+        if dim - vectors.shape[1] < 1 or _saturated(values, n_large, n_small, gap):
+            resolved = True  # nothing left to search, or nothing could enter
+            break
+        budget = max_matvecs - op.count - k  # k kept for the final residuals
+        if budget < 2 * k + 1:
             break
         deflated = _Deflated(op, vectors, shift)
         fresh = _gaussian(dim, generator, op.dtype, op.device)
         fresh, _, norm = _orthogonalize(vectors.T, fresh)
-        run = _thick_restart(deflated, fresh / norm, k, n_large, n_small, tol,
-                             capacity, max_matvecs - op.count, generator)  # fmt: skip
+        run = _thick_restart(deflated, fresh / norm, k, n_large, n_small, tol, capacity,
+                             budget, generator)  # fmt: skip
         iterations += run.iterations
         if run.reason != "converged":
-            return values, vectors, residuals, iterations, False
+            break
         large, small = values[:n_large], values[n_large:]
         entering = torch.zeros_like(run.values, dtype=torch.bool)
         if n_large:
@@ -537,6 +556,7 @@ def _search_for_copies(
         if n_small:
             entering[n_large:] = run.values[n_large:] < small[-1] - gap
         if not bool(entering.any()):
+            resolved = True
             break
         merged_values = torch.cat([values, run.values[entering]])
         merged_vectors = torch.cat([vectors, run.vectors[:, entering]], dim=1)
@@ -546,7 +566,7 @@ def _search_for_copies(
         changed = True
     if changed:
         residuals = _residuals(op, values, vectors)
-    return values, vectors, residuals, iterations, bool((residuals <= gap).all())
+    return values, vectors, residuals, iterations, resolved and bool((residuals <= gap).all())
 
 
 def lanczos_eigenpairs(
@@ -581,8 +601,9 @@ def lanczos_eigenpairs(
         tol: relative residual tolerance (> 0), see above. Below about ``10 eps(dtype)``
             it cannot be met (``reason="accuracy floor"``).
         max_matvecs: budget of products, the ``k`` explicit residuals included; default
-            ``max(50 k, 10 krylov_dim)``; at least ``2 k``. Hitting it returns the current
-            Ritz pairs with ``converged=False, reason="max_matvecs"``.
+            ``max(50 k, 10 krylov_dim)`` (and, when a search for copies runs, up to ``k``
+            more runs' worth); at least ``2 k``. Hitting it returns the current Ritz pairs
+            with ``converged=False, reason="max_matvecs"``.
         krylov_dim: basis size (memory: ``krylov_dim + 1`` vectors); default
             ``max(2 k + 20, 40)``; capped at ``dim``; at least ``k + 2`` unless ``dim``.
         seed: seeds the random start (and fresh vectors after an invariant subspace).
@@ -622,6 +643,7 @@ def lanczos_eigenpairs(
                 f"krylov_dim = {krylov_dim} leaves no room to restart with k = {k} wanted "
                 f"pairs: use krylov_dim >= k + 2 = {k + 2} (2 k + 20 is a good choice)"
             )
+    given_budget = max_matvecs is not None
     if max_matvecs is None:
         max_matvecs = max(50 * k, 10 * capacity)
     else:
@@ -643,9 +665,11 @@ def lanczos_eigenpairs(
         _repeats_inside(values, n_large, n_small, gap)
         or _zero_inside(values, n_large, n_small, gap)
     ):
+        # by default the search may cost up to k more runs like the first
+        budget = max_matvecs if given_budget else max(max_matvecs, (k + 1) * op.count + k)
         values, vectors, residuals, more, resolved = _search_for_copies(
             op, values, vectors, residuals, (n_large, n_small), tol, run.scale, capacity,
-            max_matvecs, generator,
+            budget, generator,
         )  # fmt: skip
         iterations += more
         if not resolved:
