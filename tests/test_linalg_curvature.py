@@ -377,3 +377,36 @@ def test_a_dataset_is_not_a_list_of_batches() -> None:
     loader = HessianOperator(model, loss_fn, DataLoader(dataset, batch_size=16))
     torch.testing.assert_close(loader.dense(), dense_hessian(model, loss_fn, (inputs, targets)),
                                atol=1e-12, rtol=1e-10)  # fmt: skip
+
+
+def test_a_mode_change_that_keeps_the_loss_is_accepted() -> None:
+    # a plain MLP has no mode-dependent layer: model.eval() after building the operator
+    # leaves its loss the same function, and the products go on
+    model, loss_fn, data = small_problem(14)
+    model.train()
+    operator = HessianOperator(model, loss_fn, data)
+    vector = torch.randn(operator.dim, generator=torch.Generator().manual_seed(14))
+    before = operator.matvec(vector)
+    model.eval()
+    torch.testing.assert_close(operator.matvec(vector), before, atol=0, rtol=0)
+
+
+def test_float32_summation_noise_is_not_randomness() -> None:
+    # two evaluations that differ only in the order of a float32 sum (as GPU atomics do)
+    class Scatter(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.calls))
+            out = self.linear(x)
+            index = torch.zeros(len(x), dtype=torch.long)
+            total = torch.zeros(1, 2).index_add(0, index[order], out[order])
+            return out + 1e3 * total / len(x)
+
+    generator = torch.Generator().manual_seed(15)
+    data = (torch.randn(500, 4, generator=generator), torch.randn(500, 2, generator=generator))
+    HessianOperator(Scatter(), nn.MSELoss(), data)  # float32: accepted

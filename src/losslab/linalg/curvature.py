@@ -44,7 +44,7 @@ from losslab.linalg.hvp import (
     dense_from_products,
 )
 from losslab.linalg.lanczos import Eigenpairs, Which, lanczos_eigenpairs, normalize_signs
-from losslab.linalg.model_loss import Data, LossFn, ModelLoss
+from losslab.linalg.model_loss import Data, LossFn, ModelLoss, same_value
 from losslab.linalg.trace import TraceEstimate, hutch_plus_plus_trace, hutchinson_trace
 
 #: Up to this many batches, :class:`HessianOperator` keeps each batch's gradient graph and
@@ -100,14 +100,15 @@ class CurvatureOperator:
         _check_fixed_function(model, len(self.loss.batches))
         self.theta = self.loss.theta0
         self.dim = self.loss.dim
-        value = self.loss(self.theta)
+        value = self.loss.value0
         if not bool(torch.isfinite(value)):
             raise CurvatureError(
                 f"the loss is {float(value)} at the model's parameters: curvature of a "
                 "non-finite loss is meaningless; check the data and the model"
             )
-        again = self.loss(self.theta)  # random layers the module checks cannot see
-        if not bool((again - value).abs() <= 1e-12 * value.abs() + 1e-300):
+        with torch.no_grad():
+            again = self.loss(self.theta)  # random layers the module checks cannot see
+        if not same_value(again, value):
             raise CurvatureError(
                 f"the loss differs between two evaluations at the same parameters ({float(value)!r}"
                 f" and {float(again)!r}): the model is random (e.g. F.dropout with "

@@ -19,8 +19,9 @@ batch.
 The model is never modified: parameters are passed functionally, buffers are taken as
 they are. Put the model in ``eval()`` mode first when it has dropout or batch norm, or the
 loss will be random (the curvature operators refuse such models). The modes of its
-modules are recorded: calling ``model.train()`` or ``model.eval()`` afterwards makes the
-loss another function, and evaluating it then raises :class:`CurvatureError`.
+modules are recorded with the loss at the model's parameters: after ``model.train()`` or
+``model.eval()`` the loss is evaluated there again, and when it changed (dropout or batch
+norm switched) using it raises :class:`CurvatureError`.
 
 Batch norm with batch statistics (``track_running_stats=False``) makes the loss a function
 of the whole batch; torch 2.13's ``torch.func`` second derivatives of it are wrong (0.2 off
@@ -141,6 +142,14 @@ def parameter_layout(model: nn.Module) -> ParameterLayout:
     return ParameterLayout(tuple(n for n, _ in named), tuple(p.shape for _, p in named))
 
 
+def same_value(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two evaluations of one loss agree to ``sqrt(eps)`` of the dtype (relative):
+    summation orders may differ between evaluations (GPU atomics, float32: about 1e-7),
+    a random layer's do by far more (dropout: 1e-2 and up)."""
+    tol = math.sqrt(torch.finfo(a.dtype).eps)
+    return bool((a - b).abs() <= tol * torch.maximum(a.abs(), b.abs()) + 1e-300)
+
+
 def batch_mass(loss_fn: LossFn, targets: torch.Tensor) -> float:
     """The denominator of a batch's mean loss: ``n_b`` (its samples), except for
     ``nn.CrossEntropyLoss`` / ``nn.NLLLoss`` with class-index targets, whose mean is
@@ -211,24 +220,48 @@ class ModelLoss:
         self.theta0 = self.layout.flatten({n: params[n].detach() for n in self.layout.names})
         self._buffers = dict(model.named_buffers())
         self._modes = tuple(module.training for module in model.modules())
+        self.value0 = self._value_now()  # the loss at theta0, in these modes
 
     @property
     def dim(self) -> int:
         return self.layout.dim
 
     def check_modes(self) -> None:
-        """Raise :class:`CurvatureError` when a module's train/eval mode differs from when
-        this loss was built (the loss would be another function)."""
-        if tuple(module.training for module in self.model.modules()) != self._modes:
+        """When a module's train/eval mode differs from when this loss was built, evaluate
+        the loss at ``theta0`` again: the same value (to :func:`same_value`) means the same
+        function (a plain MLP put in ``eval()`` mode), and the new modes are accepted;
+        another value raises :class:`CurvatureError` (dropout or batch norm switched)."""
+        modes = tuple(module.training for module in self.model.modules())
+        if modes == self._modes:
+            return
+        value = self._value_now()
+        if not same_value(value, self.value0):
             raise CurvatureError(
                 "the model's train/eval mode changed after this loss was built "
-                "(model.train() or model.eval() since): its loss is another function now; "
+                f"(model.train() or model.eval() since) and its loss went from "
+                f"{float(self.value0)!r} to {float(value)!r}: it is another function now; "
                 "build the loss (or the operator) again"
             )
+        self._modes = modes
+
+    def _value_now(self) -> torch.Tensor:
+        """The loss at ``theta0``, the buffers left as they were (batch norm in training
+        mode updates its running statistics in place)."""
+        saved = {name: buffer.clone() for name, buffer in self._buffers.items()}
+        try:
+            with torch.no_grad():
+                return self._total(self.theta0)
+        finally:
+            with torch.no_grad():
+                for name, buffer in self._buffers.items():
+                    buffer.copy_(saved[name])
 
     def batch_loss(self, theta: torch.Tensor, index: int) -> torch.Tensor:
         """The mean loss of batch ``index`` at ``theta`` (differentiable by torch.func)."""
         self.check_modes()
+        return self._batch_loss(theta, index)
+
+    def _batch_loss(self, theta: torch.Tensor, index: int) -> torch.Tensor:
         inputs, targets = self.batches[index]
         named = self.layout.unflatten(theta)
         outputs = functional_call(self.model, (named, self._buffers), (inputs,))
@@ -242,7 +275,11 @@ class ModelLoss:
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
         """``L(theta)``, the sample-weighted mean over every batch."""
-        total = self.batch_loss(theta, 0) * self.weights[0]
+        self.check_modes()
+        return self._total(theta)
+
+    def _total(self, theta: torch.Tensor) -> torch.Tensor:
+        total = self._batch_loss(theta, 0) * self.weights[0]
         for index in range(1, len(self.batches)):
-            total = total + self.batch_loss(theta, index) * self.weights[index]
+            total = total + self._batch_loss(theta, index) * self.weights[index]
         return total
