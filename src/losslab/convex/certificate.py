@@ -35,7 +35,9 @@ class Certificate:
 
     ``relative_gap`` is over the program's own patterns; ``global_relative_gap`` uses the
     dual point shrunk to be feasible for all checked patterns; ``max_dual_ratio`` is the
-    largest ``||Pi_K(A_D^T q)|| / lam`` over them (<= 1 + tol at a global optimum).
+    largest ``||Pi_K(A_D^T q)|| / lam`` over them (<= 1 + tol at a global optimum): exact
+    when at least 1, and below 1 an upper bound (no constraint violated; the exact value
+    would change no bound).
     """
 
     objective: float

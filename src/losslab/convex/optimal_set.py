@@ -203,9 +203,9 @@ def optimal_set(
     ``rank_tol`` is the relative singular-value cut-off that decides ``rank F``;
     ``uncertain_tol`` the distance to 1 of a zero block's dual ratio that lists it as
     possibly equicorrelated; ``include_uncertain`` puts those blocks in the polytope
-    (module docstring). With ``merge_copies``, blocks that hold one neuron (same sign, unit
-    directions and fits within ``COPY_TOL`` relative) count once: in the ReLU form a
-    direction on the boundary that two patterns' cones share is feasible in both blocks,
+    (module docstring). With ``merge_copies``, ReLU-form blocks that hold one neuron (same
+    sign, unit directions and fits within ``COPY_TOL`` relative) count once: a direction
+    on the boundary that two patterns' cones share is feasible in both blocks,
     and moving scale between such copies changes no network (it would add a dimension per
     copy to a set whose networks are all the same). ``copies`` lists them. Without it the
     set is the program's own, in block coordinates.
@@ -227,7 +227,9 @@ def optimal_set(
     fits = block_fits(program, unit)[:, active]
     scales = norms[active]
     copies = torch.zeros(0, 2, dtype=torch.long)
-    if merge_copies:
+    # ReLU form only: gated blocks with one direction and training fit but different gates
+    # are different networks off the training data
+    if merge_copies and program.operator.signed:
         active, directions, fits, scales, copies = _merge_copies(
             program, active, directions, fits, scales, COPY_TOL
         )

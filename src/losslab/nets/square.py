@@ -147,7 +147,7 @@ class SquareNet(nn.Module):
     def from_sequential(cls, model: nn.Module) -> SquareNet:
         """The SquareNet of a user's ``nn.Sequential(Linear(N, N), Sigmoid(), Linear(N, N),
         Sigmoid(), ...)`` (or ``Tanh()`` throughout): a copy of its weights and biases, in
-        its dtype, with ``init="copied"``. Anything else (another activation, a mixed one,
+        its dtype and on its device, with ``init="copied"``. Anything else (another activation, a mixed one,
         a layer of another width, a subclass of ``Sequential``, ``Linear``
         or the activation, a forward hook) raises :class:`FixedPointError`."""
         names = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
@@ -176,6 +176,7 @@ class SquareNet(nn.Module):
         activation: Activation = "sigmoid" if kinds == {"sigmoid"} else "tanh"
         first = linears[0]
         net = cls(first.in_features, len(linears), activation, dtype=first.weight.dtype)
+        net = net.to(first.weight.device)  # on the model's device too
         with torch.no_grad():
             for target, source in zip(net.layers, linears, strict=True):
                 assert isinstance(target, nn.Linear)
