@@ -146,10 +146,11 @@ class SquareNet(nn.Module):
     @classmethod
     def from_sequential(cls, model: nn.Module) -> SquareNet:
         """The SquareNet of a user's ``nn.Sequential(Linear(N, N), Sigmoid(), Linear(N, N),
-        Sigmoid(), ...)`` (or ``Tanh()`` throughout): a copy of its weights and biases, in
-        its dtype and on its device, with ``init="copied"``. Anything else (another activation, a mixed one,
-        a layer of another width, a subclass of ``Sequential``, ``Linear``
-        or the activation, a forward hook) raises :class:`FixedPointError`."""
+        Sigmoid(), ...)`` (or ``Tanh()`` throughout): a copy of its weights and biases
+        (zero where a layer has none), in its dtype and on its device, with
+        ``init="copied"``. Anything else (another activation, a mixed one, a layer of
+        another width, a subclass of ``Sequential``, ``Linear`` or the activation, a
+        forward hook) raises :class:`FixedPointError`."""
         names = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
         plain = type(model) is nn.Sequential and not any(
             m._forward_hooks or m._forward_pre_hooks for m in model.modules()
