@@ -813,6 +813,18 @@ def test_a_slowly_contracting_attractor_has_its_basin():
     assert float(found.basin_fraction[0]) == 1.0
     assert found.unassigned_fraction == 0.0
 
+    # a slow spiral with non-orthogonal eigenvectors (0.99 e^{+-0.3i}, S = diag(4, 1)): its
+    # distance swings over any window, and only its closest approach shows the progress
+    rotation = torch.tensor([[math.cos(0.3), -math.sin(0.3)], [math.sin(0.3), math.cos(0.3)]],
+                            dtype=DT)  # fmt: skip
+    S = torch.diag(torch.tensor([4.0, 1.0], dtype=DT))
+    A = 0.99 * S @ rotation @ torch.linalg.inv(S)
+    centre = torch.tensor([0.1, -0.2], dtype=DT)
+    spiral = find_fixed_points(lambda x: centre + (x - centre) @ A.T, box=_box(-1.0, 1.0, 2),
+                               basin_starts=300)  # fmt: skip
+    assert spiral.kinds == ["attractor"]
+    assert float(spiral.basin_fraction[0]) == 1.0
+
     # two slow attractors at 0.2 and 0.8 (slope 0.98 at each), split at the repeller 0.5:
     # each start is assigned to the one on its side
     def two_wells(x: torch.Tensor) -> torch.Tensor:

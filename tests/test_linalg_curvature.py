@@ -333,7 +333,7 @@ def test_random_and_batch_dependent_models_are_refused() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return nn.functional.dropout(self.linear(x), 0.5, training=self.training)
 
-    with pytest.raises(CurvatureError, match="differs between two evaluations"):
+    with pytest.raises(CurvatureError, match="differ between two evaluations"):
         HessianOperator(FunctionalDropout().train(), nn.MSELoss(), (inputs, targets))
     HessianOperator(FunctionalDropout().eval(), nn.MSELoss(), (inputs, targets))  # fine
 
@@ -410,3 +410,38 @@ def test_float32_summation_noise_is_not_randomness() -> None:
     generator = torch.Generator().manual_seed(15)
     data = (torch.randn(500, 4, generator=generator), torch.randn(500, 2, generator=generator))
     HessianOperator(Scatter(), nn.MSELoss(), data)  # float32: accepted
+
+
+def test_a_mode_change_of_a_mode_dependent_layer_is_refused_even_if_the_loss_stays() -> None:
+    # dropout before a zero-initialised head: the loss at theta0 is the same in both
+    # modes, but every derivative through the head is random in training mode
+    generator = torch.Generator().manual_seed(16)
+    model = _dropout_model(generator)
+    with torch.no_grad():
+        model[3].weight.zero_()
+    inputs = torch.randn(30, 4, generator=generator)
+    data = (inputs, torch.randn(30, 2, generator=generator))
+    model.eval()
+    for operator in (GaussNewtonOperator(model, nn.MSELoss(), data),
+                     HessianOperator(model, nn.MSELoss(), data)):  # fmt: skip
+        model.train()
+        with pytest.raises(CurvatureError, match="Dropout, whose output depends on it"):
+            operator.matvec(torch.ones(operator.dim))
+        model.eval()
+
+
+def test_rare_dropout_in_float32_is_caught() -> None:
+    # F.dropout with p = 0.001 moves a float32 loss by about 2e-4 relative, under sqrt(eps);
+    # single outputs move far more than summation noise
+    class RareDropout(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hidden, self.head = nn.Linear(10, 64), nn.Linear(64, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(nn.functional.dropout(torch.tanh(self.hidden(x)), 0.001))
+
+    generator = torch.Generator().manual_seed(17)
+    data = (torch.randn(2000, 10, generator=generator), torch.randn(2000, 1, generator=generator))
+    with pytest.raises(CurvatureError, match="differ between two evaluations"):
+        HessianOperator(RareDropout(), nn.MSELoss(), data)

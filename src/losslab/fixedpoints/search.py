@@ -86,13 +86,14 @@ attractor ``a`` as soon as it is within ``r_a = min(1e-6 scale, rho_a / 4,
 dist(a, other fixed points) / 4)`` of it. A slowly contracting attractor (spectral radius
 0.99: 500 steps shrink a distance only 150-fold) gets more time: an orbit still within
 ``min(rho_a, dist(a, other fixed points)) / 4`` of ``a`` after ``basin_iterations`` steps
-goes on, up to 20 times as many steps, as long as its distance to ``a`` shrinks by 0.1%
-or more over every 10 steps (an even window: an orbit on a 2-cycle does not shrink), and
-counts once it is within ``r_a``. ``basin_fraction[a]`` is the share of basin starts
-assigned to ``a`` (NaN for non-attractors); ``unassigned_fraction`` the share that ended
-nowhere (periodic or chaotic orbits, escape, NaN, or convergence too slow even for that:
-raise ``basin_iterations``). The sampling
-error of a fraction ``p`` is ``sqrt(p (1 - p) / basin_starts)``.
+goes on, up to 20 times as many steps, and counts once it is within ``r_a``; it is
+dropped when its closest approach to ``a`` (over every step: a spiral's distance swings)
+has not improved by 0.1% in 30 steps (an orbit on a cycle never arrives).
+``basin_fraction[a]`` is the share of basin starts assigned to ``a`` (NaN for
+non-attractors); ``unassigned_fraction`` the share that ended nowhere (periodic or
+chaotic orbits, escape, NaN, or convergence too slow even for that: raise
+``basin_iterations``). The sampling error of a fraction ``p`` is
+``sqrt(p (1 - p) / basin_starts)``.
 
 **Cost.** Per start and iteration: one Jacobian (``N`` forward-mode passes generically,
 ``(L - 1) N^3`` multiply-adds for a SquareNet) and an LU (``N^3 / 3``), plus ``J^T J`` and
@@ -827,8 +828,10 @@ def _index_check(known: _Known, f: Map, jac_f: Map, tol: float) -> bool | None:
 #: Orbits still on their way after ``basin_iterations`` steps may take this many times as
 #: many more, as long as they keep approaching their attractor (module docstring).
 SLOW_BASIN_FACTOR = 20
-#: ... by at least this factor per window of ``2 check_every`` steps.
+#: ... by at least this factor of their closest approach within ``SLOW_BASIN_PATIENCE``
+#: windows of ``2 check_every`` steps.
 SLOW_BASIN_SHRINK = 0.999
+SLOW_BASIN_PATIENCE = 3
 
 
 def _basins(
@@ -842,10 +845,12 @@ def _basins(
 ) -> tuple[torch.Tensor, float]:
     """Fractions of ``starts`` whose forward orbit enters ``capture[a]`` of attractor ``a``
     within ``iterations`` steps; then the orbits that lie within ``reach[a]`` of an
-    attractor go on (up to ``SLOW_BASIN_FACTOR * iterations`` more steps) while their
-    distance to it shrinks by ``SLOW_BASIN_SHRINK`` per even window of ``2 check_every``
-    steps, and count once they enter a capture radius (slowly contracting attractors; a
-    periodic orbit does not shrink over an even window and is dropped)."""
+    attractor go on (up to ``SLOW_BASIN_FACTOR * iterations`` more steps) and count once
+    they enter a capture radius (slowly contracting attractors). An orbit is dropped when
+    its closest approach to the attractor (over every step, so that a spiral's elliptic
+    swings do not hide its progress) has not improved by ``SLOW_BASIN_SHRINK`` for
+    ``SLOW_BASIN_PATIENCE`` windows of ``2 check_every`` steps: a periodic orbit never
+    enters the capture radius, and stops costing steps."""
     n = starts.shape[0]
     label = torch.full((n,), -1, dtype=torch.int64, device=starts.device)
     if n == 0 or attractors.shape[0] == 0:
@@ -876,17 +881,25 @@ def _basins(
         near = (d <= reach[None, :]).any(1)
         active, z, d = active[near], z[near], d[near]
         target = (d / reach[None, :]).argmin(1)
-        last = d.gather(1, target[:, None])[:, 0]
+        best = d.gather(1, target[:, None])[:, 0]
+        stall = torch.zeros_like(target)
         extra = 0
         while active.numel() and extra < SLOW_BASIN_FACTOR * iterations:
+            centre = attractors[target]
+            closest = torch.full_like(best, torch.inf)
             with torch.no_grad():
                 for _ in range(2 * check_every):
                     z = f(z)
+                    distance = torch.linalg.vector_norm(z - centre, dim=1)
+                    closest = torch.minimum(closest, distance.nan_to_num(torch.inf))
             extra += 2 * check_every
             alive, d = assign(z, active)
-            now = d.gather(1, target[:, None])[:, 0]
-            alive = alive & (now <= SLOW_BASIN_SHRINK * last)
-            active, z, target, last = active[alive], z[alive], target[alive], now[alive]
+            better = closest <= SLOW_BASIN_SHRINK * best
+            best = torch.where(better, closest, best)
+            stall = torch.where(better, torch.zeros_like(stall), stall + 1)
+            alive = alive & (stall < SLOW_BASIN_PATIENCE)
+            active, z, target = active[alive], z[alive], target[alive]
+            best, stall = best[alive], stall[alive]
     counts = torch.bincount(label[label >= 0], minlength=attractors.shape[0]).to(starts.dtype)
     fractions = counts / n
     return fractions, float((label < 0).sum()) / n

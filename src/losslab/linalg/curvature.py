@@ -44,7 +44,7 @@ from losslab.linalg.hvp import (
     dense_from_products,
 )
 from losslab.linalg.lanczos import Eigenpairs, Which, lanczos_eigenpairs, normalize_signs
-from losslab.linalg.model_loss import Data, LossFn, ModelLoss, same_value
+from losslab.linalg.model_loss import Data, LossFn, ModelLoss, same_outputs
 from losslab.linalg.trace import TraceEstimate, hutch_plus_plus_trace, hutchinson_trace
 
 #: Up to this many batches, :class:`HessianOperator` keeps each batch's gradient graph and
@@ -106,13 +106,14 @@ class CurvatureOperator:
                 f"the loss is {float(value)} at the model's parameters: curvature of a "
                 "non-finite loss is meaningless; check the data and the model"
             )
-        with torch.no_grad():
-            again = self.loss(self.theta)  # random layers the module checks cannot see
-        if not same_value(again, value):
+        with torch.no_grad():  # random layers that module types cannot reveal
+            first, again = (self.loss.batch_outputs(self.theta, 0) for _ in range(2))
+        if isinstance(first, torch.Tensor) and not same_outputs(first, again):
             raise CurvatureError(
-                f"the loss differs between two evaluations at the same parameters ({float(value)!r}"
-                f" and {float(again)!r}): the model is random (e.g. F.dropout with "
-                "training=True); put it in eval() mode or make it deterministic"
+                "the model's outputs differ between two evaluations at the same parameters "
+                f"(by up to {float((first - again).abs().max()):.3g}): the model is random "
+                "(e.g. F.dropout with training=True); put it in eval() mode or make it "
+                "deterministic"
             )
 
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
