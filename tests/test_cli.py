@@ -93,6 +93,44 @@ def test_an_unwritable_output_fails_before_the_work(capsys, tmp_path, command):
         assert "Wrote" not in out
 
 
+@pytest.mark.parametrize("name", ["slice.txt", "slice"])
+def test_a_figure_without_an_image_extension_fails_before_the_work(capsys, tmp_path, name):
+    # "slice.txt" failed in matplotlib after the training; "slice" was written as
+    # slice.png while the command said "Wrote slice"
+    code, out, err = run(capsys, "critical", "slice", "--depth", "0", "--figure", tmp_path / name)
+    assert code == 1
+    assert "give a file name ending in one of .png" in err
+    assert "Wrote" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_output_folders_and_scheduler_addresses_fail_before_the_work(capsys, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    store = tmp_path / "r.sqlite"
+    spec = sample_spec("CLEAN")
+    for args, message in (
+        (["reproduce", spec, "--workers", "0", "--out", a_file], "is a file; give a folder"),
+        (["reproduce", spec, "--scheduler", "garbage"], "give the address of a running Dask"),
+    ):
+        code, _, err = run(capsys, *args, "--store", store, "--no-progress")
+        assert code == 1
+        assert message in err
+        assert "internal error" not in err
+    assert not store.exists()  # nothing ran
+    code, _, err = run(capsys, "report", "--store", store, "--out", a_file)
+    assert code == 1
+
+
+def test_an_experiment_whose_figures_raise_exits_1(capsys, tmp_path):
+    args = ["reproduce", sample_spec("BROKEN_REPORT"), "--store", tmp_path / "r.sqlite",
+            "--out", tmp_path / "site", "--workers", "0", "--no-progress"]  # fmt: skip
+    code, out, _ = run(capsys, *args)
+    assert code == 1
+    assert "figures() or claims() raised" in out
+    assert (tmp_path / "site" / "index.html").exists()  # the report is still written
+
+
 def test_bad_param_syntax_is_a_usage_error(capsys):
     code, _, err = run(capsys, "data", "show", "teacher_relu", "-p", "n37")
     assert code == 2
@@ -138,6 +176,10 @@ def test_reproduce_exits_1_when_cells_fail_and_retry_reruns_them(capsys, tmp_pat
     assert "--retry-failed" in out
     code, out, _ = run(capsys, "results", "--store", store, "--status", "failed")
     assert "1 cells" in out
+    # run again without --retry-failed: nothing runs, but the sweep is still incomplete
+    code, out, _ = run(capsys, *args, "--no-progress")
+    assert code == 1
+    assert "1 cell(s) failed (1 stored as failed by an earlier run)" in out
     code, out, _ = run(capsys, *args, "--retry-failed", "--no-progress")
     assert code == 1
     with ResultStore(store) as results:

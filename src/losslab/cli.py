@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -103,23 +104,33 @@ def _out() -> Console:
 
 
 def _write_figure(plot: Any, path: Path) -> None:
-    """Save the matplotlib figure ``plot`` as a PNG at ``path`` (checked by
-    :func:`_check_writable` first) and say so."""
+    """Save the matplotlib figure ``plot`` at ``path``, in the format of its extension
+    (checked by :func:`_check_writable` first), and say so."""
     plot.savefig(path, dpi=120, bbox_inches="tight")
     _out().print(f"Wrote {path}")
 
 
+#: Figure formats the commands write (matplotlib's, by file extension).
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff")
+
+
 def _check_writable(path: Path | None, option: str) -> None:
     """Fail before the work, not after it: ``path``'s folder is created and must be
-    writable, and ``path`` must not be a folder."""
+    writable, ``path`` must not be a folder, and a ``--figure`` needs an image extension
+    (matplotlib picks the format from it)."""
     if path is None:
         return
+    if path.is_dir():
+        raise LosslabError(f"{option} {str(path)!r} is a folder; give a file name")
+    if option == "--figure" and path.suffix.lower() not in FIGURE_SUFFIXES:
+        raise LosslabError(
+            f"--figure {str(path)!r}: give a file name ending in one of "
+            f"{', '.join(FIGURE_SUFFIXES)} (the format follows the extension)"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise LosslabError(f"{option} {str(path)!r}: cannot create its folder ({error})") from None
-    if path.is_dir():
-        raise LosslabError(f"{option} {str(path)!r} is a folder; give a file name")
     if not os.access(path.parent, os.W_OK):
         raise LosslabError(f"{option} {str(path)!r}: its folder is not writable")
 
@@ -938,6 +949,14 @@ def reproduce(
     from losslab.store import ResultStore
 
     console = _out()
+    if report:
+        _check_folder(out, "--out")
+    address = r"([a-z]+://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d+"  # [SCHEME://]HOST:PORT
+    if scheduler is not None and not re.fullmatch(address, scheduler):
+        raise LosslabError(
+            f"--scheduler {scheduler!r}: give the address of a running Dask scheduler, "
+            "tcp://HOST:PORT (e.g. tcp://127.0.0.1:8786)"
+        )
     if names:
         loaded = [load_experiment(name) for name in names]
     else:
@@ -967,18 +986,24 @@ def reproduce(
             table.add_column(column, justify="left" if column == "experiment" else "right")
         for s in summaries:
             failed = f"[red]{s.failed}[/]" if s.failed else "0"
+            if s.failed_before:
+                failed += f" (+[red]{s.failed_before}[/] stored)"
             table.add_row(
                 s.experiment, str(s.total), str(s.done), str(s.skipped), failed, f"{s.seconds:.1f}"
             )
         console.print(table)
+        broken = 0
         if report:
-            _write_report(results, out, {i.experiment.name: i.experiment for i in loaded})
-    n_failed = sum(s.failed for s in summaries)
+            broken = _write_report(results, out, {i.experiment.name: i.experiment for i in loaded})
+    n_failed = sum(s.failed + s.failed_before for s in summaries)
     if n_failed:
+        before = sum(s.failed_before for s in summaries)
+        earlier = f" ({before} stored as failed by an earlier run)" if before else ""
         console.print(
-            f"[red]{n_failed} cell(s) failed[/]: see `losslab results --store {store} "
+            f"[red]{n_failed} cell(s) failed[/]{earlier}: see `losslab results --store {store} "
             "--status failed`; rerun with --retry-failed"
         )
+    if n_failed or broken:
         raise typer.Exit(1)
 
 
@@ -1030,11 +1055,27 @@ def report(
     """Write the static HTML report of every experiment in the store."""
     from losslab.store import ResultStore
 
+    _check_folder(out, "--out")
     with ResultStore(store, create=False) as results:
-        _write_report(results, out, None)
+        if _write_report(results, out, None):
+            raise typer.Exit(1)
 
 
-def _write_report(results: Any, out: Path, experiments: dict[str, Any] | None) -> None:
+def _check_folder(path: Path, option: str) -> None:
+    """Fail before the work: ``path`` is created as a folder and must be writable."""
+    if path.exists() and not path.is_dir():
+        raise LosslabError(f"{option} {str(path)!r} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LosslabError(f"{option} {str(path)!r}: cannot create it ({error})") from None
+    if not os.access(path, os.W_OK):
+        raise LosslabError(f"{option} {str(path)!r} is not writable")
+
+
+def _write_report(results: Any, out: Path, experiments: dict[str, Any] | None) -> int:
+    """Write the report and print its claims table; returns the number of experiments
+    whose figures or claims could not be made (listed under Problems in the report)."""
     from losslab.report import write_report
 
     written = write_report(results, out, experiments=experiments)
@@ -1049,6 +1090,15 @@ def _write_report(results: Any, out: Path, experiments: dict[str, Any] | None) -
             table.add_row(s.name, str(s.done), str(s.failed), passed)
         console.print(table)
     console.print(f"Report: {written.index.resolve()}")
+    raised = ("figures() raised", "claims() raised")
+    broken = [s.name for s in written.sections
+              if any(p.startswith(raised) for p in s.problems)]  # fmt: skip
+    if broken:
+        console.print(
+            f"[red]figures() or claims() raised[/] for {', '.join(broken)}: the tracebacks "
+            "are under Problems in the report"
+        )
+    return len(broken)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,7 +53,9 @@ class PlannedCell:
 @dataclass(frozen=True)
 class SweepSummary:
     """What a sweep did: ``done`` and ``failed`` count cells run now; ``skipped`` counts
-    cells found in the store (done, or failed and not retried)."""
+    cells found in the store (done, or failed and not retried), of which
+    ``failed_before`` are stored as failed: the sweep is complete only when ``failed`` and
+    ``failed_before`` are both 0."""
 
     experiment: str
     preset: str
@@ -63,6 +65,7 @@ class SweepSummary:
     failed: int
     seconds: float
     failed_keys: tuple[str, ...]
+    failed_before: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,6 +140,7 @@ def run_sweep(
             if p.key not in stored or (retry_failed and stored[p.key] == "failed")
         ]
         failed_keys: list[str] = []
+        running = {p.key for p in pending}
 
         with _progress_bar(progress, experiment.name, len(pending)) as advance:
 
@@ -165,6 +169,9 @@ def run_sweep(
         failed=len(failed_keys),
         seconds=time.perf_counter() - start,
         failed_keys=tuple(failed_keys),
+        failed_before=sum(
+            1 for p in planned if p.key not in running and stored.get(p.key) == "failed"
+        ),
     )
 
 
