@@ -189,7 +189,9 @@ def data_list() -> None:
 def data_show(
     name: Annotated[str, typer.Argument(help="A built-in name or a .csv/.npz/.parquet path.")],
     target: Annotated[str | None, typer.Option(help="Target column of a CSV/Parquet file.")] = None,
-    standardize: Annotated[bool, typer.Option(help="Standardise features first.")] = False,
+    standardize: Annotated[
+        bool, typer.Option(help="Standardise the features (and a regression target) first.")
+    ] = False,
     param: Annotated[
         list[str] | None,
         typer.Option("--param", "-p", help="Generator parameter KEY=VALUE (synthetic sets)."),
@@ -242,7 +244,9 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 
 DataArgument = Annotated[str, typer.Argument(help="A built-in name or a .csv/.npz/.parquet path.")]
 TargetOption = Annotated[str | None, typer.Option(help="Target column of a CSV/Parquet file.")]
-StandardizeOption = Annotated[bool, typer.Option(help="Standardise the features first.")]
+StandardizeOption = Annotated[
+    bool, typer.Option(help="Standardise the features (and a regression target) first.")
+]
 ParamOption = Annotated[
     list[str] | None, typer.Option("--param", "-p", help="Generator parameter KEY=VALUE.")
 ]
@@ -252,7 +256,7 @@ FormulationOption = Annotated[
 ]
 GatesOption = Annotated[int, typer.Option("--gates", help="Number of sampled gate vectors.")]
 BiasOption = Annotated[bool, typer.Option(help="A penalised bias per neuron.")]
-SeedOption = Annotated[int, typer.Option(help="Seed of the gate sample.")]
+SeedOption = Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Seed of the gate sample.")]
 TolOption = Annotated[float, typer.Option(help="Relative duality gap to stop at.")]
 
 
@@ -457,7 +461,8 @@ def convex_certify(
         bool | None,
         typer.Option(
             "--standardize/--no-standardize",
-            help="Standardise the features first [default: as the saved fit did].",
+            help="Standardise the features (and a regression target) first "
+            "[default: as the saved fit did].",
         ),
     ] = None,
     param: ParamOption = None,
@@ -509,7 +514,9 @@ def fixedpoints_count(
     bias_scale: Annotated[float, typer.Option(help="Scale of the biases.")] = 1.0,
     activation: Annotated[Activation, typer.Option(help="Activation.")] = Activation.sigmoid,
     df: Annotated[float, typer.Option(help="Degrees of freedom (student_t).")] = 3.0,
-    seed: Annotated[int, typer.Option(help="Seed of the weights and of the starts.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**63 - 1, help="Seed of the weights and of the starts.")
+    ] = 0,
     starts: Annotated[int, typer.Option(min=1, help="Random starts of the search.")] = 1000,
     certify: Annotated[bool, typer.Option(help="Prove the count (interval arithmetic).")] = False,
     time_limit: Annotated[float, typer.Option(help="Seconds the proof may take.")] = 60.0,
@@ -590,7 +597,9 @@ def fixedpoints_restore(
     corruption: Annotated[Corruption, typer.Option(help="How to damage the digits.")] = (
         Corruption.mask
     ),
-    seed: Annotated[int, typer.Option(help="Seed of the weights, split and damage.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**63 - 1, help="Seed of the weights, split and damage.")
+    ] = 0,
     figure: Annotated[Path | None, typer.Option(help="Write examples (PNG) here.")] = None,
 ) -> None:
     """Train SquareNet(64, L) as a denoising autoencoder on a few digits, damage them (and
@@ -735,7 +744,9 @@ def critical_spectrum(
     epochs: EpochsOption = 20,
     weight_decay: DecayOption = 1e-3,
     n_train: NTrainOption = None,
-    seed: Annotated[int, typer.Option(help="Seed of the weights, data and probes.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**63 - 1, help="Seed of the weights, data and probes.")
+    ] = 0,
     k: Annotated[int, typer.Option("--k", min=1, help="Eigenpairs at each end.")] = 5,
     tol: Annotated[float, typer.Option(help="Relative residual of the eigenpairs.")] = 1e-6,
     gauss_newton: Annotated[bool, typer.Option(help="The Gauss-Newton matrix instead.")] = False,
@@ -806,7 +817,9 @@ def critical_classify(
     epochs: EpochsOption = 150,
     weight_decay: DecayOption = 1e-2,
     n_train: NTrainOption = None,
-    seed: Annotated[int, typer.Option(help="Seed of the weights and data.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**63 - 1, help="Seed of the weights and data.")
+    ] = 0,
     max_iter: Annotated[int, typer.Option(min=1, help="Critical-point search iterations.")] = 50,
     figure: Annotated[
         Path | None, typer.Option(help="Write the Hessian's eigenvalues (PNG) here.")
@@ -882,7 +895,9 @@ def critical_slice(
     epochs: EpochsOption = 20,
     weight_decay: DecayOption = 1e-3,
     n_train: NTrainOption = None,
-    seed: Annotated[int, typer.Option(help="Seed of the weights, data and directions.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**63 - 1, help="Seed of the weights, data and directions.")
+    ] = 0,
     kind: Annotated[SliceKind, typer.Option(help="Contour, surface or a line.")] = (
         SliceKind.contour
     ),
