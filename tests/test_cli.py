@@ -364,3 +364,24 @@ def test_critical_spectrum_of_a_square_autoencoder(capsys):
     assert "SquareNet(64, 1) autoencoder on digits" in out
     assert "4160 parameters" in out  # 64 x 64 weights and 64 biases
     assert "largest: converged" in out
+
+
+def test_bad_numbers_and_files_fail_in_one_line_before_the_work(capsys, tmp_path):
+    import torch
+
+    for args, message in (
+        (["critical", "spectrum", "--tol", "0"], "--tol must lie in (0, 1)"),
+        (["critical", "slice", "--span", "0"], "--span must be a positive number"),
+    ):
+        code, out, err = run(capsys, *args, "--figure", tmp_path / "f.png")
+        assert code == 1
+        assert message in err
+        assert out == ""  # no training ran
+    module = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 1), module)
+    code, _, err = run(capsys, "convex", "certify", module, *SMALL, "--lam", "0.05")
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "is not a network saved by `losslab convex fit --save`" in err
+    code, _, _ = run(capsys, "convex", "fit", *SMALL, "--seed", "-1")
+    assert code == 2  # out of range: a usage error, before the fit

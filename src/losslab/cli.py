@@ -485,9 +485,10 @@ def convex_certify(
                             nn.Linear(m, 1, bias=False, dtype=torch.float64))  # fmt: skip
         net.load_state_dict(state)
     except Exception as error:  # a file that is not a saved network, whatever the failure
+        first_line = re.sub(r"\x1b\[[0-9;]*m", "", (str(error).splitlines() or [""])[0])
         raise LosslabError(
             f"{str(network)!r} is not a network saved by `losslab convex fit --save` "
-            f"({type(error).__name__}: {error})"
+            f"({type(error).__name__}: {first_line.strip()})"
         ) from None
     if lam is None:
         lam = float(saved.get("lam", 1e-3))
@@ -764,6 +765,10 @@ def critical_spectrum(
     """Extreme eigenpairs (Lanczos), trace (Hutch++) and spectral density (stochastic
     Lanczos quadrature) of the Hessian of the training error E of a briefly trained model."""
     _check_writable(figure, "--figure")
+    if not (0 < tol < 1):
+        raise LosslabError(
+            f"--tol must lie in (0, 1) (relative to the largest eigenvalue); got {tol}"
+        )
     from losslab.critical import squared_error
     from losslab.linalg import GaussNewtonOperator, HessianOperator
 
@@ -908,6 +913,8 @@ def critical_slice(
     """Loss of a briefly trained MLP along filter-normalised random directions (Li et al.
     2018): a 1-D line or a 2-D contour / surface, written as a PNG."""
     _check_writable(figure, "--figure")
+    if not (0 < span < math.inf):
+        raise LosslabError(f"--span must be a positive number; got {span}")
     from losslab.critical import plot_slice_1d, plot_slice_2d, slice_1d, slice_2d, squared_error
 
     model, batch = _trained_mlp(data, depth, width, epochs, weight_decay, n_train, seed)
