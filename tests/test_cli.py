@@ -176,6 +176,8 @@ def test_reproduce_exits_1_when_cells_fail_and_retry_reruns_them(capsys, tmp_pat
     assert "--retry-failed" in out
     code, out, _ = run(capsys, "results", "--store", store, "--status", "failed")
     assert "1 cells" in out
+    flat = "".join(ch for ch in out if not ch.isspace() and ch not in "│┃")  # folded cells
+    assert "ValueError:cell" in flat  # why it failed: the exception's own line
     # run again without --retry-failed: nothing runs, but the sweep is still incomplete
     code, out, _ = run(capsys, *args, "--no-progress")
     assert code == 1

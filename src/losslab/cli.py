@@ -1051,17 +1051,32 @@ def results(
         console.print(f"Wrote {len(frame)} rows to {csv}")
     hidden = {"error", "started_at", "finished_at", "host"}
     columns = [c for c in frame.columns if c not in hidden]
+    shown = columns[:MAX_RESULT_COLUMNS]
+    failed = "status" in frame.columns and bool((frame["status"] == "failed").any())
+    if failed and "error" in frame.columns:
+        shown = [*shown[: MAX_RESULT_COLUMNS - 1], "error"]
     table = Table(title=f"{len(frame)} cells in {store}")
-    for column in columns:
+    for column in shown:
         table.add_column(str(column), overflow="fold")
-    for row in frame[columns].itertuples(index=False):
-        table.add_row(*(_cell_text(c, value) for c, value in zip(columns, row, strict=True)))
+    for row in frame[shown].itertuples(index=False):
+        table.add_row(*(_cell_text(c, value) for c, value in zip(shown, row, strict=True)))
     console.print(table)
+    rest = [c for c in columns if c not in shown]
+    if rest:
+        console.print(f"{len(rest)} more columns ({', '.join(map(str, rest[:6]))}"
+                      f"{', ...' if len(rest) > 6 else ''}): --csv writes them all")  # fmt: skip
+
+
+#: ``losslab results`` shows this many columns in the terminal (``--csv`` writes all).
+MAX_RESULT_COLUMNS = 8
 
 
 def _cell_text(column: str, value: Any) -> str:
     if column == "key":
         return str(value)[:10]
+    if column == "error":  # the exception's own line, the last of the traceback
+        lines = [line for line in str(value or "").splitlines() if line.strip()]
+        return lines[-1] if lines else ""
     if column == "status" and value == "failed":
         return "[red]failed[/]"
     if isinstance(value, float):
