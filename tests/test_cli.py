@@ -366,6 +366,11 @@ def test_critical_spectrum_of_a_square_autoencoder(capsys):
     assert "SquareNet(64, 1) autoencoder on digits" in out
     assert "4160 parameters" in out  # 64 x 64 weights and 64 biases
     assert "largest: converged" in out
+    # options of the MLP do not apply: an error, not silently ignored
+    code, out, err = run(capsys, "critical", "spectrum", "--model", "square", "--data", "iris")
+    assert code == 1
+    assert "it does not use --data" in err
+    assert out == ""
 
 
 def test_bad_numbers_and_files_fail_in_one_line_before_the_work(capsys, tmp_path):

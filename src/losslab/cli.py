@@ -773,8 +773,17 @@ def critical_spectrum(
     from losslab.linalg import GaussNewtonOperator, HessianOperator
 
     if model_family == ModelFamily.square:
-        model, batch = _trained_square_net(max(depth, 1), epochs, n_train, seed, float32)
-        title = f"SquareNet(64, {max(depth, 1)}) autoencoder on digits, {epochs} epochs"
+        unused = [option for option, value, default in (("--data", data, "digits"),
+                  ("--width", width, 32), ("--weight-decay", weight_decay, 1e-3))
+                  if value != default]  # fmt: skip
+        if unused or depth < 1:
+            why = f"it does not use {', '.join(unused)}" if unused else "it needs --depth >= 1"
+            raise LosslabError(
+                f"--model square trains SquareNet(64, depth) as an autoencoder on the digits: "
+                f"{why} (it takes --depth, --epochs, --n-train, --seed)"
+            )
+        model, batch = _trained_square_net(depth, epochs, n_train, seed, float32)
+        title = f"SquareNet(64, {depth}) autoencoder on digits, {epochs} epochs"
     else:
         model, batch = _trained_mlp(data, depth, width, epochs, weight_decay, n_train, seed,
                                     float32)  # fmt: skip
