@@ -100,7 +100,8 @@ class CurvatureOperator:
         _check_fixed_function(model, len(self.loss.batches))
         self.theta = self.loss.theta0
         self.dim = self.loss.dim
-        value = self.loss.value0
+        with torch.no_grad():  # (models that update buffers in training mode are refused)
+            value = self.loss(self.theta)
         if not bool(torch.isfinite(value)):
             raise CurvatureError(
                 f"the loss is {float(value)} at the model's parameters: curvature of a "

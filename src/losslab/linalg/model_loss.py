@@ -247,7 +247,6 @@ class ModelLoss:
         self._buffers = dict(model.named_buffers())
         self._module_list = list(model.modules())
         self._modes = tuple(module.training for module in self._module_list)
-        self.value0 = self._value_now()  # the loss at theta0, in these modes
 
     @property
     def dim(self) -> int:
@@ -274,18 +273,6 @@ class ModelLoss:
                 "operator) again"
             )
         self._modes = modes
-
-    def _value_now(self) -> torch.Tensor:
-        """The loss at ``theta0``, the buffers left as they were (batch norm in training
-        mode updates its running statistics in place)."""
-        saved = {name: buffer.clone() for name, buffer in self._buffers.items()}
-        try:
-            with torch.no_grad():
-                return self._total(self.theta0)
-        finally:
-            with torch.no_grad():
-                for name, buffer in self._buffers.items():
-                    buffer.copy_(saved[name])
 
     def batch_loss(self, theta: torch.Tensor, index: int) -> torch.Tensor:
         """The mean loss of batch ``index`` at ``theta`` (differentiable by torch.func)."""
