@@ -263,14 +263,14 @@ def _merge_copies(
     scales: torch.Tensor,
     tol: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The active blocks with each group of copies of one neuron (same sign, direction and
-    fit) merged into its first block, which takes the group's total scale; and the
-    ``(copy, kept)`` pairs."""
+    """The active blocks of a ReLU-form program with each group of copies of one neuron
+    (same sign, direction and fit) merged into its first block, which takes the group's
+    total scale; and the ``(copy, kept)`` pairs."""
     k = active.numel()
     if k < 2:
         return active, directions, fits, scales, torch.zeros(0, 2, dtype=torch.long)
     P = program.patterns.shape[1]
-    signs = torch.where(active < P, 1, -1) if program.operator.signed else torch.ones_like(active)
+    signs = torch.where(active < P, 1, -1)  # ReLU form: blocks v_1..v_P, then w_1..w_P
     fit_scale = float(fits.norm(dim=0).max())
     same = (
         (signs[:, None] == signs[None, :])
