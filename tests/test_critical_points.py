@@ -246,6 +246,33 @@ def test_a_steep_loss_converges_to_its_rounding_floor() -> None:
     assert classify(loss, exact + 1e-3).kind == "not critical"
 
 
+@pytest.mark.parametrize("method", ["newton_mr", "levenberg_marquardt"])
+def test_a_flat_loss_is_held_to_the_relative_tolerance(method) -> None:
+    # 1e-8 Rosenbrock: ||g|| < 1e-10 already 2e-2 from (1, 1), where the absolute tolerance
+    # alone stopped Levenberg-Marquardt. The relative test (||g|| / ||H|| <= 1e-10 of the
+    # parameters' scale) holds both methods to the minimiser, as on the unscaled loss.
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        return 1e-8 * ((1 - t[0]) ** 2 + 100 * (t[1] - t[0] ** 2) ** 2)
+
+    result = find_critical_point(flat, torch.tensor([0.8, 0.6]), method=method)
+    assert result.converged
+    hessian_norm = float(torch.linalg.matrix_norm(torch.func.hessian(flat)(result.params), 2))
+    assert result.gradient_norm <= result.tol_effective <= 1e-10 * hessian_norm * 1.5
+    torch.testing.assert_close(result.params, torch.ones(2), rtol=0, atol=1e-7)
+    # classify: 0.42 from the minimiser of a flat bowl is not critical, the minimiser is
+    def bowl(t: torch.Tensor) -> torch.Tensor:
+        return 1e-8 * ((t - 1) ** 2).sum()
+
+    far = classify(bowl, torch.tensor([0.7, 0.7]))
+    assert far.gradient_norm < 1e-8 and far.kind == "not critical"
+    assert far.gradient_tol == pytest.approx(1e-8 * 2e-8 * 1.0)
+    assert classify(bowl, torch.ones(2)).kind == "minimum"
+    with pytest.raises(CurvatureError, match="rtol > 0"):
+        find_critical_point(bowl, torch.zeros(2), rtol=0.0)
+    with pytest.raises(CurvatureError, match="grad_rtol and rtol >= 0"):
+        classify(bowl, torch.zeros(2), grad_rtol=-1.0)
+
+
 def test_stalled_searches_end_at_a_minimum_of_the_gradient_norm() -> None:
     # ||g|| = x^2 + 1 is smallest at x = 0, where H g = 2 x g = 0: both methods stop there
     def no_root(theta: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,12 @@ zero with the Hessian ``H = nabla g``:
   ``(H^2 + mu I) p = -H g``, ``mu`` adapted by the gain ratio of the actual to the
   predicted decrease of ``||g||^2`` (Nielsen's rule), ``mu = 0`` allowed near the solution.
 
-Both stop when ``||g||_2 <= tol`` (absolute, default ``1e-10``: reachable in float64 on
-small models), or report ``converged=False`` with the reason (``max_iter``, ``stalled``: no
+Both stop when ``||g||_2 <= min(tol, rtol ||H||_2 max(1, ||theta||))``: the absolute
+tolerance (default ``1e-10``: reachable in float64 on small models) and a relative one, the
+Newton step along the stiffest direction, ``||g|| / ||H||``, at most ``rtol`` (default
+``1e-10``) of the parameters' scale. The relative test matters for flat losses only: a loss
+scaled by ``1e-8`` has ``||g|| < 1e-10`` already 1e-2 away from its critical point. Otherwise
+a search reports ``converged=False`` with the reason (``max_iter``, ``stalled``: no
 decrease of ``||g||`` possible, a minimum of ``||g||`` that is not a critical point, or
 ``||g||`` not halved in ``stall_window`` iterations; ``nan``: non-finite loss or
 gradient). A search that stalls with ``||g||`` below the *rounding floor*
@@ -32,7 +36,9 @@ gradient). A search that stalls with ``||g||`` below the *rounding floor*
 gradient computed in floating point carries an error of about ``eps ||H|| ||theta||``: the
 rounding of ``theta`` times the sensitivity of ``g`` to it), and is reported
 ``converged`` with the floor as ``tol_effective`` (a loss scaled by ``1e8`` has its
-gradient scaled so, and ``1e-10`` may be out of reach).
+gradient scaled so, and ``1e-10`` may be out of reach). ``||H||_2`` is estimated by 20 steps
+of power iteration (a lower bound: the tests are, if anything, stricter), only once
+``||g|| <= tol``.
 
 :func:`classify` reads the Hessian's spectrum at a point: the Morse index (negative
 eigenvalues), the nullity (eigenvalues of magnitude at most ``zero_tol``, a tolerance
@@ -40,8 +46,10 @@ that scales with the spectrum: ``max(rtol * max|lambda|, p * eps * max|lambda|)`
 the kind: ``minimum`` (all eigenvalues > tol), ``maximum`` (all < -tol), ``saddle`` (both
 signs present, whatever the nullity: a direction of descent and one of ascent exist),
 ``degenerate`` (semidefinite with zero eigenvalues: second order cannot decide), or
-``not critical`` when ``||g|| > max(grad_tol, eps max|lambda| max(1, ||theta||))``
-(the absolute tolerance, or the rounding floor above where the loss is steep).
+``not critical`` when ``||g|| > max(min(grad_tol, grad_rtol s), eps s)`` with
+``s = max|lambda| max(1, ||theta||)``: the absolute tolerance, or the relative one where the
+loss is flat (a Newton step ``||g|| / max|lambda|`` larger than ``grad_rtol`` of the
+parameters' scale), or the rounding floor where the loss is steep.
 
 A search stops at ``||g|| <= tol``, not at the critical point ``theta*`` itself, and an
 eigenvalue that vanishes at ``theta*`` need not be small at ``theta``: on ``x^3 + y^2``,
@@ -155,9 +163,10 @@ class CriticalPointSearch:
         params: the last iterate, in the form ``params0`` was given (flat or a dict).
         loss: ``L`` there.
         gradient_norm: ``||nabla L||_2`` there.
-        converged: ``gradient_norm <= tol``.
+        converged: ``gradient_norm <= tol_effective``.
         reason: ``converged``, ``max_iter``, ``stalled`` or ``nan``.
-        tol_effective: the tolerance met: ``tol``, or the rounding floor (module docstring)
+        tol_effective: the tolerance tested last: ``min(tol, rtol ||H|| max(1, ||theta||))``
+            once ``||g|| <= tol``, else ``tol``; or the rounding floor (module docstring)
             when the search stalled below it.
         iterations: Newton / LM iterations taken.
         gradient_norms: ``||nabla L||`` at every accepted iterate, from the start.
@@ -195,6 +204,7 @@ def find_critical_point(
     *,
     method: Method = "newton_mr",
     tol: float = 1e-10,
+    rtol: float = 1e-10,
     max_iter: int = 200,
     stall_window: int | None = None,
     dense_limit: int = DENSE_LIMIT,
@@ -207,6 +217,8 @@ def find_critical_point(
         params0: the start, flat or a dict (use float64 to reach ``tol = 1e-10``).
         method: ``"newton_mr"`` (default) or ``"levenberg_marquardt"``.
         tol: absolute gradient-norm tolerance.
+        rtol: relative tolerance: also ``||g|| <= rtol ||H||_2 max(1, ||theta||)`` (module
+            docstring; it binds only where ``||H||`` is small).
         max_iter: iterations (each one Hessian, or one Krylov solve, and a few gradients).
         stall_window: stop as ``stalled`` when ``||g||`` has not halved in this many
             iterations (it creeps: a degenerate critical point, or one at infinity, such as
@@ -219,10 +231,15 @@ def find_critical_point(
         raise CurvatureError(
             f"unknown method {method!r}: choose 'newton_mr' or 'levenberg_marquardt'"
         )
-    if not tol > 0 or max_iter < 1 or (stall_window is not None and stall_window < 1):
+    if (
+        not tol > 0
+        or not rtol > 0
+        or max_iter < 1
+        or (stall_window is not None and stall_window < 1)
+    ):
         raise CurvatureError(
-            f"need tol > 0, max_iter >= 1 and stall_window >= 1, got {tol}, {max_iter}, "
-            f"{stall_window}"
+            f"need tol > 0, rtol > 0, max_iter >= 1 and stall_window >= 1, got {tol}, {rtol}, "
+            f"{max_iter}, {stall_window}"
         )
     flat = _FlatLoss(loss_fn, params0)
     start_time = time.perf_counter()
@@ -232,7 +249,15 @@ def find_critical_point(
     reason = "nan" if not math.isfinite(norms[0]) or not math.isfinite(value) else "max_iter"
     damping = None
     iterations = 0
-    while reason == "max_iter" and norms[-1] > tol and iterations < max_iter:
+    tol_effective = tol
+    while True:
+        if norms[-1] <= tol:
+            tol_effective = min(tol, rtol * _curvature_scale(flat, theta))
+            if norms[-1] <= tol_effective:
+                reason = "converged"
+                break
+        if reason != "max_iter" or iterations >= max_iter:
+            break
         iterations += 1
         if method == "newton_mr":
             accepted = _newton_mr_iteration(flat, theta, gradient, dense_limit)
@@ -249,11 +274,8 @@ def find_critical_point(
         if len(norms) > window and norms[-1] > norms[-1 - window] / 2:
             reason = "stalled"  # creeping: a degenerate critical point, or one at infinity
             break
-    tol_effective = tol
-    if norms[-1] <= tol:
-        reason = "converged"
-    elif reason == "stalled":
-        floor = _rounding_floor(flat, theta)
+    if reason == "stalled":
+        floor = torch.finfo(theta.dtype).eps * _curvature_scale(flat, theta)
         if norms[-1] <= floor:
             reason, tol_effective = "converged", floor
     return CriticalPointSearch(
@@ -345,9 +367,9 @@ def _steepest_descent_of_gradient_norm(
     return _armijo_on_gradient_norm(flat, theta, gradient, step, NEWTON_HALVINGS)
 
 
-def _rounding_floor(flat: _FlatLoss, theta: torch.Tensor, products: int = 20) -> float:
-    """``eps ||H||_2 max(1, ||theta||)``: the gradient norm rounding can hide (module
-    docstring); ``||H||_2`` by ``products`` steps of power iteration (a lower bound)."""
+def _curvature_scale(flat: _FlatLoss, theta: torch.Tensor, products: int = 20) -> float:
+    """``||H||_2 max(1, ||theta||)``, the scale of the tolerances (module docstring):
+    ``||H||_2`` by ``products`` steps of power iteration (a lower bound)."""
     generator = torch.Generator().manual_seed(0)
     vector = torch.randn(theta.numel(), generator=generator, dtype=theta.dtype).to(theta.device)
     norm = 0.0
@@ -358,8 +380,7 @@ def _rounding_floor(flat: _FlatLoss, theta: torch.Tensor, products: int = 20) ->
         if not (norm > 0 and math.isfinite(norm)):
             return 0.0
         vector = image
-    eps = torch.finfo(theta.dtype).eps
-    return eps * norm * max(1.0, float(theta.norm()))
+    return norm * max(1.0, float(theta.norm()))
 
 
 def _krylov_solve(
@@ -467,7 +488,7 @@ class CriticalPoint:
         min_eigenvalue, max_eigenvalue: the extreme Hessian eigenvalues.
         zero_tol: the tolerance below which an eigenvalue counts as zero.
         gradient_tol: the gradient norm above which the point is ``not critical``:
-            ``max(grad_tol, eps max|lambda| max(1, ||theta||))``.
+            ``max(min(grad_tol, grad_rtol s), eps s)``, ``s = max|lambda| max(1, ||theta||)``.
         eigenvalues: every eigenvalue (ascending) when dense, else the extreme ones found.
         unresolved: how many of ``eigenvalues`` exceed ``zero_tol`` but move by more than a
             quarter of themselves between ``theta`` and the Newton estimate of the critical
@@ -516,6 +537,7 @@ def classify(
     params: Params,
     *,
     grad_tol: float = 1e-8,
+    grad_rtol: float = 1e-8,
     rtol: float = 1e-8,
     dense_limit: int = DENSE_LIMIT,
     seed: int = 0,
@@ -523,12 +545,16 @@ def classify(
     """Classify ``params`` by the gradient norm and the Hessian spectrum (module docstring).
 
     Eigenvalues below ``zero_tol = max(rtol, p eps) * max|lambda|`` in magnitude count as
-    zero; the point is critical when ``||g|| <= max(grad_tol, eps max|lambda|
-    max(1, ||theta||))``. Up to ``dense_limit`` parameters the whole spectrum is computed
-    (Morse index and nullity exact); above, the extreme eigenvalues by Lanczos decide the
-    kind (a minimum needs the smallest > ``zero_tol``, a saddle one of each sign) and the
-    index is ``None``.
+    zero; the point is critical when ``||g|| <= max(min(grad_tol, grad_rtol s), eps s)``,
+    ``s = max|lambda| max(1, ||theta||)``. Up to ``dense_limit`` parameters the whole
+    spectrum is computed (Morse index and nullity exact); above, the extreme eigenvalues by
+    Lanczos decide the kind (a minimum needs the smallest > ``zero_tol``, a saddle one of
+    each sign) and the index is ``None``.
     """
+    if not (grad_tol >= 0 and grad_rtol >= 0 and rtol >= 0):
+        raise CurvatureError(
+            f"need grad_tol, grad_rtol and rtol >= 0, got {grad_tol}, {grad_rtol}, {rtol}"
+        )
     flat = _FlatLoss(loss_fn, params)
     theta = flat.theta0
     value, gradient = _value_and_gradient(flat, theta)
@@ -557,9 +583,10 @@ def classify(
     zero_tol = max(rtol, size * torch.finfo(theta.dtype).eps) * spectral_norm
     smallest, largest = float(eigenvalues[0]), float(eigenvalues[-1])
     gradient_norm = float(gradient.norm())
-    # the absolute tolerance, or the rounding floor above where the loss is steep (module doc)
-    eps = torch.finfo(theta.dtype).eps
-    gradient_tol = max(grad_tol, eps * spectral_norm * max(1.0, float(theta.norm())))
+    # the absolute tolerance, the relative one where the loss is flat, or the rounding floor
+    # where it is steep (module docstring)
+    scale = spectral_norm * max(1.0, float(theta.norm()))
+    gradient_tol = max(min(grad_tol, grad_rtol * scale), torch.finfo(theta.dtype).eps * scale)
     critical = gradient_norm <= gradient_tol
     zero = eigenvalues.abs() <= zero_tol
     unresolved = torch.zeros_like(zero)
