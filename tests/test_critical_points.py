@@ -259,12 +259,14 @@ def test_a_flat_loss_is_held_to_the_relative_tolerance(method) -> None:
     hessian_norm = float(torch.linalg.matrix_norm(torch.func.hessian(flat)(result.params), 2))
     assert result.gradient_norm <= result.tol_effective <= 1e-10 * hessian_norm * 1.5
     torch.testing.assert_close(result.params, torch.ones(2), rtol=0, atol=1e-7)
+
     # classify: 0.42 from the minimiser of a flat bowl is not critical, the minimiser is
     def bowl(t: torch.Tensor) -> torch.Tensor:
         return 1e-8 * ((t - 1) ** 2).sum()
 
     far = classify(bowl, torch.tensor([0.7, 0.7]))
-    assert far.gradient_norm < 1e-8 and far.kind == "not critical"
+    assert far.gradient_norm < 1e-8
+    assert far.kind == "not critical"
     assert far.gradient_tol == pytest.approx(1e-8 * 2e-8 * 1.0)
     assert classify(bowl, torch.ones(2)).kind == "minimum"
     with pytest.raises(CurvatureError, match="rtol > 0"):

@@ -192,6 +192,8 @@ def test_psnr_matches_hand_computation():
         psnr(clean, other[:, :3])
     with pytest.raises(FixedPointError, match="NaN"):
         psnr(x, torch.full((4,), math.nan, dtype=torch.float64))
+    with pytest.raises(FixedPointError, match="floating point"):
+        psnr(torch.zeros(4, dtype=torch.uint8), torch.ones(4, dtype=torch.uint8))
 
 
 def test_restoration_accuracy_and_figure(patterns):
@@ -265,6 +267,17 @@ def test_layer_tails_see_cauchy_heavier_than_gaussian():
         assert c.kurtosis > 10.0
         assert c.esd.alpha < g.esd.alpha
         assert c.max_abs_over_std > g.max_abs_over_std
+
+
+def test_a_net_narrower_than_ten_trains_with_nan_tail_fits():
+    # 3 eigenvalues of W^T W are too few for a power-law fit (min_tail = 10): NaN, not a crash
+    tails = layer_tails(SquareNet(3, 2, seed=0))
+    assert all(math.isnan(t.esd.alpha) and t.esd.n == 3 for t in tails)
+    assert all(math.isnan(t.entries.alpha) and t.entries.n == 9 for t in tails)
+    X = torch.rand(20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    result = train_autoencoder(SquareNet(3, 2, seed=0), X, epochs=2, lr=1e-2, batch_size=5, seed=0)
+    assert len(result.tails) == 3
+    assert result.loss[-1] < result.loss[0]
 
 
 def test_training_rejects_bad_input():

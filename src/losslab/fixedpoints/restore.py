@@ -268,13 +268,19 @@ def psnr(clean: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 
     the mean over the ``N`` pixels of each image. Rows of (n, N) inputs give an (n,)
     tensor; (N,) inputs give a scalar tensor. Identical images give ``+inf``. Average
-    per-image PSNRs (or pool MSEs) as the experiment states.
+    per-image PSNRs (or pool MSEs) as the experiment states. The peak is 1: scale images
+    to ``[0, 1]`` first (digits' pixels run 0..16: divide by 16); no range is checked.
 
     Raises:
-        FixedPointError: shape mismatch, empty or non-finite inputs.
+        FixedPointError: shape mismatch, empty, integer or non-finite inputs.
     """
     if not isinstance(clean, torch.Tensor) or not isinstance(other, torch.Tensor):
         raise FixedPointError("clean and other must be torch tensors")
+    if not (clean.is_floating_point() and other.is_floating_point()):
+        raise FixedPointError(
+            f"images must be floating point with peak 1; got {clean.dtype} and {other.dtype}: "
+            "divide integer images by their peak value (255 for 8-bit)"
+        )
     if clean.shape != other.shape:
         raise FixedPointError(
             f"clean and other must have the same shape; got {tuple(clean.shape)} and "

@@ -71,8 +71,18 @@ class LayerTail:
         }
 
 
+def _tail_fit(values: torch.Tensor) -> PowerLawFit:
+    """:func:`power_law_alpha` of ``values``, or an all-NaN fit when fewer than its
+    ``min_tail = 10`` are positive (a net narrower than 10, or a rank-deficient ``W``)."""
+    positive = int((values > 0).sum())
+    if positive < 10:
+        return PowerLawFit(math.nan, math.nan, math.nan, 0, positive, math.nan)
+    return power_law_alpha(values)
+
+
 def layer_tails(net: nn.Module) -> list[LayerTail]:
-    """:class:`LayerTail` of every ``nn.Linear`` weight of ``net``, in order."""
+    """:class:`LayerTail` of every ``nn.Linear`` weight of ``net``, in order; a fit of
+    fewer than 10 positive values (a net narrower than 10) is all NaN."""
     tails = []
     for module in net.modules():
         if isinstance(module, nn.Linear):
@@ -84,8 +94,8 @@ def layer_tails(net: nn.Module) -> list[LayerTail]:
             max_abs = float(flat.abs().max())
             tails.append(
                 LayerTail(
-                    esd=power_law_alpha(gram_eigenvalues(w)),
-                    entries=power_law_alpha(flat.abs()),
+                    esd=_tail_fit(gram_eigenvalues(w)),
+                    entries=_tail_fit(flat.abs()),
                     kurtosis=kurt,
                     max_abs=max_abs,
                     max_abs_over_std=max_abs / math.sqrt(var) if var > 0 else math.nan,
