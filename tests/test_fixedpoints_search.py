@@ -866,3 +866,31 @@ def test_orbits_on_a_two_cycle_are_not_given_to_the_attractor_they_circle():
         few = find_fixed_points(f, box=_box(-10.0, 10.0), n_starts=200, basin_starts=4000,
                                 basin_iterations=iterations)  # fmt: skip
         assert float(few.basin_fraction[0]) <= 0.01
+
+
+def test_a_huge_box_keeps_the_tolerances_of_the_maps_range():
+    # tanh(3x) has fixed points -0.9949, 0, 0.9949 (x = tanh(3x) by bisection on (0.5, 1)).
+    # In the box [-1e10, 1e10] the tolerances once scaled with the box: 2 apart was "the
+    # same point". Fixed points lie in f(box) = (-1, 1), and the scale follows it.
+    root = scipy.optimize.brentq(lambda x: math.tanh(3 * x) - x, 0.5, 1.0, xtol=1e-15)
+    box = (torch.tensor([-1e10], dtype=torch.float64), torch.tensor([1e10], dtype=torch.float64))
+    starts = torch.tensor([[0.1], [2.0], [-2.0]], dtype=torch.float64)
+    found = find_fixed_points(lambda x: torch.tanh(3 * x), box=box, starts=starts, n_starts=50)
+    torch.testing.assert_close(
+        found.points[:, 0],
+        torch.tensor([-root, 0.0, root], dtype=torch.float64),
+        rtol=0,
+        atol=1e-12,
+    )
+    assert found.kinds == ["attractor", "repeller", "attractor"]
+    assert found.tol <= 1e-11
+    # a SquareNet with the same map, uniform starts only: the count the index theorem needs
+    net = SquareNet(1, 1, activation="tanh", seed=0)
+    with torch.no_grad():
+        net.layers[0].weight.fill_(3.0)
+        net.layers[0].bias.zero_()
+    for size in (1.0, 1e10):
+        wide = (torch.tensor([-size]), torch.tensor([size]))
+        result = find_fixed_points(net, box=tuple(b.double() for b in wide), n_starts=100)
+        assert result.count == 3
+        assert result.index_consistent is True

@@ -445,3 +445,37 @@ def test_rare_dropout_in_float32_is_caught() -> None:
     data = (torch.randn(2000, 10, generator=generator), torch.randn(2000, 1, generator=generator))
     with pytest.raises(CurvatureError, match="differ between two evaluations"):
         HessianOperator(RareDropout(), nn.MSELoss(), data)
+
+
+def test_targets_that_would_broadcast_are_refused() -> None:
+    # outputs (n, 1) against targets (n,): MSE broadcasts to (n, n), another loss
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    X = torch.randn(20, 3, dtype=torch.float64)
+    y = torch.randn(20, dtype=torch.float64)
+    for loss_fn in (nn.MSELoss(), nn.functional.mse_loss, nn.HuberLoss()):
+        with pytest.raises(CurvatureError, match=r"\(20, 1\) and the targets \(20,\)"):
+            HessianOperator(model, loss_fn, (X, y))
+        with pytest.raises(CurvatureError, match="broadcast"):
+            GaussNewtonOperator(model, loss_fn, (X, y))
+    # the right shape is the loss the model trains on
+    hessian = HessianOperator(model, nn.MSELoss(), (X, y[:, None]))
+    torch.testing.assert_close(hessian.dense(), dense_hessian(model, nn.MSELoss(), (X, y[:, None])))
+
+
+class SkewedHessian(HessianOperator):
+    """A Hessian whose products carry a skew part: a kernel with a wrong double backward."""
+
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        skew = torch.roll(vector, 1) - torch.roll(vector, -1)  # a skew-symmetric circulant
+        return super().matvec(vector) + 0.5 * skew
+
+
+def test_trace_and_density_refuse_products_that_are_not_symmetric() -> None:
+    model, loss_fn, data = small_problem()
+    skewed = SkewedHessian(model, loss_fn, data)
+    with pytest.raises(CurvatureError, match="not symmetric"):
+        skewed.trace(20)
+    with pytest.raises(CurvatureError, match="not symmetric"):
+        skewed.density(n_steps=10)
+    HessianOperator(model, loss_fn, data).check_symmetric()  # the true Hessian passes

@@ -38,8 +38,8 @@ same fixed point when
 .. math::  ||x_m - x_l|| \le \max\bigl(\min(\text{merge\_atol},\ \rho_l / 4),\
            \min(\text{DEGENERATE\_SPREAD},\ 4 (s_l + \beta_l ||F(x_m)||))\bigr),
 
-with ``merge_atol = max(1e-8, 100 eps sqrt(N))`` (times the box scale; ``1e-8`` in
-float64), ``DEGENERATE_SPREAD = 1e-3`` (times the box scale) and
+with ``merge_atol = max(1e-8, 100 eps sqrt(N))`` (times the scale; ``1e-8`` in
+float64), ``DEGENERATE_SPREAD = 1e-3`` (times the scale) and
 ``s_l = ||J_F(x_l)^{-1} F(x_l)||`` the Newton step left at the leader (its error
 estimate): within a quarter of the uniqueness radius (but no farther than
 ``merge_atol``), or within the points' own error bars. Two fixed points ``1e-6`` apart
@@ -94,6 +94,12 @@ non-attractors); ``unassigned_fraction`` the share that ended nowhere (periodic 
 chaotic orbits, escape, NaN, or convergence too slow even for that: raise
 ``basin_iterations``). The sampling error of a fraction ``p`` is
 ``sqrt(p (1 - p) / basin_starts)``.
+
+**Scale.** Tolerances and radii are for values of order one, times the scale
+``max(1, min(box scale, max_i ||f(x_i)||_inf))``, the box scale ``max |box|`` capped by the
+largest image of the first starts: fixed points lie in ``f(box)``, so ``tanh(3 x)`` searched
+in ``[-1e10, 1e10]`` keeps the tolerances of ``[-1, 1]`` and finds its three points (with
+the box's scale two of them, 2 apart, were one).
 
 **Cost.** Per start and iteration: one Jacobian (``N`` forward-mode passes generically,
 ``(L - 1) N^3`` multiply-adds for a SquareNet) and an LU (``N^3 / 3``), plus ``J^T J`` and
@@ -156,9 +162,9 @@ Map = Callable[[torch.Tensor], torch.Tensor]
 
 #: ``| |lambda| - 1 | <=`` this marks a fixed point non-hyperbolic.
 HYPERBOLICITY_TOL = 1e-9
-#: Absolute cap (times the box scale) on the distance of two points called the same.
+#: Absolute cap (times the scale) on the distance of two points called the same.
 MERGE_ATOL = 1e-8
-#: Cap (times the box scale) on the error bars ``4 (s + beta ||F||)`` within which two
+#: Cap (times the scale) on the error bars ``4 (s + beta ||F||)`` within which two
 #: points merge: near a degenerate root of multiplicity ``m``, ``||F|| <= tol`` holds on a
 #: ball of radius about ``tol^(1/m)`` (``1e-4`` for ``x - x^3`` at ``tol = 1e-12``), and
 #: the starts that converge there are one point, not hundreds.
@@ -168,12 +174,12 @@ DEGENERATE_SPREAD = 1e-3
 #: a steep root (``||J_F|| = 1e5`` on saturated tanh nets) no float64 point has
 #: ``||F|| <= 1e-12``.
 ROUNDING_UNITS = 16
-#: Absolute cap (times the box scale) on the capture radius of an attractor.
+#: Absolute cap (times the scale) on the capture radius of an attractor.
 BASIN_CAPTURE = 1e-6
 #: A start whose ``||F||`` falls by less than half in 5 iterations is given up (creeping
 #: along a face of the box towards a local minimum of ``||F||``; other starts find roots).
 STALL_WINDOW, STALL_RATIO = 5, 0.5
-#: Float32 Jacobians (SquareNet) while ``||F|| >`` this (times the box scale).
+#: Float32 Jacobians (SquareNet) while ``||F|| >`` this (times the scale).
 COARSE_ABOVE = 1e-3
 #: Starts solved before the first known points are used to capture the others.
 FIRST_CHUNK = 256
@@ -193,7 +199,7 @@ LIFTED_MAX_UNKNOWNS = 48
 #: safety net (on the 199 certified heavy-tailed nets of seeds 0 to 199 the search counted the same
 #: with 1, 250 and 1000 of them; 250 instead of 1000 saves about 0.04 s per net).
 UNIFORM_SHARE_LIFTED = 4
-#: Distances (times the box scale) at which the Jacobian's modulus of continuity is probed.
+#: Distances (times the scale) at which the Jacobian's modulus of continuity is probed.
 RADIUS_LADDER = 2.0 ** -torch.arange(31, dtype=torch.float64)
 
 
@@ -212,7 +218,7 @@ class FixedPointSet:
             for all when ``basin_starts = 0``).
         unassigned_fraction: share of basin starts attracted to no fixed point.
         radii: (k,) uniqueness radius ``rho``: no other fixed point within it (estimated,
-            module docstring), at most the box scale.
+            module docstring), at most the scale.
         hits: (k,) how many search starts converged to each point.
         indices: (k,) fixed-point index ``sign det(I - J_f(x*))`` of each point, +1 or -1
             (0 for a point with an eigenvalue within ``max(1e-9, 1000 eps)`` of 1, eps of
@@ -753,6 +759,15 @@ def _hyperbolicity_unresolved(
     return unresolved
 
 
+def _scale_of(images: torch.Tensor, box_scale: float) -> float:
+    """The scale of the tolerances and radii (module docstring, **Scale**):
+    ``max(1, min(box scale, max_i ||f(x_i)||_inf))`` over the first starts. Fixed points
+    lie in ``f(box)``, so a map of bounded range (``tanh(3 x)``) searched in a box of
+    ``1e10`` keeps tolerances of order one, and two points 2 apart stay two."""
+    image_scale = float(images.abs().amax()) if images.numel() else box_scale
+    return max(1.0, min(box_scale, image_scale))
+
+
 def _at_rounding_floor(
     result: Any, residual_map: Map, jac_f: Map, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -1001,7 +1016,8 @@ def find_fixed_points(
             :data:`LIFTED_MAX_UNKNOWNS`) ``max(64, n_starts)`` starts of the lifted
             pre-activation system (:func:`preactivation_starts`) and, when they find roots,
             ``max(1, n_starts // 4)`` uniform ones.
-        tol: tolerance on ``||f(x) - x||_2`` for values of order one (scaled by the box).
+        tol: tolerance on ``||f(x) - x||_2`` for values of order one (times the scale:
+            module docstring, **Scale**).
         max_iter: Levenberg-Marquardt iterations per start in ``x`` (lifted starts: at most
             :data:`LIFTED_MAX_ITER`).
         basin_starts: uniform starts of the forward iteration that estimates basins (from
@@ -1043,11 +1059,10 @@ def find_fixed_points(
         if net is not None and net.L * N <= LIFTED_MAX_UNKNOWNS and low is not None and n_starts > 0
         else None
     )
-    scale = 1.0
+    box_scale = 1.0
     if low is not None and high is not None:
-        scale = max(1.0, float(torch.maximum(low.abs(), high.abs()).max()))
-    # never below what rounding allows in the dtype (float32 maps: about 1e-5)
-    tol_eff = max(tol, 64 * torch.finfo(dtype).eps * math.sqrt(N)) * scale
+        box_scale = max(1.0, float(torch.maximum(low.abs(), high.abs()).max()))
+    scale = tol_eff = atol = math.nan  # set from the first starts' images (_scale_of)
     jac_f: Map = square_net_jacobian(net) if net is not None else (lambda z: batched_jacobian(f, z))
 
     def residual_map(x: torch.Tensor) -> torch.Tensor:
@@ -1068,7 +1083,6 @@ def find_fixed_points(
             return J
 
     analysis = _Analysis(f, jac_f, generator)
-    atol = max(MERGE_ATOL, 100 * torch.finfo(dtype).eps * math.sqrt(N)) * scale
     known = _Known(N, dtype, device)
     maps_into_box = _maps_into_box(net, low, high)
     # an eigenvalue this close to 1 leaves the index undecided (rounding of the dtype's
@@ -1112,6 +1126,11 @@ def find_fixed_points(
             )
         x0 = x0[finite]
         n_searched += x0.shape[0]
+        if rounds == 1:
+            scale = _scale_of(fx0[finite], box_scale)
+            # never below what rounding allows in the dtype (float32 maps: about 1e-5)
+            tol_eff = max(tol, 64 * torch.finfo(dtype).eps * math.sqrt(N)) * scale
+            atol = max(MERGE_ATOL, 100 * torch.finfo(dtype).eps * math.sqrt(N)) * scale
         # lifted starts (nearly roots) alone first, then the others, captured by their points
         head = int(finite[:n_lifted].sum()) or FIRST_CHUNK
         bounds = [0, min(x0.shape[0], head)]

@@ -43,9 +43,27 @@ from losslab.linalg.hvp import (
     HessianVectorProduct,
     dense_from_products,
 )
-from losslab.linalg.lanczos import Eigenpairs, Which, lanczos_eigenpairs, normalize_signs
-from losslab.linalg.model_loss import Data, LossFn, ModelLoss, same_outputs
-from losslab.linalg.trace import TraceEstimate, hutch_plus_plus_trace, hutchinson_trace
+from losslab.linalg.lanczos import (
+    ASYMMETRY_TOL,
+    Eigenpairs,
+    Which,
+    lanczos_eigenpairs,
+    make_generator,
+    normalize_signs,
+)
+from losslab.linalg.model_loss import (
+    Data,
+    LossFn,
+    ModelLoss,
+    check_target_shape,
+    same_outputs,
+)
+from losslab.linalg.trace import (
+    TraceEstimate,
+    hutch_plus_plus_trace,
+    hutchinson_trace,
+    rademacher,
+)
 
 #: Up to this many batches, :class:`HessianOperator` keeps each batch's gradient graph and
 #: takes every product as one backward pass through it (about 2.5x faster); with more, the
@@ -128,6 +146,31 @@ class CurvatureOperator:
                 f"expected a vector of shape ({self.dim},), got {tuple(vector.shape)}"
             )
         return vector.to(dtype=self.theta.dtype, device=self.theta.device)
+
+    def check_symmetric(self, seed: int = 0) -> None:
+        """Raise :class:`CurvatureError` when the products are visibly not symmetric (a
+        torch kernel with a wrong double-backward rule, e.g. ``weight_norm`` in torch 2.13).
+
+        For random sign vectors ``u, v``, ``u^T A v - v^T A u = 2 u^T S v`` with ``S`` the
+        skew part of ``A``: about ``2 ||S||_F`` in size, against ``||A v|| ~ ||A||_F``, and
+        rounding for a symmetric ``A``. Two pairs (4 products) must differ by less than
+        ``ASYMMETRY_TOL ||A v||``. Lanczos (:meth:`eigenpairs`) and :meth:`dense` check
+        their own products as they go; :meth:`trace` and :meth:`density` call this first.
+        """
+        generator = make_generator(seed)
+        for _ in range(2):
+            u, v = (rademacher(self.dim, generator, self.theta.dtype, self.theta.device)
+                    for _ in range(2))  # fmt: skip
+            au, av = self.matvec(u), self.matvec(v)
+            asymmetry = float((u @ av - v @ au).abs())
+            scale = float(torch.maximum(au.norm(), av.norm()))
+            if asymmetry > ASYMMETRY_TOL * scale:  # False with NaN: the estimates report it
+                raise CurvatureError(
+                    f"the products are not symmetric: u^T A v and v^T A u differ by "
+                    f"{asymmetry:.3g} for ||A v|| ~ ||A||_F = {scale:.3g}. Some operation's "
+                    "second derivative is wrong in this torch build (check the Hessian "
+                    "against finite differences)"
+                )
 
     def dense(self, *, max_dim: int = MAX_DENSE_DIM, chunk_size: int = 256) -> torch.Tensor:
         """The full ``dim x dim`` matrix, column by column (``dim`` products, vectorised in
@@ -234,11 +277,12 @@ class CurvatureOperator:
     ) -> TraceEstimate:
         """``tr A`` from ``n_matvecs`` products with random sign vectors: Hutch++ (Meyer
         et al. 2021) by default, plain Hutchinson on request; exact when
-        ``n_matvecs >= dim``."""
+        ``n_matvecs >= dim``. Four more products check symmetry (:meth:`check_symmetric`)."""
         estimators = {"hutch++": hutch_plus_plus_trace, "hutchinson": hutchinson_trace}
         if method not in estimators:
             raise CurvatureError(f"unknown trace method {method!r}: 'hutch++' or 'hutchinson'")
         estimate = estimators[method]
+        self.check_symmetric(seed)
         return estimate(
             self.matvec,
             self.dim,
@@ -253,6 +297,7 @@ class CurvatureOperator:
     ) -> SpectralDensity:
         """The spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019):
         Ritz nodes and Gauss weights per probe, and a Gaussian-smoothed curve."""
+        self.check_symmetric(seed)
         return spectral_density(
             self.matvec,
             self.dim,
@@ -321,6 +366,7 @@ class GaussNewtonOperator(CurvatureOperator):
                 return functional_call(loss.model, (named, loss._buffers), (inputs,))
 
             def loss_of(outputs: torch.Tensor, targets: torch.Tensor = targets) -> torch.Tensor:
+                check_target_shape(loss.loss_fn, outputs, targets)
                 return loss.loss_fn(outputs, targets)
 
             self._outputs_of.append(outputs_of)

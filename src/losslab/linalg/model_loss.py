@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -191,6 +192,35 @@ def batch_mass(loss_fn: LossFn, targets: torch.Tensor) -> float:
     return float(weight.detach().to(kept.device)[kept].sum())
 
 
+#: torch losses that compare outputs and targets elementwise: targets of another shape
+#: broadcast (an (n, 1) output against an (n,) target gives an (n, n) difference) where the
+#: model's own training would have failed or warned.
+ELEMENTWISE_LOSSES: tuple[type, ...] = (
+    nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.BCELoss, nn.BCEWithLogitsLoss,
+    nn.SoftMarginLoss, nn.KLDivLoss, nn.PoissonNLLLoss,
+)  # fmt: skip
+ELEMENTWISE_FUNCTIONS: tuple[Callable[..., torch.Tensor], ...] = (
+    F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss, F.binary_cross_entropy,
+    F.binary_cross_entropy_with_logits, F.soft_margin_loss, F.kl_div, F.poisson_nll_loss,
+)  # fmt: skip
+
+
+def check_target_shape(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Refuse an elementwise torch loss (:data:`ELEMENTWISE_LOSSES`, or the functional
+    forms) whose outputs and targets differ in shape: torch broadcasts them, with only a
+    warning, into another loss."""
+    elementwise = isinstance(loss_fn, ELEMENTWISE_LOSSES) or any(
+        loss_fn is function for function in ELEMENTWISE_FUNCTIONS
+    )
+    if elementwise and isinstance(targets, torch.Tensor) and outputs.shape != targets.shape:
+        raise CurvatureError(
+            f"the model's outputs have shape {tuple(outputs.shape)} and the targets "
+            f"{tuple(targets.shape)}: an elementwise loss would broadcast them to "
+            f"{tuple(torch.broadcast_shapes(outputs.shape, targets.shape))}, another loss. "
+            "Reshape the targets to the outputs' shape (e.g. y.reshape(-1, 1))"
+        )
+
+
 class ModelLoss:
     """``L(theta)``, the mean loss of ``model`` on ``data`` at flat parameters ``theta``.
 
@@ -286,6 +316,7 @@ class ModelLoss:
 
     def _batch_loss(self, theta: torch.Tensor, index: int) -> torch.Tensor:
         outputs = self.batch_outputs(theta, index)
+        check_target_shape(self.loss_fn, outputs, self.batches[index][1])
         value = self.loss_fn(outputs, self.batches[index][1])
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
