@@ -110,6 +110,16 @@ def test_bad_data():
         ConvexReLU(gates=np.full((3, 4), np.nan)).fit(X, y)
 
 
+def test_arrays_with_negative_strides_fit_and_predict_as_their_copies():
+    X, y = data()
+    flipped = ConvexReLU(lam=0.05, n_gates=20).fit(X[:, ::-1], y[::-1])
+    copied = ConvexReLU(lam=0.05, n_gates=20).fit(X[:, ::-1].copy(), y[::-1].copy())
+    assert flipped.objective_ == copied.objective_
+    np.testing.assert_array_equal(
+        flipped.predict(X[::-1, ::-1]), copied.predict(X[::-1, ::-1].copy())
+    )
+
+
 def test_optimal_member_checks_its_input():
     from sklearn.exceptions import NotFittedError
 

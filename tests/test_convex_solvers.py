@@ -190,6 +190,34 @@ def test_bad_programs():
         as_features(torch.ones(5, 2))
     with pytest.raises(ConvexProblemError, match="empty"):
         as_features(torch.ones(0, 2))
+    # the program checks its data as the estimator does: no NaN y (it once ran 20,000
+    # iterations to an infinite objective), no half precision (a "certified" gap of 0)
+    with pytest.raises(ConvexProblemError, match="y has NaN"):
+        ConvexReLUProgram(X, torch.where(y > 0, float("nan"), y), patterns, 0.1)
+    with pytest.raises(ConvexProblemError, match="y must have shape"):
+        ConvexReLUProgram(X, y[:-1], patterns, 0.1)
+    assert ConvexReLUProgram(X.round().long(), y, patterns, 0.1).X.dtype == torch.float64
+    for dtype in (torch.float16, torch.bfloat16):
+        with pytest.raises(ConvexProblemError, match="float32 or float64"):
+            ConvexReLUProgram(X.to(dtype), y, patterns, 0.1)
+    with pytest.raises(ConvexProblemError, match="meta"):
+        ConvexReLUProgram(X.to("meta"), y, patterns, 0.1)
+
+
+def test_a_program_takes_targets_of_shape_n_1_other_dtypes_and_numpy_patterns():
+    X, y = relu_teacher(12, 2, seed=0)
+    patterns = enumerate_patterns(X)
+    reference = solve(ConvexReLUProgram(X, y, patterns, 0.1), tol=1e-9)
+    variants = [
+        ConvexReLUProgram(X, y[:, None], patterns, 0.1),
+        ConvexReLUProgram(X, y.float(), patterns.numpy(), 0.1),
+        ConvexReLUProgram(X.numpy()[:, ::-1].copy()[:, ::-1], y.numpy(), patterns, 0.1),
+    ]
+    for variant in variants:
+        assert variant.y.shape == (12,)
+        assert variant.y.dtype == X.dtype
+        result = solve(variant, tol=1e-9)
+        assert result.objective == pytest.approx(reference.objective, rel=1e-6)
 
 
 def _dense_blocks(prog):

@@ -114,8 +114,8 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
             raise ConvexProblemError(
                 f"ConvexReLU needs at least 2 samples; got n_samples={X_np.shape[0]}"
             )
-        features = as_features(torch.tensor(X_np), bias=self.bias)
-        target = torch.tensor(y_np, dtype=torch.float64)
+        features = as_features(X_np, bias=self.bias)  # copies: any strides
+        target = as_target(y_np, features)
         gates = self._gates(features.shape[1])
         masks = features @ gates >= 0
         kept = unique_pattern_columns(features, masks)
@@ -251,7 +251,9 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
 
     def _features(self, X: Any) -> torch.Tensor:
         """Validated new data as float64 features, with the bias column when ``bias``."""
-        features = torch.tensor(validate_data(self, X, reset=False, dtype=np.float64))
+        features = torch.from_numpy(
+            np.ascontiguousarray(validate_data(self, X, reset=False, dtype=np.float64))
+        )
         if self.bias:
             ones = torch.ones(features.shape[0], 1, dtype=features.dtype)
             features = torch.cat([features, ones], dim=1)

@@ -23,10 +23,11 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from losslab.convex.operator import PatternOperator
-from losslab.convex.validation import check_lam
+from losslab.convex.validation import as_features, as_target, check_lam
 from losslab.errors import ConvexProblemError
 
 Formulation = Literal["gated", "relu"]
@@ -47,7 +48,13 @@ class DualBound:
 
 @dataclass(frozen=True)
 class ConvexReLUProgram:
-    """One convex program: data, patterns (boolean, (n, P)), ``lam`` and the form."""
+    """One convex program: data, patterns (boolean, (n, P)), ``lam`` and the form.
+
+    ``X`` (n, d) already holds the bias column when there is one; ``X`` and ``y`` are
+    checked as the estimator checks them (:func:`~losslab.convex.validation.as_features`,
+    :func:`~losslab.convex.validation.as_target`: float32 or float64, finite, ``y`` of
+    shape (n,) or (n, 1), cast to ``X``'s dtype and device).
+    """
 
     X: torch.Tensor
     y: torch.Tensor
@@ -58,6 +65,12 @@ class ConvexReLUProgram:
     def __post_init__(self) -> None:
         # a plain float: NumPy 2 keeps np.float32 * float in float32 (NEP 50)
         object.__setattr__(self, "lam", check_lam(self.lam))
+        X = as_features(self.X)
+        object.__setattr__(self, "X", X)
+        object.__setattr__(self, "y", as_target(self.y, X))
+        patterns = torch.as_tensor(np.asarray(self.patterns) if not isinstance(
+            self.patterns, torch.Tensor) else self.patterns)  # fmt: skip
+        object.__setattr__(self, "patterns", patterns.to(device=X.device, dtype=torch.bool))
         if self.formulation not in ("gated", "relu"):
             raise ConvexProblemError(
                 f"formulation must be 'gated' or 'relu'; got {self.formulation!r}"

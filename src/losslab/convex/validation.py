@@ -16,6 +16,7 @@ def as_features(X: Any, *, bias: bool = False, dtype: torch.dtype | None = None)
     otherwise), with a column of ones appended when ``bias``. Rejects empty, NaN and
     constant (all-equal) data."""
     tensor = _as_tensor(X, dtype)
+    _check_place(tensor, "X")
     if tensor.ndim != 2:
         raise ConvexProblemError(f"X must be 2-D (n, d); got shape {tuple(tensor.shape)}")
     if tensor.shape[0] == 0 or tensor.shape[1] == 0:
@@ -55,6 +56,18 @@ def check_lam(lam: float) -> float:
     if not np.isfinite(float(lam)) or lam <= 0:
         raise ConvexProblemError(f"lam must be a finite number > 0; got {lam!r}")
     return float(lam)
+
+
+def _check_place(tensor: torch.Tensor, name: str) -> None:
+    """float32 or float64 (the solvers factor matrices and the certificates need at least
+    float32's range and precision), on a real device."""
+    if tensor.dtype not in (torch.float32, torch.float64):
+        raise ConvexProblemError(
+            f"{name} has dtype {tensor.dtype}: the solvers and certificates need float32 or "
+            f"float64; convert it (e.g. {name}.double())"
+        )
+    if tensor.device.type == "meta":
+        raise ConvexProblemError(f"{name} is on the meta device: it holds no numbers")
 
 
 def _as_tensor(values: Any, dtype: torch.dtype | None) -> torch.Tensor:
