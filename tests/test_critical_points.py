@@ -208,6 +208,15 @@ def test_bad_input_and_stalling() -> None:
         find_critical_point(double_well, torch.zeros(3, 1))
     with pytest.raises(CurvatureError, match="not finite"):
         classify(lambda t: torch.log(t).sum(), torch.tensor([-1.0]))
+    for dtype in (torch.float16, torch.bfloat16):
+        with pytest.raises(CurvatureError, match="float64 for analysis"):
+            find_critical_point(double_well, torch.zeros(3, dtype=dtype))
+    with pytest.raises(CurvatureError, match="meta"):
+        classify(double_well, torch.zeros(3, device="meta"))
+    # a loss of shape (1,) is one number
+    ones = find_critical_point(lambda t: double_well(t).reshape(1), torch.tensor([0.3, 0.2, 0.1]))
+    assert ones.converged
+    assert ones.gradient_norm <= 1e-10
 
     def no_root(theta: torch.Tensor) -> torch.Tensor:
         # gradient x^2 + 1 never vanishes: the search must stop, not claim success

@@ -894,3 +894,8 @@ def test_a_huge_box_keeps_the_tolerances_of_the_maps_range():
         result = find_fixed_points(net, box=tuple(b.double() for b in wide), n_starts=100)
         assert result.count == 3
         assert result.index_consistent is True
+
+
+def test_a_half_precision_map_is_refused():
+    with pytest.raises(FixedPointError, match="float32 or float64"):
+        find_fixed_points(SquareNet(3, 2, seed=0).half())

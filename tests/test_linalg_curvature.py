@@ -479,3 +479,14 @@ def test_trace_and_density_refuse_products_that_are_not_symmetric() -> None:
     with pytest.raises(CurvatureError, match="not symmetric"):
         skewed.density(n_steps=10)
     HessianOperator(model, loss_fn, data).check_symmetric()  # the true Hessian passes
+
+
+def test_models_the_flat_parameter_vector_cannot_hold_are_refused() -> None:
+    model, loss_fn, (X, Y) = small_problem()
+    mixed = nn.Sequential(nn.Linear(4, 6).float(), nn.Tanh(), nn.Linear(6, 3).double())
+    with pytest.raises(CurvatureError, match=r"dtypes \['torch.float32', 'torch.float64'\]"):
+        HessianOperator(mixed, loss_fn, (X, Y))
+    with pytest.raises(CurvatureError, match="float32 or float64"):
+        HessianOperator(small_problem()[0].half(), loss_fn, (X, Y))
+    with pytest.raises(CurvatureError, match="TorchScript"):
+        HessianOperator(torch.jit.script(model), loss_fn, (X, Y))

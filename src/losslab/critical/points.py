@@ -122,8 +122,13 @@ class _FlatLoss:
             self.theta0 = params.detach()
         else:
             raise CurvatureError("params must be a flat tensor or a dict of named tensors")
-        if not self.theta0.is_floating_point():
-            raise CurvatureError("params must be floating point (float64 for analysis)")
+        if self.theta0.dtype not in (torch.float32, torch.float64):
+            raise CurvatureError(
+                f"params have dtype {self.theta0.dtype}: use float64 for analysis (float32 "
+                "works; half precision has no linear solvers)"
+            )
+        if self.theta0.device.type == "meta":
+            raise CurvatureError("params are on the meta device: they hold no numbers")
         if not bool(torch.isfinite(self.theta0).all()):
             raise CurvatureError("params hold NaN or inf")
         self.loss_fn = loss_fn
@@ -138,9 +143,8 @@ class _FlatLoss:
         self._hessian_vector_product = HessianVectorProduct(self)
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
-        if self.layout is None:
-            return self.loss_fn(theta)
-        return self.loss_fn(self.layout.unflatten(theta))
+        value = self.loss_fn(theta if self.layout is None else self.layout.unflatten(theta))
+        return value.reshape(())  # one number, checked at construction: (1,) is fine
 
     def as_given(self, theta: torch.Tensor) -> Params:
         return theta if self.layout is None else self.layout.unflatten(theta.clone())

@@ -1051,6 +1051,11 @@ def find_fixed_points(
     f = net if net is not None else f  # a Sequential's copy computes the same function
     N, low, high, user = _resolve(f, box, starts)
     dtype, device = _infer_dtype_device(f, user, (low, high))
+    if dtype not in (torch.float32, torch.float64) or device.type == "meta":
+        raise FixedPointError(
+            f"the map works in {dtype} on {device.type}: the search needs float32 or float64 "
+            "numbers (half precision has no linear solvers); cast it, e.g. net.double()"
+        )
     generator = torch.Generator().manual_seed(seed)
     # lifted starts draw from a generator of their own, so that they do not shift the others
     lifted_generator = torch.Generator().manual_seed(seed + 1)

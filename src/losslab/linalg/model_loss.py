@@ -135,6 +135,11 @@ class ParameterLayout:
 def parameter_layout(model: nn.Module) -> ParameterLayout:
     """The layout of ``model``'s trainable parameters (``requires_grad``), in
     ``named_parameters()`` order; a model without any is an error."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise CurvatureError(
+            "a TorchScript model cannot be called functionally (torch.func.functional_call): "
+            "pass the module before torch.jit.script"
+        )
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise CurvatureError(
@@ -249,6 +254,17 @@ class ModelLoss:
         self.model = model
         self.loss_fn = loss_fn
         self.layout = parameter_layout(model)
+        dtypes = {p.dtype for p in model.parameters() if p.requires_grad}
+        if len(dtypes) > 1:  # theta is one tensor: one dtype
+            raise CurvatureError(
+                f"the trainable parameters have dtypes {sorted(str(d) for d in dtypes)}: the "
+                "flat parameter vector needs one; cast the model (e.g. model.double())"
+            )
+        if not dtypes <= {torch.float32, torch.float64}:
+            raise CurvatureError(
+                f"the parameters have dtype {dtypes.pop()}: curvature needs float32 or "
+                "float64 (half precision has no eigensolvers); cast the model (model.double())"
+            )
         reference = next(p for p in model.parameters() if p.requires_grad)
         self.batches = [
             tuple(  # floating data follow the parameters' dtype and device
