@@ -133,7 +133,7 @@ class _FlatLoss:
             raise CurvatureError("params hold NaN or inf")
         self.loss_fn = loss_fn
         with torch.no_grad():
-            value = self(self.theta0)
+            value = self._value(self.theta0)
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise CurvatureError(
@@ -142,9 +142,11 @@ class _FlatLoss:
             )
         self._hessian_vector_product = HessianVectorProduct(self)
 
+    def _value(self, theta: torch.Tensor) -> Any:
+        return self.loss_fn(theta if self.layout is None else self.layout.unflatten(theta))
+
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
-        value = self.loss_fn(theta if self.layout is None else self.layout.unflatten(theta))
-        return value.reshape(())  # one number, checked at construction: (1,) is fine
+        return self._value(theta).reshape(())  # one number (checked at construction)
 
     def as_given(self, theta: torch.Tensor) -> Params:
         return theta if self.layout is None else self.layout.unflatten(theta.clone())
