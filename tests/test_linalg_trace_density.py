@@ -196,6 +196,29 @@ def test_curve_is_a_density():
     assert isinstance(density, SpectralDensity)
 
 
+@pytest.mark.parametrize("sigma", [1e-2, 1e-3])
+def test_a_narrow_sigma_gets_a_grid_that_resolves_it(sigma):
+    # 1000 points at spacing 0.1 once held Gaussians of width 1e-3: integral 0.07. The
+    # default grid now spaces points by sigma / 4; its curve integrates to one, and its
+    # peaks are the mixture's own heights (from the nodes and weights, by hand).
+    A = _low_rank_plus_small(150)
+    density = spectral_density(lambda v: A @ v, 150, n_steps=40, sigma=sigma)
+    spacing = float(density.grid[1] - density.grid[0])
+    assert spacing <= sigma / 4 + 1e-15
+    assert float(torch.trapezoid(density.curve, density.grid)) == pytest.approx(1.0, abs=1e-6)
+    nodes, weights = density.nodes.flatten(), density.weights.flatten()
+    gaps = (nodes[:, None] - nodes[None, :]) / sigma
+    at_nodes = (weights[None, :] * torch.exp(-0.5 * gaps**2)).sum(1) / (
+        sigma * math.sqrt(2 * math.pi)
+    )
+    at_nodes = at_nodes / density.nodes.shape[0]  # the mean over probes
+    assert float(density.curve.max()) == pytest.approx(float(at_nodes.max()), rel=0.01)
+    with pytest.raises(CurvatureError, match="more than sigma"):
+        spectral_density(lambda v: A @ v, 150, n_steps=40, sigma=sigma, grid_size=1000)
+    with pytest.raises(CurvatureError, match="too small"):
+        spectral_density(lambda v: A @ v, 150, n_steps=40, sigma=1e-9)
+
+
 def test_invariant_krylov_space_pads_nodes():
     """Three distinct eigenvalues: Lanczos stops after three steps, exactly."""
     eigenvalues = torch.tensor([1.0] * 20 + [2.0] * 20 + [4.0] * 20, dtype=DT)

@@ -293,7 +293,13 @@ class CurvatureOperator:
         )
 
     def density(
-        self, *, n_steps: int = 100, n_vectors: int = 1, sigma: float | None = None, seed: int = 0
+        self,
+        *,
+        n_steps: int = 100,
+        n_vectors: int = 1,
+        sigma: float | None = None,
+        grid_size: int | None = None,
+        seed: int = 0,
     ) -> SpectralDensity:
         """The spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019):
         Ritz nodes and Gauss weights per probe, and a Gaussian-smoothed curve."""
@@ -304,6 +310,7 @@ class CurvatureOperator:
             n_steps=n_steps,
             n_vectors=n_vectors,
             sigma=sigma,
+            grid_size=grid_size,
             seed=seed,
             dtype=self.theta.dtype,
             device=self.theta.device,

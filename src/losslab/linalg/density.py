@@ -24,10 +24,13 @@ net optimization via Hessian eigenvalue density", ICML (Sec. 2-3).
 
 **Defaults.** ``sigma = (theta_max - theta_min) / 100``: one percent of the spread of all
 Ritz nodes (if the nodes coincide, one percent of their magnitude, else ``1``). The grid
-holds ``grid_size`` equispaced points on ``[theta_min - 5 sigma, theta_max + 5 sigma]``, so
-the curve integrates to one up to ``~1e-6`` (Gaussian tails) plus the quadrature error of
-the grid (small while the spacing is well below ``sigma``; with the defaults it is
-``~0.11 sigma``).
+holds ``grid_size`` equispaced points on ``[theta_min - 5 sigma, theta_max + 5 sigma]``, by
+default ``max(1000, 4 (span / sigma) + 1)`` of them (spacing at most ``sigma / 4``: peaks
+within 1% of their height; with the default ``sigma`` it is ``~0.11 sigma``), so the curve
+integrates to one up to ``~1e-6`` (Gaussian tails; the trapezoid rule on a Gaussian is
+exact to ``exp(-2 pi^2 sigma^2 / h^2)`` for spacing ``h``). A grid whose spacing exceeds
+``sigma`` (a small ``sigma`` with an explicit ``grid_size``, or one that would need more
+than ``MAX_GRID_SIZE`` points) undersamples the peaks and is refused.
 
 **Cost.** ``n_vectors * min(n_steps, dim)`` products; memory ``n_steps`` vectors (full
 reorthogonalisation, :func:`~losslab.linalg.lanczos.lanczos_tridiagonal`).
@@ -57,6 +60,10 @@ from losslab.linalg.trace import rademacher
 SIGMA_FRACTION = 0.01
 #: the grid extends this many ``sigma`` beyond the extreme nodes.
 GRID_PAD = 5.0
+#: the default grid has at least this many points, and spacing at most ``sigma / 4``.
+MIN_GRID_SIZE = 1000
+#: the most points of a default grid.
+MAX_GRID_SIZE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,7 @@ def spectral_density(
     n_steps: int = 100,
     n_vectors: int = 1,
     sigma: float | None = None,
-    grid_size: int = 1000,
+    grid_size: int | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
@@ -137,7 +144,8 @@ def spectral_density(
             like ``1 / sqrt(n_vectors dim)``.
         sigma: width of the Gaussian smoothing (> 0); default one percent of the spread of
             the nodes (module doc).
-        grid_size: points of the grid (>= 2).
+        grid_size: points of the grid (>= 2; default: spacing at most ``sigma / 4``, at
+            least 1000 points; module doc). A spacing above ``sigma`` is refused.
         seed: seeds the probes.
         dtype, device: of the Lanczos vectors and the vectors ``matvec`` receives.
 
@@ -148,7 +156,8 @@ def spectral_density(
     dim = check_dim(dim)
     n_steps = min(check_count(n_steps, "n_steps"), dim)
     n_vectors = check_count(n_vectors, "n_vectors")
-    grid_size = check_count(grid_size, "grid_size", minimum=2)
+    if grid_size is not None:
+        grid_size = check_count(grid_size, "grid_size", minimum=2)
     dtype = check_dtype(dtype)
     if sigma is not None and (
         isinstance(sigma, bool) or not isinstance(sigma, int | float) or not 0 < sigma < math.inf
@@ -181,6 +190,21 @@ def spectral_density(
             spread = max(abs(low), abs(high)) or 1.0
         sigma = SIGMA_FRACTION * spread
     sigma = float(sigma)
+    span = high - low + 2 * GRID_PAD * sigma
+    if grid_size is None:
+        grid_size = max(MIN_GRID_SIZE, math.ceil(4 * span / sigma) + 1)
+        if grid_size > MAX_GRID_SIZE:
+            raise CurvatureError(
+                f"sigma = {sigma:.3g} is too small for nodes spread over {high - low:.3g}: a "
+                f"grid resolving it needs {grid_size} points (over {MAX_GRID_SIZE}); choose "
+                f"sigma >= {4 * span / MAX_GRID_SIZE:.3g}, or the nodes and weights alone"
+            )
+    if span / (grid_size - 1) > sigma:
+        raise CurvatureError(
+            f"grid_size = {grid_size} spaces the grid by {span / (grid_size - 1):.3g}, more "
+            f"than sigma = {sigma:.3g}: the curve would miss its peaks. Use grid_size >= "
+            f"{math.ceil(span / sigma) + 1}, or leave it None"
+        )
     grid = torch.linspace(
         low - GRID_PAD * sigma, high + GRID_PAD * sigma, grid_size, dtype=torch.float64
     )
