@@ -95,6 +95,9 @@ def test_small_budgets():
     assert math.isfinite(two.std_error)
     four = hutch_plus_plus_trace(lambda v: A @ v, 40, 4)  # sketch 1, exact 1, probes 2
     assert four.matvecs == 4
+    assert (one.samples, two.samples, four.samples) == (1, 2, 2)
+    assert hutch_plus_plus_trace(lambda v: A @ v, 40, 30).samples == 30 - 2 * 10
+    assert hutch_plus_plus_trace(lambda v: A @ v, 40, 40).samples == 0  # exact
 
 
 def test_trace_validation():

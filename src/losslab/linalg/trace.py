@@ -20,7 +20,12 @@ range exactly, ``tr(Q^T A Q)``; the remaining ``n - 2 s`` run Hutchinson on the 
 The top of the spectrum is taken exactly, so the error is ``O(1/n)`` rather than
 ``O(1/sqrt n)`` for matrices with decaying spectra (Hessians of trained networks). The
 reported standard error is that of the Hutchinson part (the sketch part has no sampling
-variance given ``Q``). With ``n < 3`` there is no sketch and Hutch++ is Hutchinson.
+variance given ``Q``), from its ``n - 2 floor(n/3)`` samples (``samples``). Their quadratic
+forms are skewed (the remainder's spectrum is a tail), so ``value +- 1.96 std_error``
+covers the trace less often than 95%: measured over 400 seeds on a ``1/i`` spectrum, 82%
+at ``n = 10`` (4 samples), 92% at ``n = 30`` and 90% at ``n = 100``; plain Hutchinson's
+covers 95%. Widen it with a t quantile on ``samples - 1`` degrees of freedom, or spend
+more products. With ``n < 3`` there is no sketch and Hutch++ is Hutchinson.
 
 **Exact.** With ``n >= dim`` products, ``tr A = sum_i e_i^T A e_i`` is computed with the
 ``dim`` basis vectors instead (``method="exact"``, ``std_error = 0``).
@@ -56,6 +61,7 @@ class TraceEstimate:
         matvecs: products with ``A`` used.
         method: ``"hutchinson"``, ``"hutch++"`` or ``"exact"``.
         seconds: wall time.
+        samples: the Hutchinson samples behind ``std_error`` (0 when exact).
     """
 
     value: float
@@ -63,6 +69,7 @@ class TraceEstimate:
     matvecs: int
     method: str
     seconds: float
+    samples: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +78,7 @@ class TraceEstimate:
             "matvecs": self.matvecs,
             "method": self.method,
             "seconds": self.seconds,
+            "samples": self.samples,
         }
 
 
@@ -148,7 +156,8 @@ def hutchinson_trace(
         z = rademacher(dim, generator, op.dtype, op.device)
         samples.append(float(z @ op(z)))
     value, error = _mean_and_error(samples)
-    return TraceEstimate(value, error, op.count, "hutchinson", time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return TraceEstimate(value, error, op.count, "hutchinson", elapsed, len(samples))
 
 
 def hutch_plus_plus_trace(
@@ -174,7 +183,8 @@ def hutch_plus_plus_trace(
 
     Returns:
         :class:`TraceEstimate`; ``std_error`` is the standard error of the Hutchinson part
-        (NaN with fewer than two probes there).
+        (NaN with fewer than two probes there; its normal interval covers less than 95%:
+        module doc).
     """
     started = time.perf_counter()
     op, generator, n_matvecs = _setup(matvec, dim, n_matvecs, seed, dtype, device)
@@ -197,6 +207,5 @@ def hutch_plus_plus_trace(
             g = g - Q @ (Q.T @ g)
         samples.append(float(g @ op(g)))
     rest, error = _mean_and_error(samples)
-    return TraceEstimate(
-        exact_part + rest, error, op.count, "hutch++", time.perf_counter() - started
-    )
+    elapsed = time.perf_counter() - started
+    return TraceEstimate(exact_part + rest, error, op.count, "hutch++", elapsed, len(samples))
