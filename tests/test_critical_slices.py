@@ -442,3 +442,34 @@ def test_results_to_dict_hold_no_tensors():
         assert "tensor" not in text
     assert s1.to_dict()["n_points"] == 4
     assert abs(s2.to_dict()["direction_cosine"]) < 1
+
+
+def test_interpolate_refuses_other_activations_and_other_buffers():
+    x, y = _data()
+    tanh, relu = _mlp(seed=0), _mlp(seed=1)
+    relu[1] = nn.ReLU()
+    with pytest.raises(CurvatureError, match="different architectures"):
+        interpolate(tanh, relu, MSE, (x, y))
+
+    # batch norm with other running statistics: t = 1 would not be model_b's loss
+    def normed(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3))
+        model.double().train()
+        with torch.no_grad():
+            model(x + seed)  # running statistics of other data
+        return model.eval()
+
+    model_a, model_b = normed(0), normed(1)
+    with pytest.raises(CurvatureError, match=r"buffers \['1.running_mean', '1.running_var'\]"):
+        interpolate(model_a, model_b, MSE, (x, y))
+    ends = interpolate(
+        model_a, model_b, MSE, (x, y), n_points=2, span=(0.0, 1.0), buffers="model_a"
+    )
+    with torch.no_grad():
+        loss_b, loss_b_with_a_statistics = float(MSE(model_b(x), y)), None
+        model_b.load_state_dict({**model_b.state_dict(), **{
+            k: v for k, v in model_a.state_dict().items() if "running" in k}})  # fmt: skip
+        loss_b_with_a_statistics = float(MSE(model_b(x), y))
+    assert not math.isclose(float(ends.losses[1]), loss_b, rel_tol=1e-6)
+    assert math.isclose(float(ends.losses[1]), loss_b_with_a_statistics, rel_tol=1e-12)

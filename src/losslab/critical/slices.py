@@ -559,6 +559,7 @@ def interpolate(
     n_points: int = 51,
     span: tuple[float, float] = (-0.5, 1.5),
     chunk_size: int = 16,
+    buffers: Literal["same", "model_a"] = "same",
 ) -> Slice1D:
     r"""The loss on the straight line through two models (Goodfellow et al. 2015).
 
@@ -572,12 +573,17 @@ def interpolate(
 
     Parameters are matched by name (``named_parameters()``), so the two models may list
     them in different orders; ``model_b``'s are cast to ``model_a``'s dtype and device.
-    Buffers (batch-norm statistics) are ``model_a``'s for every :math:`t`: with batch
-    norm, :math:`g(1)` is ``model_b``'s loss only if the two share their statistics.
+    The models must be of one architecture (the same module types, in order). Buffers
+    (batch-norm statistics) are ``model_a``'s for every :math:`t`, so with
+    ``buffers="same"`` (default) floating-point buffers that differ are an error:
+    :math:`g(1)` would not be ``model_b``'s loss. ``buffers="model_a"`` accepts them
+    (recompute the statistics along the line yourself for a faithful path).
 
     Raises:
-        CurvatureError: the models' trainable parameters differ in names or shapes (the
-            message lists them), their frozen parameters differ (only trainable ones move),
+        CurvatureError: the models' module types differ, their trainable parameters
+            differ in names or shapes (the message lists them), their frozen parameters or
+            (with ``buffers="same"``) floating-point buffers differ (only trainable
+            parameters move),
             identical parameters (a zero direction), bad
             ``n_points``/``span``, non-finite parameters of ``model_b``, a non-finite
             loss at ``model_a``.
@@ -585,6 +591,8 @@ def interpolate(
     n_points = _check_n_points(n_points)
     low, high = _check_span(span)
     chunk_size = _check_chunk_size(chunk_size)
+    if buffers not in ("same", "model_a"):
+        raise CurvatureError(f"buffers must be 'same' or 'model_a'; got {buffers!r}")
     loss = ModelLoss(model_a, loss_fn, data)
     layout_a, layout_b = loss.layout, parameter_layout(model_b)
     shapes_a = dict(zip(layout_a.names, layout_a.shapes, strict=True))
@@ -606,6 +614,14 @@ def interpolate(
             "model_a and model_b must have the same trainable parameters (names and shapes): "
             + "; ".join(problems)
         )
+    types_a = [type(m).__name__ for m in model_a.modules()]
+    types_b = [type(m).__name__ for m in model_b.modules()]
+    if types_a != types_b:
+        raise CurvatureError(
+            f"model_a and model_b are different architectures: modules {types_a} vs {types_b}"
+        )
+    if buffers == "same":
+        _check_same_buffers(model_a, model_b)
     params_b = dict(model_b.named_parameters())
     frozen_differ = [
         name
@@ -643,6 +659,28 @@ def interpolate(
     return Slice1D(
         alphas=ts, losses=losses, center_loss=center, direction=direction, kind="interpolation"
     )
+
+
+def _check_same_buffers(model_a: nn.Module, model_b: nn.Module) -> None:
+    """Refuse floating-point buffers of ``model_b`` that differ from ``model_a``'s (by
+    name): the interpolation evaluates every ``t`` with ``model_a``'s."""
+    buffers_b = dict(model_b.named_buffers())
+    differ = [
+        name
+        for name, buffer in model_a.named_buffers()
+        if buffer.is_floating_point()
+        and not (
+            name in buffers_b
+            and buffers_b[name].shape == buffer.shape
+            and torch.equal(buffers_b[name].to(buffer), buffer)
+        )
+    ]
+    if differ:
+        raise CurvatureError(
+            f"model_a's buffers {differ} differ from model_b's: every t is evaluated with "
+            "model_a's, so t = 1 would not be model_b. Pass buffers='model_a' to accept "
+            "that (e.g. batch-norm statistics to be recomputed along the line)"
+        )
 
 
 # ----------------------------------------------------------------------------- figures
@@ -691,7 +729,7 @@ def plot_slice_1d(
         if len(labels) != len(slices):
             raise CurvatureError(f"{len(labels)} labels for {len(slices)} slices")
     if ax is None:
-        figure = Figure(figsize=(5, 3.5))
+        figure = Figure(figsize=(5, 3.5), layout="constrained")
         ax = figure.add_subplot(1, 1, 1)
     else:
         figure = _root_figure(ax)
@@ -741,7 +779,7 @@ def plot_slice_2d(
         label = "log10 loss"
     grid_a, grid_b = np.meshgrid(alphas, betas)  # (m, n), as losses
     if kind == "contour":
-        figure = Figure(figsize=(5, 4.5))
+        figure = Figure(figsize=(5, 4.5), layout="constrained")
         ax = figure.add_subplot(1, 1, 1)
         if np.isfinite(z).any() and np.nanmax(z) > np.nanmin(z):
             contours = ax.contour(grid_a, grid_b, np.ma.masked_invalid(z), levels=levels)
@@ -751,7 +789,7 @@ def plot_slice_2d(
         ax.set_xlabel("α (direction 1)")
         ax.set_ylabel("β (direction 2)")
         return figure
-    figure = Figure(figsize=(6, 5))
+    figure = Figure(figsize=(6, 5), layout="constrained")
     ax3: Any = figure.add_subplot(1, 1, 1, projection="3d")
     ax3.plot_surface(grid_a, grid_b, z, cmap="viridis", linewidth=0, antialiased=True)
     ax3.set_xlabel("α")
