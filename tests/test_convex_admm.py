@@ -52,6 +52,18 @@ def test_fit_gram_and_ridge_solve_match_dense_algebra():
                                    rtol=1e-9, atol=1e-9)  # fmt: skip
 
 
+def test_a_rho_lost_in_rounding_is_raised_to_the_floor():
+    # y 1e150 times larger than lam once made rho 1e-152: n rho I vanished in A A^T, and
+    # the solve failed with "check X". The floor 1e-12 max|A A^T| / n always factors.
+    prog = program(lam=0.05)
+    ridge = _RidgeSolver(prog.operator, prog.y, 1e-200)
+    floor = 1e-12 * float(prog.operator.fit_gram.abs().max()) / prog.n
+    assert ridge.rho == pytest.approx(floor)
+    huge = solve(ConvexReLUProgram(prog.X, prog.y * 1e150, prog.patterns, 0.05), max_iter=50)
+    assert huge.objective > 0
+    assert huge.objective < float("inf")
+
+
 @pytest.mark.parametrize("lam", [1e-1, 1e-2, 1e-3])
 def test_admm_alone_reaches_the_clarabel_optimum(lam):
     prog = program(lam=lam)

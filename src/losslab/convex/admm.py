@@ -77,6 +77,8 @@ class _RidgeSolver:
 
     def _factor(self, rho: float) -> torch.Tensor:
         gram = self.operator.fit_gram
+        # below this n rho I is lost in the rounding of A A^T (y far larger than lam does it)
+        rho = max(rho, 1e-12 * float(gram.abs().max()) / self.n)
         for _ in range(8):
             matrix = gram.clone()
             matrix.diagonal().add_(self.n * rho)
@@ -87,8 +89,9 @@ class _RidgeSolver:
                 return factor
             rho *= 10  # n rho I is lost in the rounding of A A^T: a larger rho factors
         raise ConvexProblemError(
-            "n rho I + A A^T does not factor even with rho raised 1e8-fold: check X for "
-            "huge or non-finite values"
+            f"n rho I + A A^T does not factor even with rho raised 1e8-fold (rho = {rho:.3g}, "
+            f"max |A A^T| = {float(gram.abs().max()):.3g}; rho follows lam and the scale of y): "
+            "check X, y and lam for huge, tiny or non-finite values, or rescale them"
         )
 
     def set_rho(self, rho: float) -> None:
