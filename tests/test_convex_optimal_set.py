@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import cvxpy as cp
@@ -241,3 +242,88 @@ def test_copies_of_one_neuron_count_once():
         separate.objective(separate.scales), rel=1e-12
     )
     _assert_member(merged, merged.min_norm(), merged.objective(merged.scales))
+
+
+# The audit's data: 5 integer points, a bias, lam = 0.1. Its optimum (every pattern is
+# sampled) is 4 ReLU neurons, unique (dimension 0), each of them feasible in 2 to 6
+# patterns' cones. The interior-point answer spreads each neuron over those blocks, with
+# directions that agree only to the solve's accuracy (3e-6..8e-6 at tol 1e-10, in the
+# directions the fit does not see), and at the default tol 1e-6 it also holds residue:
+# blocks of norm 1e-6..2e-5 whose dual ratio is 0.9985 or lower.
+_AUDIT_X = np.array([[-2.0, 1.0], [-1.0, -1.0], [-1.0, 1.0], [-1.0, 2.0], [0.0, 1.0]])
+_AUDIT_Y = np.array([1.0, -1.0, 0.0, -1.0, 1.0])
+
+
+def _audit_model(tol: float) -> ConvexReLU:
+    model = ConvexReLU(lam=0.1, n_gates=500, bias=True, tol=tol, check_global=False)
+    return model.fit(_AUDIT_X, _AUDIT_Y)
+
+
+def _clarabel(model: ConvexReLU) -> float:
+    program = model.solution_.program
+    return clarabel_objective(
+        program.X, program.y, program.patterns, program.lam, program.formulation
+    )
+
+
+def test_members_are_optimal_at_the_default_tol():
+    # Each non-zero block used to be an active block with its own direction u_b / ||u_b||:
+    # "dimension 21" with 26 blocks, and members 3-4% above the optimum.
+    model = _audit_model(tol=1e-6)
+    reference = _clarabel(model)
+    optimum = model.optimal_set()
+    assert (optimum.dimension, optimum.active.numel()) == (0, 4)
+    assert optimum.residue.numel() > 0  # the solver's residue is no part of the set
+    rng = np.random.default_rng(5)
+    X_val, y_val = rng.normal(size=(8, 2)), rng.normal(size=8)
+    for kind in ["min_norm", "sparsest", "vertex", "validation"]:
+        member = model.optimal_member(kind, X_val, y_val)
+        assert member.n_neurons_ == 4
+        # optimal to the solve's tol; Clarabel's value is accurate to about 1e-9
+        assert reference * (1 - 1e-8) <= member.objective_ <= reference * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("tol", [1e-10, 1e-6])
+def test_copies_are_merged_to_the_solves_accuracy(tol):
+    # Copies used to be merged only when their directions agreed to 1e-9: "dimension 2",
+    # and a minimum-norm member that split one neuron into three near-duplicates.
+    model = _audit_model(tol=tol)
+    optimum = model.optimal_set()
+    assert (optimum.dimension, optimum.active.numel()) == (0, 4)
+    assert optimum.copies.shape[0] == 8
+    member = model.optimal_member("min_norm")
+    assert member.objective_ == pytest.approx(_clarabel(model), rel=1e-8)
+    net = member.to_torch()
+    weights = torch.cat([net[0].weight, net[0].bias[:, None]], dim=1).detach()
+    units = weights / weights.norm(dim=1, keepdim=True)
+    distances = torch.cdist(units, units) + 2 * torch.eye(units.shape[0], dtype=units.dtype)
+    assert units.shape[0] == 4
+    assert float(distances.min()) > 0.1  # 4 distinct neurons
+    with torch.no_grad():
+        hidden = torch.relu(net[0](torch.as_tensor(_AUDIT_X)))
+    assert int(torch.linalg.matrix_rank(hidden)) == 4  # independent fits: a vertex
+
+
+def test_sparsest_member_has_no_residue_block():
+    # Gated form: the sparsest member used to keep a block of norm 7.5e-7 (solver residue)
+    # next to one neuron that fits alone, at the same objective.
+    X, y = np.array([[-1.0, 0.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 0.0]]), np.array([0, 0, 1, 1.0])
+    model = ConvexReLU(lam=0.05, formulation="gated", n_gates=500, bias=True, tol=1e-10,
+                       check_global=False).fit(X, y)  # fmt: skip
+    member = model.optimal_member("sparsest")
+    assert member.n_neurons_ == 1
+    assert member.objective_ == pytest.approx(_clarabel(model), rel=1e-8)
+    # the solve's own fit (its residue included) is accurate to about sqrt(2 n gap)
+    np.testing.assert_allclose(member.predict(X), model.predict(X), atol=1e-6)
+
+
+def test_a_member_above_the_solutions_objective_is_refused():
+    program, blocks = _doubled_program("gated")
+    optimum = optimal_set(program, blocks, merge_copies=False)
+    solution = program.objective(blocks)
+    assert optimum.max_objective == pytest.approx(solution, rel=1e-8)
+    for scales in (optimum.scales, optimum.min_norm(), optimum.sparsest()):
+        assert optimum.objective(scales) <= optimum.max_objective
+    strict = dataclasses.replace(optimum, max_objective=solution * (1 - 1e-6))
+    with pytest.raises(ConvexProblemError, match="above the solution"):
+        strict.min_norm()
