@@ -89,3 +89,38 @@ def test_claims_and_figures(frame):
     spectra = frame[frame["part"] == "spectra"].iloc[0]["arrays"]
     assert len(spectra["squared_singular_values"]) == 2 * 4 * 16
     assert spectra["prediction_density"].shape == spectra["prediction_grid"].shape
+
+
+def test_an_incomplete_proof_is_reported_and_withholds_the_exactness_claim():
+    import pandas as pd
+
+    rows = [
+        {"part": "heavy", "N": 3, "L": L, "seed": seed, "count": count, "certified": certified,
+         "certified_count": proved, "index_consistent": True}
+        for L, seed, count, certified, proved in [
+            (1, 0, 1, True, 1), (1, 1, 1, True, 1), (2, 0, 3, True, 3), (2, 1, 3, True, 3),
+            (3, 0, 1, True, 1), (3, 1, 3, False, 2),  # budget spent: 2 proved, maybe more
+        ]
+    ]  # fmt: skip
+    claims = {c.statement: c for c in BerlyandSlavin().claims(pd.DataFrame(rows))}
+    exact = next(c for s, c in claims.items() if s.startswith("the search finds exactly"))
+    assert exact.measured.startswith("5 of 5 proved counts equal the search's count; 1 proofs")
+    assert not exact.passed  # every proved count agrees, but one net is not proved
+    rows[-1].update(certified=True, certified_count=3)
+    claims = {c.statement: c for c in BerlyandSlavin().claims(pd.DataFrame(rows))}
+    exact = next(c for s, c in claims.items() if s.startswith("the search finds exactly"))
+    assert exact.passed
+    assert "incomplete" not in exact.measured
+    # Q(3, L) = 1, 3, 2: rises, and falls halfway back to 1 only at the deepest L
+    q = next(c for s, c in claims.items() if s.startswith("Q(N0, L)"))
+    assert "L=1: 1.00, L=2: 3.00, L=3: 2.00" in q.measured
+    assert q.passed
+
+
+def test_figures_are_labelled(frame):
+    _, spectra, restoration, examples = TinyBerlyandSlavin().figures(frame)
+    assert all(ax.get_ylabel() for ax in spectra.axes if ax.axison)
+    assert restoration.axes[0].get_ylabel().endswith("(dB)")
+    assert restoration.legends  # which bar is which net, and the damaged level
+    assert all(ax.get_title() for ax in restoration.axes)
+    assert "SquareNet(64" in examples.get_suptitle()

@@ -4,6 +4,7 @@ import statistics
 from typing import Any
 
 import pytest
+import scipy.stats
 
 from losslab.critical import classification_data, output_hessian_bounds
 from losslab.engine import run_sweep
@@ -79,7 +80,27 @@ def test_claims_and_figures(frame):
         for d in (1, 2)
     ]  # fmt: skip
     assert depth.passed == (medians[1] < medians[0])
+    # dropout: shares and a one-sided Fisher exact test from the points, here
+    counts = {0.0: [0, 0], 0.3: [0, 0]}
+    for _, row in frame.iterrows():
+        for point in row["points"]:
+            if point["strongly_convex"] is not None:
+                counts[row["dropout"]][0] += bool(point["strongly_convex"])
+                counts[row["dropout"]][1] += 1
+    (h0, n0), (h1, n1) = counts[0.0], counts[0.3]
+    p_value = scipy.stats.fisher_exact([[h1, n1 - h1], [h0, n0 - h0]], alternative="greater").pvalue
+    dropout = claims["dropout raises the share of points where the loss is strongly convex"]
+    assert dropout.passed == (h1 / n1 > h0 / n0 and p_value < 0.05)
+    assert f"({h0} of {n0}) without" in dropout.measured
+    assert f"({h1} of {n1}) with dropout" in dropout.measured
     figures = experiment.figures(frame)
     assert len(figures) == 3
     arrays = frame[frame["arrays"].map(lambda a: isinstance(a, dict) and "losses" in a)]
     assert arrays.iloc[0]["arrays"]["losses"].shape == (21, 21)
+
+
+def test_threshold_figure_has_one_panel_per_dataset(frame):
+    figure = TinyMilne().figures(frame)[1]
+    datasets = sorted(frame["data"].unique())
+    assert [ax.get_title().split(" ")[0] for ax in figure.axes] == datasets
+    assert all(ax.get_ylabel() and ax.get_xlabel() for ax in figure.axes)

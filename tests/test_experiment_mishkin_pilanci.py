@@ -81,3 +81,10 @@ def test_magnitude_pruning_never_beats_the_optimum(frame):
     curve = prune["arrays"]["magnitude_objective"]
     assert curve[0] == pytest.approx(prune["objective"], rel=1e-9)  # all neurons kept
     assert (curve >= prune["objective"] * (1 - 1e-12)).all()
+
+
+def test_gap_figure_counts_whole_networks(frame):
+    histogram, curves = TinyMishkinPilanci().figures(frame)[0].axes
+    assert all(float(tick).is_integer() for tick in histogram.get_yticks())
+    assert histogram.get_ylabel()
+    assert curves.get_legend() is not None  # Adam and SGD named, not only coloured

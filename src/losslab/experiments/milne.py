@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from scipy.stats import fisher_exact
 
 from losslab.experiments.protocol import Claim
 
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 
 #: Share of strongly convex points that counts as "almost always".
 ALMOST_ALWAYS = 0.9
+#: A one-sided test at this level decides the dropout claim (fewer points: inconclusive).
+SIGNIFICANCE = 0.05
 
 
 def _checkpoint_steps(total: int, count: int) -> set[int]:
@@ -238,13 +241,31 @@ class Milne:
                "limit proves nothing)" if undecided else ""),
             share >= ALMOST_ALWAYS,
         ))  # fmt: skip
-        by_dropout = decided.groupby("dropout")["strongly_convex"].mean()
-        without, with_ = float(by_dropout.get(0.0, np.nan)), float(by_dropout.drop(0.0).mean())
+        convex = decided["strongly_convex"].astype(bool)
+        dropped = decided["dropout"] > 0
+        hits = [int((convex & dropped).sum()), int((convex & ~dropped).sum())]
+        sizes = [int(dropped.sum()), int((~dropped).sum())]
+        with_, without = (h / n if n else math.nan for h, n in zip(hits, sizes, strict=True))
         direction = "raised" if with_ > without else "lowered" if with_ < without else "kept"
+        # one-sided Fisher exact test: could chance alone give dropout this many?
+        p_value = (
+            float(
+                fisher_exact(
+                    [[hits[0], sizes[0] - hits[0]], [hits[1], sizes[1] - hits[1]]],
+                    alternative="greater",
+                ).pvalue
+            )
+            if all(sizes)
+            else math.nan
+        )
         claims.append(Claim(
             "dropout raises the share of points where the loss is strongly convex",
-            f"dropout {direction} it: {without:.1%} without, {with_:.1%} with dropout",
-            with_ > without,
+            f"dropout {direction} it: {without:.1%} ({hits[1]} of {sizes[1]}) without, "
+            f"{with_:.1%} ({hits[0]} of {sizes[0]}) with dropout; one-sided Fisher exact "
+            f"p = {p_value:.2g} (passes below {SIGNIFICANCE:g}: "
+            + ("significant" if p_value < SIGNIFICANCE else "not significant, inconclusive")
+            + ")",
+            bool(with_ > without and p_value < SIGNIFICANCE),
         ))  # fmt: skip
         return claims
 
@@ -307,20 +328,35 @@ def _convexity_figure(points: pd.DataFrame) -> Figure:
 
 
 def _threshold_figure(points: pd.DataFrame) -> Figure:
-    """The threshold E* and the training error E of the sampled points, by depth."""
-    figure = Figure(figsize=(6, 3.8))
-    axes = figure.subplots()
-    depths = sorted(points["depth"].unique())
-    axes.boxplot([points[points["depth"] == d]["error_threshold"] for d in depths],
-                 positions=depths, widths=0.3)  # fmt: skip
-    for depth in depths:
-        errors = points[points["depth"] == depth]["training_error"]
-        axes.scatter(np.full(len(errors), depth + 0.3), errors, s=6, color="C1", alpha=0.5)
-    axes.set_yscale("log")
-    axes.set_xlabel("depth (hidden layers)")
-    axes.set_ylabel("threshold E* (boxes), training error E (dots)")
-    axes.set_title("Error threshold by depth")
-    figure.tight_layout()
+    """Per dataset (their thresholds differ by orders of magnitude), the threshold E* and
+    the training error E of the sampled points by depth, and the median E* at
+    initialisation (what the claim compares)."""
+    datasets = sorted(points["data"].unique())
+    figure = Figure(figsize=(0.5 + 4.5 * len(datasets), 4.2), layout="constrained")
+    panels = np.atleast_1d(figure.subplots(1, len(datasets)))
+    for axes, data in zip(panels, datasets, strict=True):
+        subset = points[points["data"] == data]
+        depths = sorted(int(d) for d in subset["depth"].unique())
+        axes.boxplot([subset[subset["depth"] == d]["error_threshold"] for d in depths],
+                     positions=depths, widths=0.3, patch_artist=True,
+                     boxprops={"facecolor": "lightsteelblue"},
+                     label="threshold E* along the trajectories (quartiles)")  # fmt: skip
+        start = subset[subset["step"] == 0].groupby("depth")["error_threshold"].median()
+        axes.plot(start.index, start.to_numpy(), "k^--", ms=5, lw=0.8,
+                  label="median E* at initialisation")  # fmt: skip
+        for depth in depths:
+            errors = subset[subset["depth"] == depth]["training_error"]
+            axes.scatter(np.full(len(errors), depth + 0.3), errors, s=6, color="C1", alpha=0.5,
+                         label="training error E" if depth == depths[0] else None)  # fmt: skip
+        axes.set_yscale("log")
+        axes.set_xticks(depths, [str(d) for d in depths])
+        axes.set_xlim(min(depths) - 0.5, max(depths) + 0.6)
+        axes.set_xlabel("depth (hidden layers)")
+        axes.set_ylabel("error E, threshold E* (squared loss)")
+        axes.set_title(f"{data} ({len(subset)} sampled points)", fontsize=9)
+    figure.legend(*panels[0].get_legend_handles_labels(), loc="outside lower center", ncols=3,
+                  fontsize=8)  # fmt: skip
+    figure.suptitle("Error threshold E* by depth (below it every point is strongly convex)")
     return figure
 
 

@@ -363,26 +363,42 @@ def _pairs(before: Any, after: Any) -> str:
 
 
 def _gap_figure(train: pd.DataFrame, optimum: pd.DataFrame) -> Figure:
-    figure = Figure(figsize=(9, 3.5))
+    """Relative gaps of the trained networks: to the certified global optimum at the end
+    (histogram, shared bins) and to the optimum over each network's own activation
+    patterns along training."""
+    from matplotlib.ticker import MaxNLocator, NullFormatter
+
+    names = {"adam": "Adam", "sgd": "SGD"}
+    colors = {name: f"C{i}" for i, name in enumerate(sorted(train["optimizer"].unique()))}
+    figure = Figure(figsize=(10, 3.8), layout="constrained")
     histogram, curves = figure.subplots(1, 2)
     if not optimum.empty:
         bound = float(optimum["lower_bound"].iloc[0])
-        for optimizer, rows in train.groupby("optimizer"):
-            gaps = ((rows["objective"] - bound) / bound).clip(lower=1e-16)
-            histogram.hist(np.log10(gaps), bins=20, alpha=0.6, label=str(optimizer))
-        histogram.set_xlabel("log10 (objective - global optimum) / optimum")
-        histogram.set_ylabel("networks")
-        histogram.set_title("trained nets vs the certified optimum", fontsize=9)
-        histogram.legend()
-    for _, row in train.iterrows():
-        arrays = row["arrays"]
-        color = "C0" if row["optimizer"] == "adam" else "C1"
-        curves.loglog(arrays["steps"], np.clip(arrays["own_gap"], 1e-16, None), ".-", c=color,
-                      alpha=0.6)  # fmt: skip
+        gaps = np.log10(((train["objective"] - bound) / bound).clip(lower=1e-16))
+        bins = np.histogram_bin_edges(gaps, bins=20)
+        for optimizer, rows in gaps.groupby(train["optimizer"]):
+            histogram.hist(rows, bins=bins, alpha=0.6, color=colors[optimizer],
+                           label=names.get(str(optimizer), str(optimizer)))  # fmt: skip
+        histogram.set_xlabel("log10 of (objective - global optimum) / global optimum")
+        histogram.set_ylabel("trained networks")
+        histogram.yaxis.set_major_locator(MaxNLocator(integer=True))
+        histogram.set_title("At the end of training, to the certified optimum", fontsize=9)
+        histogram.legend(fontsize=8)
+    for optimizer, rows in train.groupby("optimizer"):
+        label = names.get(str(optimizer), str(optimizer))
+        for i, arrays in enumerate(rows["arrays"]):
+            curves.loglog(arrays["steps"], np.clip(arrays["own_gap"], 1e-16, None), ".-",
+                          c=colors[optimizer], alpha=0.6, label=None if i else label)  # fmt: skip
+    steps = sorted({int(s) for arrays in train["arrays"] for s in arrays["steps"]})
+    curves.set_xticks(steps, [str(s) for s in steps])
+    curves.xaxis.set_minor_formatter(NullFormatter())
     curves.set_xlabel("training step")
-    curves.set_ylabel("gap to own-pattern optimum")
-    curves.set_title("Adam (blue), SGD (orange)", fontsize=9)
-    figure.tight_layout()
+    curves.set_ylabel("relative gap to own-pattern optimum")
+    curves.set_title("Along training, to the optimum over the net's own patterns", fontsize=9)
+    curves.legend(fontsize=8)
+    widths = ", ".join(str(int(w)) for w in sorted(train["width"].unique()))
+    figure.suptitle(f"Two-layer ReLU networks (width {widths}) trained on the "
+                    f"{train['data'].iloc[0]} data, lam = {train['lam'].iloc[0]:g}")  # fmt: skip
     return figure
 
 

@@ -361,7 +361,7 @@ def restoration_figure(
     n_show: int = 8,
 ) -> Figure:
     """A 3-row grid: clean, corrupted and restored versions of the first ``n_show``
-    images, grey scale on ``[0, 1]``, the per-image PSNR (dB, peak 1) in the titles."""
+    images, grey scale on ``[0, 1]``, the per-image PSNR (dB, peak 1) under each image."""
     clean = _check_images(clean, "clean")
     corrupted = _check_images(corrupted, "corrupted")
     restored = _check_images(restored, "restored")
@@ -371,7 +371,7 @@ def restoration_figure(
     k = max(1, min(n_show, clean.shape[0]))
     p_bad = psnr(clean[:k], corrupted[:k])
     p_good = psnr(clean[:k], restored[:k])
-    figure = Figure(figsize=(1.3 * k, 4.2))
+    figure = Figure(figsize=(1.3 * k, 4.2), layout="constrained")
     axes = figure.subplots(3, k, squeeze=False)
     rows = [("clean", clean, None), ("corrupted", corrupted, p_bad), ("restored", restored, p_good)]
     for r, (label, images, scores) in enumerate(rows):
@@ -381,8 +381,7 @@ def restoration_figure(
             ax.set_xticks([])
             ax.set_yticks([])
             if scores is not None:
-                ax.set_title(f"{float(scores[j]):.1f} dB", fontsize=7)
+                ax.set_xlabel(f"{float(scores[j]):.1f} dB", fontsize=7, labelpad=1)
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
-    figure.tight_layout()
     return figure
