@@ -402,3 +402,33 @@ def test_certify_network_runs_without_autograd():
             own = own_pattern_gap(net, X, y, 0.05)
         assert inside == outside
         assert own.gradient_norm == outside.gradient_norm
+
+
+def test_a_small_network_is_not_stationary_for_being_small():
+    # rho ||theta|| <= tol L passed any network near 0: a fresh 5-neuron net at 1e-3 scale
+    # descends at rate 4.7e-4 (the gradient, no neuron at a kink) and is 94% above the
+    # optimum over its own patterns.
+    X, y = relu_teacher(12, 2, seed=3)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 5), nn.ReLU(), nn.Linear(5, 1, bias=False)).double()
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.mul_(1e-3)
+    certificate = certify_network(net, X, y, 0.01, max_enumerated=1, n_gates=50)
+    assert not certificate.is_stationary
+    # no kinks here: the rate is the gradient's norm (finite differences, by hand)
+    W = torch.cat([net[0].weight, net[0].bias[:, None]], dim=1).detach()
+    alpha = net[2].weight.detach()[0]
+    features = torch.cat([torch.as_tensor(X), torch.ones(12, 1, dtype=torch.float64)], dim=1)
+    target = torch.as_tensor(y)
+
+    def objective(theta: torch.Tensor) -> torch.Tensor:
+        w, a = theta[:15].reshape(5, 3), theta[15:]
+        fit = torch.relu(features @ w.T) @ a
+        return ((fit - target) ** 2).sum() / 24 + 0.005 * (theta**2).sum()
+
+    theta = torch.cat([W.flatten(), alpha])
+    steps = torch.eye(20, dtype=torch.float64) * 1e-7
+    gradient = torch.stack([(objective(theta + e) - objective(theta - e)) / 2e-7 for e in steps])
+    assert certificate.stationarity_residual == pytest.approx(float(gradient.norm()), rel=1e-5)
+    assert "above stationarity_tol" in certificate.message

@@ -196,7 +196,8 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         ``1e-6`` join it (:mod:`losslab.convex.optimal_set`)."""
         check_is_fitted(self, "solution_")
         return optimal_set(self.solution_.program, self.solution_.blocks,
-                           include_uncertain=include_uncertain)  # fmt: skip
+                           include_uncertain=include_uncertain,
+                           dual_objective=self.solution_.dual_objective)  # fmt: skip
 
     def optimal_member(
         self,
@@ -211,19 +212,14 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         cost drawn from ``seed``), or ``"validation"`` (lowest squared error on ``X_val``,
         ``y_val``).
 
-        The member is taken from the set with the possibly equicorrelated zero blocks; if
-        its objective exceeds ``objective_`` by more than ``max(1e-9 |objective_|, gap)``
-        (such a block was not quite optimal), from the set without them."""
+        Every member is checked to be within the solve's certified duality gap of the
+        optimum (:attr:`OptimalSet.max_objective`; :class:`ConvexProblemError` otherwise:
+        solve to a smaller ``tol``)."""
         check_is_fitted(self, "solution_")
-        allowed = self.objective_ + max(1e-9 * abs(self.objective_), self.solution_.duality_gap)
-        for include_uncertain in (True, False):
-            optimum = self.optimal_set(include_uncertain=include_uncertain)
-            blocks = optimum.blocks(self._member_scales(optimum, kind, X_val, y_val, seed))
-            if not optimum.uncertain.numel() or not include_uncertain:
-                break
-            if self.solution_.program.objective(blocks) <= allowed:
-                break
-        return self._with_blocks(blocks)
+        optimum = self.optimal_set()
+        return self._with_blocks(
+            optimum.blocks(self._member_scales(optimum, kind, X_val, y_val, seed))
+        )
 
     def _member_scales(
         self, optimum: OptimalSet, kind: str, X_val: Any, y_val: Any, seed: int

@@ -290,8 +290,18 @@ def optimal_set(
     uncertain_tol: float = 1e-6,
     include_uncertain: bool = True,
     merge_copies: bool = True,
+    dual_objective: float | None = None,
 ) -> OptimalSet:
     """Describe the optimal set of ``program`` from a solution ``blocks`` (B, d).
+
+    ``dual_objective`` is the solve's certified dual objective (``SolveResult
+    .dual_objective``; the estimator passes it): the gap is measured against the larger of
+    it and the dual bound at ``blocks``' own residual, which in the ReLU form can be far
+    looser (1e-3 relative where the solve certified 2e-8): members are held to the
+    certified gap. The residual's own gap still sets the accuracy of the dual ratios and
+    directions read from it (step 1); when the polished candidates miss the limit, every
+    non-zero block of ``blocks`` is a candidate with its own direction (``blocks`` is then
+    a member, so the polish meets it).
 
     ``rank_tol`` is the relative singular-value cut-off that decides ``rank F``;
     ``uncertain_tol`` the distance to 1 of a zero block's dual ratio that lists it as
@@ -306,9 +316,12 @@ def optimal_set(
     if blocks.shape != program.zeros().shape:
         raise ConvexProblemError(f"blocks must have shape {tuple(program.zeros().shape)}")
     objective = program.objective(blocks)
-    gap = max(objective - program.dual_bound(blocks).objective, 0.0)
+    own_dual = program.dual_bound(blocks).objective  # at the residual, whose ratios we read
+    gap = max(objective - max(own_dual, -math.inf if dual_objective is None else dual_objective),
+              0.0)  # fmt: skip
     limit = objective + max(gap, MEMBER_RTOL * abs(objective))
-    accuracy = math.sqrt(gap / max(abs(objective), 1e-300))
+    # the accuracy of the residual's dual ratios, and so of the directions read from them
+    accuracy = math.sqrt(max(objective - own_dual, 0.0) / max(abs(objective), 1e-300))
     # 1. candidates: the blocks whose dual constraint is tight (the others are residue)
     dual = (program.y - program.operator.fit(blocks)) / program.n
     norms = blocks.norm(dim=1)
@@ -332,6 +345,11 @@ def optimal_set(
     best = min(polish(from_dual, merge), polish(from_solution, merge), key=lambda o: o[-1])
     if merge and not best[-1] <= limit:
         best = polish(from_solution, False)  # one direction per copies cost too much: apart
+    if not best[-1] <= limit:
+        # the residual's ratios misread a block needed at the solve's accuracy as residue:
+        # every non-zero block with its own direction (U is a point of this lasso: P_R <= P(U))
+        every = torch.unique(torch.cat([candidates, torch.nonzero(nonzero).flatten()]))
+        best = _polished(program, from_solution, every, norms, False, copy_tol)
     unit, candidates, fits, copies, scales, polished = best
     if not polished <= limit:
         raise ConvexProblemError(
