@@ -369,7 +369,7 @@ def _exact_counts(counts: pd.DataFrame) -> pd.Series:
 def _count_figure(counts: pd.DataFrame) -> Figure:
     """Mean number of fixed points over depth (Gaussian nets per N; Cauchy nets at N0)
     and over width (Cauchy nets at L0)."""
-    figure = Figure(figsize=(10, 3.5))
+    figure = Figure(figsize=(10, 3.8), layout="constrained")
     by_L, by_N = figure.subplots(1, 2)
     gaussian = counts[counts["part"] == "gaussian"]
     for N in sorted({int(v) for v in gaussian["N"]}):
@@ -393,10 +393,12 @@ def _count_figure(counts: pd.DataFrame) -> Figure:
     if not slice_N.empty:
         by_N.plot(slice_N.index, slice_N.values, "o-", color="C3")
         by_N.set_xticks([int(v) for v in slice_N.index], [str(int(v)) for v in slice_N.index])
-    by_N.set_xlabel(f"width N (Cauchy, L = {L0})")
-    by_N.set_ylabel(f"Q(N, {L0})")
-    figure.suptitle("Number of fixed points (mean over seeds)")
-    figure.tight_layout()
+    by_N.set_xlabel(f"width N (Cauchy, scale {CAUCHY_SCALE:g}, L = {L0})")
+    by_N.set_ylabel(f"mean number of fixed points Q(N, {L0})")
+    by_L.set_title("over depth")
+    by_N.set_title("over width")
+    figure.suptitle("Number of fixed points of untrained sigmoid nets (mean over seeds; "
+                    "proved counts where the proof completed)")  # fmt: skip
     return figure
 
 

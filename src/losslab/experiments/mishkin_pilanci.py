@@ -423,32 +423,42 @@ def _pruning_figure(prune: pd.DataFrame) -> Figure:
 
 
 def _optimal_set_figure(optimal: pd.DataFrame) -> Figure:
-    figure = Figure(figsize=(6, 3.5))
+    """Test accuracy of the members of each optimal set (one column per problem)."""
+    figure = Figure(figsize=(max(6.0, 0.7 * len(optimal) + 2), 3.8), layout="constrained")
     axes = figure.subplots()
+    labels = []
     for i, (_, row) in enumerate(optimal.iterrows()):
         accuracy = row["test_accuracy"]
-        axes.plot([i] * len(accuracy), list(accuracy.values()), "o", alpha=0.5)
-    axes.set_xlabel("problem (seed, lam)")
+        axes.plot(
+            [i] * len(accuracy),
+            list(accuracy.values()),
+            "o",
+            color="C0",
+            alpha=0.6,
+            label="a member (min-norm, sparsest, vertex, validation)" if i == 0 else None,
+        )
+        labels.append(f"{row.get('data', '')}\nseed {row['seed']}\nlam {row['lam']:g}")
+    axes.set_xticks(range(len(labels)), labels, fontsize=7)
     axes.set_ylabel("test accuracy")
-    axes.set_title("Networks in one optimal set (same objective)")
-    figure.tight_layout()
+    axes.set_title("Equally optimal networks (one optimal set per column): test accuracy")
+    axes.legend(fontsize=7)
     return figure
 
 
 def _path_figure(path: pd.DataFrame) -> Figure:
-    figure = Figure(figsize=(10, 3.2))
+    figure = Figure(figsize=(10, 3.4), layout="constrained")
     objective, neurons, fit = figure.subplots(1, 3)
     for _, row in path.iterrows():
         arrays = row["arrays"]
         objective.loglog(arrays["lam"], arrays["objective"], ".-", label=row["data"])
         neurons.semilogx(arrays["lam"], arrays["neurons"], ".-")
         fit.semilogx(arrays["lam"], arrays["fit_norm"], ".-")
-    for axes, label in ((objective, "optimal objective"), (neurons, "neurons"),
-                        (fit, "||fit||")):  # fmt: skip
-        axes.set_xlabel("lam")
+    for axes, label in ((objective, "optimal objective"), (neurons, "neurons of the optimum"),
+                        (fit, "||fit|| on the training data")):  # fmt: skip
+        axes.set_xlabel("lam (weight decay)")
         axes.set_ylabel(label)
-    objective.legend()
-    figure.tight_layout()
+    objective.legend(title="data")
+    figure.suptitle("Regularization path of the convex program (certified optimum per lam)")
     return figure
 
 
