@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -193,6 +195,88 @@ def test_results_of_a_missing_store(capsys, tmp_path):
     assert code == 1
     assert "no results store" in err
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_report_of_a_missing_store_creates_no_folder(capsys, tmp_path):
+    code, _, err = run(capsys, "report", "--store", tmp_path / "none.sqlite", "--out",
+                       tmp_path / "site")  # fmt: skip
+    assert code == 1
+    assert "no results store" in err
+    assert not (tmp_path / "site").exists()
+
+
+@pytest.mark.parametrize("command", ["results", "report", "reproduce"])
+def test_a_folder_as_store_says_so(capsys, tmp_path, command):
+    extra = {"results": [], "report": ["--out", tmp_path / "site"]}.get(
+        command, [sample_spec("CLEAN"), "--workers", "0", "--out", tmp_path / "site"]
+    )
+    code, _, err = run(capsys, command, *extra, "--store", tmp_path)
+    assert code == 1
+    assert "is a folder; give the path of a .sqlite file" in err
+    assert err.count("\n") == 1
+
+
+def test_results_and_report_refuse_a_store_of_another_layout_without_changing_it(capsys, tmp_path):
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as db:  # an older layout: no meta table, cells lack columns
+        db.execute("CREATE TABLE cells (key, experiment, version, config, status)")
+        db.execute("INSERT INTO cells VALUES ('a', 'exp', 1, '{}', 'done')")
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE t (x)")
+    old_bytes = old.read_bytes()
+    for path in (old, foreign):
+        before = path.read_bytes()
+        for command in (["results"], ["report", "--out", tmp_path / "site"]):
+            code, _, err = run(capsys, *command, "--store", path)
+            assert code == 1
+            assert "is not a losslab results store" in err
+            assert "internal error" not in err
+            assert path.read_bytes() == before
+    code, _, err = run(capsys, "reproduce", sample_spec("CLEAN"), "--store", old, "--workers", "0",
+                       "--no-report", "--no-progress")  # fmt: skip
+    assert (code, "is not a losslab results store" in err) == (1, True)
+    assert old.read_bytes() == old_bytes
+
+
+def test_a_second_reproduce_into_a_store_in_use_stops_with_one_line(capsys, tmp_path):
+    store = tmp_path / "r.sqlite"
+    with ResultStore(store) as other, other.sweep_lock():  # another sweep is running
+        code, _, err = run(capsys, "reproduce", sample_spec("CLEAN"), "--store", store,
+                           "--workers", "0", "--no-report", "--no-progress")  # fmt: skip
+    assert code == 1
+    assert err.startswith("error: another sweep is running into the results store")
+    with ResultStore(store) as results:
+        assert results.records() == []
+
+
+def test_ctrl_c_says_how_to_go_on(capsys, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("losslab.engine.run_sweep", interrupted)
+    code, _, err = run(capsys, "reproduce", sample_spec("CLEAN"), "--store", tmp_path / "r.sqlite")
+    assert code == 130
+    assert "interrupted: finished cells are stored; run the same command to go on" in err
+
+
+def test_reproduce_and_report_use_the_cells_of_one_preset(capsys, tmp_path):
+    store, spec = tmp_path / "r.sqlite", sample_spec("CLEAN")
+    for preset in ("quick", "full", "quick"):
+        code, out, _ = run(capsys, "reproduce", spec, "--preset", preset, "--store", store,
+                           "--out", tmp_path / preset, "--workers", "0",
+                           "--no-progress")  # fmt: skip
+        assert code == 0
+    assert "claims (cells of the quick grid)" in out
+    assert "max error 0 over 6 cells" in (tmp_path / "quick" / "index.html").read_text()
+    code, out, _ = run(capsys, "report", "--store", store, "--out", tmp_path / "every")
+    assert code == 0
+    assert "claims (every stored cell)" in out
+    assert "max error 0 over 10 cells" in (tmp_path / "every" / "index.html").read_text()
+    code, out, _ = run(capsys, "report", "--store", store, "--out", tmp_path / "q",
+                       "--preset", "quick")  # fmt: skip
+    assert (code, "claims (cells of the quick grid)" in out) == (0, True)
+    assert "max error 0 over 6 cells" in (tmp_path / "q" / "index.html").read_text()
 
 
 def test_unknown_experiment(capsys, tmp_path):

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import dask
 import pytest
+import torch
 
-from losslab.engine import cell_key, plan_cells, run_sweep
-from losslab.errors import EngineError, ExperimentError
+from losslab.engine import cell_key, plan_cells, run_cell, run_sweep
+from losslab.engine.cell import dask_setup
+from losslab.engine.sweep import WORKER_PRELOAD
+from losslab.errors import EngineError, ExperimentError, StoreError
 from losslab.store import ResultStore
 from tests.conftest import sample_spec
 
@@ -249,3 +252,98 @@ def test_an_unguarded_script_gets_a_clear_error_not_a_dask_traceback(sample, tmp
     assert done.returncode != 0
     assert "EngineError: could not start 2 local Dask worker processes" in done.stderr
     assert 'if __name__ == "__main__":' in done.stderr
+
+
+class _Threads:
+    """Records the torch threads its cells run on, and a sum whose rounding depends on
+    how a multi-threaded reduction splits it."""
+
+    name, paper, version = "threads", "t", 1
+
+    def grid(self, preset):
+        return [{"seed": 0}]
+
+    def run(self, cell):
+        values = torch.linspace(0, 1, 2_000_003, dtype=torch.float32) ** 2
+        return {"threads": torch.get_num_threads(), "sum": float(values.sum())}
+
+    def figures(self, frame):
+        return []
+
+    def claims(self, frame):
+        return []
+
+
+def test_a_cell_runs_on_one_torch_thread_in_the_driver_as_on_a_worker(tmp_path):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # the driver's threads, as with --workers 0
+    try:
+        in_driver = run_cell(_Threads(), {"seed": 0}, "k")
+        assert torch.get_num_threads() == 2  # restored
+        run_sweep(_Threads(), store=tmp_path / "r.sqlite", workers=0, progress=False)
+        torch.set_num_threads(1)  # a Dask worker's (threads_per_worker=1)
+        on_worker = run_cell(_Threads(), {"seed": 0}, "k")
+    finally:
+        torch.set_num_threads(previous)
+    assert in_driver.metrics == on_worker.metrics
+    assert in_driver.metrics["threads"] == 1
+    with ResultStore(tmp_path / "r.sqlite") as results:
+        assert results.records()[0].metrics == on_worker.metrics
+
+
+def test_local_workers_ignore_ctrl_c_so_only_the_driver_handles_it():
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        dask_setup(None)  # the preload hook of local workers
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert dask_setup.__module__ == WORKER_PRELOAD
+
+
+@pytest.mark.slow
+def test_a_second_sweep_into_the_same_store_stops_at_once(sample, tmp_path):
+    store, log = tmp_path / "r.sqlite", tmp_path / "runs.log"
+    env = {**os.environ, "LOSSLAB_TEST_LOG": str(log)}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "losslab", "reproduce", sample_spec("SLOW"), "--store", store,
+         "--workers", "0", "--no-report", "--no-progress"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while _count_done(store) < 1 and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None
+        os.environ["LOSSLAB_TEST_LOG"] = str(log)
+        try:
+            with pytest.raises(StoreError, match="another sweep is running"):
+                run_sweep(sample("SLOW").experiment, store=store, workers=0, progress=False)
+        finally:
+            del os.environ["LOSSLAB_TEST_LOG"]
+        assert first.wait(timeout=120) == 0
+    finally:
+        first.kill()
+    runs = log.read_text().split()
+    assert sorted(map(int, runs)) == list(range(16))  # every cell ran once, by the first
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_workers_prints_how_to_go_on_and_no_worker_tracebacks(sample, tmp_path):
+    store, log = tmp_path / "r.sqlite", tmp_path / "runs.log"
+    env = {**os.environ, "LOSSLAB_TEST_LOG": str(log)}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "losslab", "reproduce", sample_spec("SLOW"), "--store", store,
+         "--workers", "2", "--no-report", "--no-progress"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while _count_done(store) < 2 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert driver.poll() is None
+    os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130
+    assert "interrupted: finished cells are stored; run the same command to go on" in err
+    assert "KeyboardInterrupt" not in err

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 
-from losslab.engine import run_sweep
+from losslab.engine import cell_key, run_cell, run_sweep
 from losslab.report import write_report
 from losslab.store import CellRecord, ResultStore
 
@@ -36,7 +36,9 @@ def test_report_shows_claims_figures_counts_and_failures(sample, tmp_path):
     (section,) = report.sections
     assert (section.done, section.failed) == (5, 1)
     assert [c.passed for c in section.claims] == [True, False]
-    assert section.failures == ["ValueError: cell 3 fails on purpose"]
+    # which cell failed (config, key as `losslab results` shows it), and why
+    key = cell_key("squares", 1, {"x": 3})[:10]
+    assert section.failures == [f'{{"x": 3}} (key {key}): ValueError: cell 3 fails on purpose']
     page = _parse(report.index)
     text = " ".join(page.text)
     assert "square equals x*x" in text
@@ -98,3 +100,42 @@ def test_empty_store_gives_an_empty_report(tmp_path):
         report = write_report(store, tmp_path / "site")
     assert report.sections == []
     assert "holds no experiments" in report.index.read_text()
+
+
+def test_the_report_covers_the_cells_of_the_preset_it_is_given(sample, tmp_path):
+    # quick, then full, then quick again: the quick report must not count the full cells
+    loaded = sample("CLEAN")
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        for preset in ("quick", "full", "quick"):
+            run_sweep(
+                loaded.experiment, preset=preset, store=store, workers=0, progress=False,
+                source=loaded.source,
+            )  # fmt: skip
+        (quick,) = write_report(store, tmp_path / "q", preset="quick").sections
+        (every,) = write_report(store, tmp_path / "all").sections
+    assert (quick.preset, quick.grid_cells, quick.done) == ("quick", 6, 6)
+    assert quick.claims[0].measured == "max error 0 over 6 cells"
+    page = (tmp_path / "q" / "index.html").read_text()
+    assert "the 6 cells of the quick grid (6 of them stored)" in page
+    assert (every.preset, every.done) == (None, 10)
+    assert every.claims[0].measured == "max error 0 over 10 cells"
+    assert "every stored cell of version 1, whatever preset ran it (10)" in " ".join(
+        _parse(tmp_path / "all" / "index.html").text
+    )
+
+
+def test_claims_see_the_rows_in_the_same_order_however_the_cells_finished(sample, tmp_path):
+    experiment = sample("CLEAN").experiment
+    seen = []
+
+    class FirstRow(type(experiment)):
+        def claims(self, frame):
+            seen.append(list(frame["x"]))
+            return []
+
+    for name, finish_order in (("a", range(6)), ("b", reversed(range(6)))):
+        with ResultStore(tmp_path / f"{name}.sqlite") as store:
+            for x in finish_order:
+                store.put(run_cell(experiment, {"x": x}, cell_key("clean-squares", 1, {"x": x})))
+            write_report(store, tmp_path / name, experiments={"clean-squares": FirstRow()})
+    assert seen[0] == seen[1]

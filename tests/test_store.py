@@ -126,3 +126,104 @@ def test_torch_arrays_are_stored(tmp_path):
     with ResultStore(tmp_path / "r.sqlite") as store:
         store.put(rec)
         np.testing.assert_array_equal(store.records()[0].arrays["t"], np.eye(2))
+
+
+def test_a_failed_cell_never_replaces_a_done_one(tmp_path):
+    # Two sweeps over one store: the later one's failure must not overwrite a result.
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.put(record("a", 1, loss=1.0))
+        store.put(record("a", 1, status="failed"))
+        (row,) = store.records()
+        assert (row.status, row.metrics) == ("done", {"loss": 1.0})
+        store.put(record("b", 2, status="failed"))
+        store.put(CellRecord(**{**record("b", 2, status="failed").to_dict(), "error": "again"}))
+        assert store.records(status="failed")[0].error == "again"  # failed replaces failed
+
+
+def test_rows_are_in_key_order_whatever_order_the_cells_finished_in(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.put(record("b", 1, loss=0.1))  # finished first
+        store.put(record("a", 2, loss=0.2))
+        assert [r.key for r in store.records()] == ["a", "b"]
+        assert list(store.frame("exp")["key"]) == ["a", "b"]
+
+
+def test_one_sweep_at_a_time_holds_the_store(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with ResultStore(path) as first, ResultStore(path) as second:
+        with (
+            first.sweep_lock(),
+            pytest.raises(StoreError, match="another sweep is running into the results"),
+            second.sweep_lock(),
+        ):
+            pass
+        with second.sweep_lock():  # released when the first sweep ends
+            pass
+
+
+def _old_layout_store(path) -> None:
+    """A store as an older losslab wrote it: no meta table, cells without ``host``."""
+    with sqlite3.connect(path) as db:
+        columns = ", ".join(c for c in record("a", 1).to_dict() if c != "host")
+        db.execute(f"CREATE TABLE cells ({columns})")
+        db.execute("INSERT INTO cells (key, status) VALUES ('a', 'done')")
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_store_of_an_older_layout_is_refused_and_left_unchanged(tmp_path, read_only):
+    path = tmp_path / "old.sqlite"
+    _old_layout_store(path)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="is not a losslab results store"):
+        ResultStore(path, read_only=read_only)
+    assert path.read_bytes() == before
+
+
+def test_a_store_whose_cells_lack_a_column_is_refused(tmp_path):
+    path = tmp_path / "r.sqlite"
+    ResultStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE cells DROP COLUMN host")
+    with pytest.raises(StoreError, match=r"does not have losslab's layout \(table cells"):
+        ResultStore(path)  # before any cell runs, not in put() after it
+
+
+def test_a_schema_that_is_not_a_number_is_a_store_error(tmp_path):
+    path = tmp_path / "r.sqlite"
+    ResultStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '1.1' WHERE key = 'schema'")
+    with pytest.raises(StoreError, match=r"has schema 1\.1, this losslab reads 1"):
+        ResultStore(path, read_only=True)
+
+
+def test_reading_another_programs_database_neither_works_nor_changes_it(tmp_path):
+    path = tmp_path / "other.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (x)")
+    for read_only in (True, False):
+        with pytest.raises(StoreError, match="is not a losslab results store"):
+            ResultStore(path, read_only=read_only)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("t",)]
+
+
+def test_a_read_only_store_reads_and_cannot_write(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with ResultStore(path) as store:
+        store.put(record("a", 1, loss=0.5))
+    with ResultStore(path, read_only=True) as store:
+        assert list(store.frame("exp")["loss"]) == [0.5]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            store.put(record("b", 2))
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    with pytest.raises(StoreError, match="is not a losslab results store"):
+        ResultStore(empty, read_only=True)
+    assert empty.read_bytes() == b""
+
+
+def test_a_folder_is_not_a_store(tmp_path):
+    for read_only in (False, True):
+        with pytest.raises(StoreError, match=r"is a folder; give the path of a \.sqlite file"):
+            ResultStore(tmp_path, read_only=read_only)

@@ -1025,7 +1025,8 @@ def reproduce(
         console.print(table)
         broken = 0
         if report:
-            broken = _write_report(results, out, {i.experiment.name: i.experiment for i in loaded})
+            given = {i.experiment.name: i.experiment for i in loaded}
+            broken = _write_report(results, out, given, preset.value)
     n_failed = sum(s.failed + s.failed_before for s in summaries)
     if n_failed:
         before = sum(s.failed_before for s in summaries)
@@ -1049,7 +1050,7 @@ def results(
     _check_writable(csv, "--csv")
     from losslab.store import ResultStore
 
-    with ResultStore(store, create=False) as results:
+    with ResultStore(store, read_only=True) as results:
         frame = results.frame(experiment, status=status.value if status else None)
     console = _out()
     if frame.empty:
@@ -1097,13 +1098,17 @@ def _cell_text(column: str, value: Any) -> str:
 def report(
     store: StoreOption = DEFAULT_STORE,
     out: Annotated[Path, typer.Option(help="Folder of the HTML report.")] = DEFAULT_OUT,
+    preset: Annotated[
+        Preset | None,
+        typer.Option(help="Only the cells of this preset's grid (default: every stored cell)."),
+    ] = None,
 ) -> None:
     """Write the static HTML report of every experiment in the store."""
     from losslab.store import ResultStore
 
-    _check_folder(out, "--out")
-    with ResultStore(store, create=False) as results:
-        if _write_report(results, out, None):
+    with ResultStore(store, read_only=True) as results:
+        _check_folder(out, "--out")
+        if _write_report(results, out, None, preset.value if preset else None):
             raise typer.Exit(1)
 
 
@@ -1119,15 +1124,19 @@ def _check_folder(path: Path, option: str) -> None:
         raise LosslabError(f"{option} {str(path)!r} is not writable")
 
 
-def _write_report(results: Any, out: Path, experiments: dict[str, Any] | None) -> int:
-    """Write the report and print its claims table; returns the number of experiments
-    whose figures or claims could not be made (listed under Problems in the report)."""
+def _write_report(
+    results: Any, out: Path, experiments: dict[str, Any] | None, preset: str | None
+) -> int:
+    """Write the report (over ``preset``'s cells, or every stored cell) and print its
+    claims table; returns the number of experiments whose figures or claims could not be
+    made (listed under Problems in the report)."""
     from losslab.report import write_report
 
-    written = write_report(results, out, experiments=experiments)
+    written = write_report(results, out, experiments=experiments, preset=preset)
     console = _out()
     if written.sections:
-        table = Table(title="claims")
+        cells = f"cells of the {preset} grid" if preset else "every stored cell"
+        table = Table(title=f"claims ({cells})")
         for column in ("experiment", "cells done", "failed", "claims passed"):
             table.add_column(column)
         for s in written.sections:
@@ -1147,6 +1156,10 @@ def _write_report(results: Any, out: Path, experiments: dict[str, Any] | None) -
     return len(broken)
 
 
+#: What Ctrl-C prints (exit status 130).
+INTERRUPTED = "interrupted: finished cells are stored; run the same command to go on"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``losslab`` command."""
     args = sys.argv[1:] if argv is None else argv
@@ -1154,13 +1167,18 @@ def main(argv: list[str] | None = None) -> None:
     err = Console(stderr=True)
     try:
         app(args=args, prog_name="losslab")
+    except SystemExit as exit_:
+        # Typer turns Ctrl-C (KeyboardInterrupt) into exit status 130 before it gets here.
+        if exit_.code == 130:
+            err.print(INTERRUPTED)
+        raise
     except LosslabError as error:
         if debug:
             raise
         err.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        err.print("interrupted: finished cells are stored; run the same command to go on")
+        err.print(INTERRUPTED)
         sys.exit(130)
     except Exception as error:
         if debug:

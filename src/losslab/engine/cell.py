@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 import traceback
 from datetime import UTC, datetime
@@ -9,6 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 import cloudpickle
+import torch
 
 from losslab.engine.environment import host_name, package_versions
 from losslab.experiments.protocol import Experiment
@@ -26,6 +29,17 @@ def _unpickle(payload: bytes) -> Experiment:
     return experiment
 
 
+def dask_setup(worker: object) -> None:
+    """Dask preload hook of local worker processes: ignore Ctrl-C.
+
+    Ctrl-C in a terminal interrupts the whole process group; the driver alone handles it
+    (it stops the cluster and says how to go on) instead of each worker printing a
+    traceback.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_pickled_cell(payload: bytes, cell: dict[str, Any], key: str) -> CellRecord:
     """Dask task: :func:`run_cell` on an experiment sent as cloudpickle bytes."""
     return run_cell(_unpickle(payload), cell, key)
@@ -36,11 +50,17 @@ def run_cell(experiment: Experiment, cell: dict[str, Any], key: str) -> CellReco
 
     A cell whose ``run`` raises, or returns something that is not a dict of JSON values
     (plus ``"arrays"``: name -> array), becomes a ``failed`` record holding the traceback.
+
+    torch runs the cell on one thread, as on a Dask worker, so that a cell gives the same
+    numbers bit for bit in the driver (``workers=0``) and on a worker; the driver's
+    thread count is restored afterwards.
     """
     started_at, start = _now(), time.perf_counter()
     metrics: dict[str, Any] = {}
     arrays: dict[str, Any] = {}
     error = None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         result = experiment.run(dict(cell))
         if not isinstance(result, dict):
@@ -52,6 +72,8 @@ def run_cell(experiment: Experiment, cell: dict[str, Any], key: str) -> CellReco
     except Exception:
         error = traceback.format_exc()
         metrics, arrays = {}, {}
+    finally:
+        torch.set_num_threads(threads)
     return CellRecord(
         key=key,
         experiment=experiment.name,

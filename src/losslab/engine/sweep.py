@@ -1,6 +1,7 @@
 """Running an experiment's grid: skip what is stored, run the rest, store as they finish.
 
-The driver (this process) is the only writer of the store. Each finished cell is
+The driver (this process) is the only writer of the store, and one sweep at a time
+runs into a store file (a second one stops at once). Each finished cell is
 committed in its own transaction the moment its result arrives, so killing the driver
 at any point loses at most the cells that were running; the next sweep over the same
 store runs exactly the cells that are missing.
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
 #: Environment of local Dask worker processes: one thread each, so that N workers on
 #: N cores do not each start N BLAS / OpenMP threads.
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+#: Dask preload module of local workers: its ``dask_setup`` makes them ignore Ctrl-C.
+WORKER_PRELOAD = "losslab.engine.cell"
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,10 @@ def run_sweep(
     Returns:
         A :class:`SweepSummary`. Failed cells are stored with their traceback and do
         not stop the sweep.
+
+    Raises:
+        StoreError: another sweep is running into the same store file (see
+            :meth:`~losslab.store.ResultStore.sweep_lock`).
     """
     check_experiment(experiment)
     if workers is not None and workers < 0:
@@ -130,33 +138,35 @@ def run_sweep(
     owned = not isinstance(store, ResultStore)
     results = ResultStore(store) if not isinstance(store, ResultStore) else store
     try:
-        results.record_experiment(
-            ExperimentRecord(experiment.name, experiment.version, experiment.paper, source or "")
-        )
-        stored = results.statuses([p.key for p in planned])
-        pending = [
-            p
-            for p in planned
-            if p.key not in stored or (retry_failed and stored[p.key] == "failed")
-        ]
-        failed_keys: list[str] = []
-        running = {p.key for p in pending}
+        with results.sweep_lock():
+            described = ExperimentRecord(
+                experiment.name, experiment.version, experiment.paper, source or ""
+            )
+            results.record_experiment(described)
+            stored = results.statuses([p.key for p in planned])
+            pending = [
+                p
+                for p in planned
+                if p.key not in stored or (retry_failed and stored[p.key] == "failed")
+            ]
+            failed_keys: list[str] = []
+            running = {p.key for p in pending}
 
-        with _progress_bar(progress, experiment.name, len(pending)) as advance:
+            with _progress_bar(progress, experiment.name, len(pending)) as advance:
 
-            def finish(record: CellRecord) -> None:
-                results.put(record)
-                if record.status == "failed":
-                    failed_keys.append(record.key)
-                advance(record.status == "failed")
+                def finish(record: CellRecord) -> None:
+                    results.put(record)
+                    if record.status == "failed":
+                        failed_keys.append(record.key)
+                    advance(record.status == "failed")
 
-            if not pending:
-                pass
-            elif workers == 0:
-                for p in pending:
-                    finish(run_cell(experiment, p.cell, p.key))
-            else:
-                _run_on_dask(experiment, pending, finish, workers, scheduler)
+                if not pending:
+                    pass
+                elif workers == 0:
+                    for p in pending:
+                        finish(run_cell(experiment, p.cell, p.key))
+                else:
+                    _run_on_dask(experiment, pending, finish, workers, scheduler)
     finally:
         if owned:
             results.close()
@@ -233,6 +243,7 @@ def _dask_client(workers: int | None, scheduler: str | None, n_tasks: int) -> It
                 dashboard_address=None,
                 silence_logs=logging.ERROR,
                 env=SINGLE_THREAD_ENV,
+                preload=[WORKER_PRELOAD],
             )
         except RuntimeError as error:
             reason = str(error).rstrip(".")
@@ -242,8 +253,18 @@ def _dask_client(workers: int | None, scheduler: str | None, n_tasks: int) -> It
                 'run_sweep under `if __name__ == "__main__":`; or run in-process with '
                 "workers=0 (--workers 0)"
             ) from None
-        with cluster, Client(cluster) as client:
-            yield client
+        logger = logging.getLogger("distributed")
+        level = logger.level
+        try:
+            with cluster, Client(cluster) as client:
+                try:
+                    yield client
+                except KeyboardInterrupt:
+                    # Shutting the cluster down mid-task logs errors that say nothing.
+                    logger.setLevel(logging.CRITICAL)
+                    raise
+        finally:
+            logger.setLevel(level)
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from losslab.engine import plan_cells
 from losslab.engine.environment import machine_info
 from losslab.errors import LosslabError
 from losslab.experiments import Claim, Experiment, load_experiment
@@ -31,6 +32,10 @@ class ExperimentSection:
     paper: str
     version: int
     source: str
+    #: The preset whose grid the figures, claims and counts cover (None: every stored cell).
+    preset: str | None = None
+    #: Cells in that preset's grid (0 without a preset).
+    grid_cells: int = 0
     done: int = 0
     failed: int = 0
     cell_seconds: float = 0.0
@@ -66,6 +71,7 @@ def write_report(
     out_dir: str | Path,
     *,
     experiments: dict[str, Experiment] | None = None,
+    preset: str | None = None,
 ) -> Report:
     """Write the report of every experiment in ``store`` to ``out_dir``.
 
@@ -73,11 +79,18 @@ def write_report(
     ``experiments`` (by name), else each one is loaded again from the source stored
     with its results. An experiment that cannot be loaded, or whose ``figures`` or
     ``claims`` raise, still gets its counts and timing, and the problem is shown.
+
+    With ``preset``, each experiment's figures, claims and counts cover the cells of
+    ``experiment.grid(preset)`` only; without, every stored cell of its version, whatever
+    preset ran it. Each section says which. Rows reach ``figures`` and ``claims`` in key
+    order (the same whenever and however the cells ran).
     """
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     given = experiments or {}
-    sections = [_section(store, record, given.get(record.name), out) for record in _latest(store)]
+    sections = [
+        _section(store, record, given.get(record.name), out, preset) for record in _latest(store)
+    ]
     index = out / "index.html"
     index.write_text(_render(sections), encoding="utf-8")
     claims = {s.name: [c.to_dict() for c in s.claims] for s in sections}
@@ -96,7 +109,11 @@ def _latest(store: ResultStore) -> list[ExperimentRecord]:
 
 
 def _section(
-    store: ResultStore, record: ExperimentRecord, experiment: Experiment | None, out: Path
+    store: ResultStore,
+    record: ExperimentRecord,
+    experiment: Experiment | None,
+    out: Path,
+    preset: str | None,
 ) -> ExperimentSection:
     section = ExperimentSection(record.name, record.paper, record.version, record.source)
     if experiment is None and record.source:
@@ -109,8 +126,20 @@ def _section(
     if experiment is not None:
         section.version, section.paper = experiment.version, experiment.paper
     frame = store.frame(record.name, version=section.version, arrays=True)
+    if experiment is not None and preset is not None:
+        try:
+            keys = [cell.key for cell in plan_cells(experiment, preset)]
+        except Exception:
+            section.problems.append(
+                f"grid({preset!r}) raised, so every stored cell is shown:\n"
+                + traceback.format_exc(limit=-3)
+            )
+        else:
+            section.preset, section.grid_cells = preset, len(keys)
+            frame = frame[frame["key"].isin(keys)].reset_index(drop=True)
     if frame.empty:
-        section.problems.append(f"no stored cells for version {section.version}")
+        which = f"of the {preset} grid " if section.preset else ""
+        section.problems.append(f"no stored cells {which}for version {section.version}")
         return section
     _fill_counts(section, frame, store)
     done = frame[frame["status"] == "done"].reset_index(drop=True)
@@ -139,10 +168,22 @@ def _fill_counts(section: ExperimentSection, frame: pd.DataFrame, store: ResultS
     finished = pd.to_datetime(frame["finished_at"], utc=True, format="ISO8601")
     section.wall_seconds = float((finished.max() - started.min()).total_seconds())
     section.hosts = sorted(set(frame["host"]))
-    errors = frame.loc[frame["status"] == "failed", "error"].dropna()
-    section.failures = [str(e).strip().splitlines()[-1] for e in errors.head(5)]
+    # Which cell failed (its config and the start of its key, as `losslab results` shows
+    # it) and why (the exception's own line, the last of the traceback).
+    failed = set(frame.loc[frame["status"] == "failed", "key"])
+    records = store.records(section.name, version=section.version, status="failed")
+    section.failures = [
+        f"{json.dumps(r.config, sort_keys=True)} (key {r.key[:10]}): {_last_line(r.error)}"
+        for r in records
+        if r.key in failed
+    ][:5]
     seen = {json.dumps(r.versions, sort_keys=True) for r in store.records(section.name)}
     section.versions = [json.loads(v) for v in sorted(seen)]
+
+
+def _last_line(text: str | None) -> str:
+    lines = [line for line in str(text or "").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no error text)"
 
 
 def _close(figure: Any) -> None:
@@ -204,6 +245,7 @@ def _render_section(s: ExperimentSection) -> str:
         f"<section id='{e(_slug(s.name))}'><h2>{e(s.name)} (version {s.version})</h2>",
         f"<p><b>Paper:</b> {e(s.paper or 'unknown')}<br><b>Source:</b> "
         f"<code>{e(s.source or 'unknown')}</code></p>",
+        f"<p><b>Cells:</b> {e(_cells_used(s))}</p>",
         "<table><tr><th>cells done</th><th>cells failed</th><th>cell time (s)</th>"
         "<th>wall time (s)</th><th>hosts</th></tr>"
         f"<tr><td>{s.done}</td><td>{s.failed}</td><td>{s.cell_seconds:.1f}</td>"
@@ -236,6 +278,20 @@ def _render_section(s: ExperimentSection) -> str:
         parts.append(f"<h3>Packages the cells ran with</h3><table><tr>{header}</tr>{rows}</table>")
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _cells_used(s: ExperimentSection) -> str:
+    """Which cells the section's figures, claims and counts cover."""
+    if s.preset is not None:
+        stored = s.done + s.failed
+        return (
+            f"the {s.grid_cells} cells of the {s.preset} grid ({stored} of them stored); "
+            "stored cells outside that grid are left out"
+        )
+    return (
+        f"every stored cell of version {s.version}, whatever preset ran it "
+        f"({s.done + s.failed}); `losslab report --preset NAME` keeps one grid's cells"
+    )
 
 
 def _verdict(passed: bool) -> str:

@@ -13,7 +13,7 @@ import math
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,6 +91,15 @@ class CellRecord:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
+#: Columns of each table, in order: a store whose tables differ was not written by this
+#: losslab and is refused when opened (rows are written and read by position).
+_COLUMNS = {
+    "cells": tuple(field.name for field in fields(CellRecord)),
+    "experiments": ("name", "version", "paper", "source"),
+    "meta": ("key", "value"),
+}
+
+
 @dataclass(frozen=True)
 class ExperimentRecord:
     """How to find an experiment again: registered name or ``FILE.py:OBJECT``."""
@@ -148,10 +157,21 @@ def npz_to_arrays(blob: bytes | None) -> dict[str, np.ndarray]:
         return {name: archive[name] for name in archive.files}
 
 
+_PUT = (
+    f"INSERT INTO cells VALUES ({', '.join('?' * len(_COLUMNS['cells']))}) "
+    "ON CONFLICT (key) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in _COLUMNS["cells"][1:])
+    + " WHERE excluded.status = 'done' OR cells.status <> 'done'"
+)
+
+
 class ResultStore:
     """A SQLite file of experiment cells (see the module docstring).
 
-    Only one process writes at a time (the sweep driver); readers may run beside it.
+    Opening checks that the file is a losslab store of this schema and layout (else
+    :class:`StoreError`, before any work). One sweep at a time runs into a store (see
+    :meth:`sweep_lock`); readers may run beside it, and with ``read_only=True`` they
+    never change the file.
 
     Example:
         >>> store = ResultStore(":memory:")
@@ -159,37 +179,78 @@ class ResultStore:
         set()
     """
 
-    def __init__(self, path: str | Path = DEFAULT_STORE_PATH, *, create: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path = DEFAULT_STORE_PATH,
+        *,
+        create: bool = True,
+        read_only: bool = False,
+    ) -> None:
         self.path = Path(path) if str(path) != ":memory:" else None
+        where = repr(str(path))
+        if self.path is not None and self.path.is_dir():
+            raise StoreError(f"results store {where} is a folder; give the path of a .sqlite file")
         if self.path is not None and not self.path.exists():
-            if not create:
+            if not create or read_only:
                 raise StoreError(
-                    f"no results store at {str(path)!r}; run `losslab reproduce` first "
-                    "or pass --store"
+                    f"no results store at {where}; run `losslab reproduce` first or pass --store"
                 )
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Read-only stores are opened with SQLite's mode=ro: reading never changes the file.
+        target = str(path)
+        if read_only and self.path is not None:
+            target = f"{self.path.resolve().as_uri()}?mode=ro"
         try:
             self._connection = sqlite3.connect(
-                str(path), timeout=30.0, isolation_level=None, check_same_thread=False
+                target, timeout=30.0, isolation_level=None, check_same_thread=False, uri=read_only
             )
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute("PRAGMA synchronous=NORMAL")
-            self._connection.executescript(_SCHEMA)
-            self._check_schema_version()
         except sqlite3.DatabaseError as error:
-            raise StoreError(f"cannot open results store {str(path)!r}: {error}") from None
+            raise StoreError(f"cannot open results store {where}: {error}") from None
+        try:
+            self._prepare(where, read_only)
+        except sqlite3.DatabaseError as error:
+            self._connection.close()
+            raise StoreError(f"cannot open results store {where}: {error}") from None
+        except StoreError:
+            self._connection.close()
+            raise
 
-    def _check_schema_version(self) -> None:
-        row = self._connection.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
-            self._connection.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+    def _prepare(self, where: str, read_only: bool) -> None:
+        """Create the tables in an empty database, else check that the file is a losslab
+        store of this schema and layout; all before any work is done with it."""
+        db = self._connection
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        if not tables and not read_only:
+            db.executescript(
+                f"BEGIN; {_SCHEMA} INSERT OR IGNORE INTO meta VALUES ('schema', "
+                f"'{SCHEMA_VERSION}'); COMMIT;"
             )
-        elif int(row[0]) != SCHEMA_VERSION:
+        if "meta" not in tables and (tables or read_only):
             raise StoreError(
-                f"results store {self.path} has schema {row[0]}, this losslab reads "
+                f"{where} is not a losslab results store (an SQLite database without "
+                "losslab's meta table, or one from an older losslab); give another --store"
+            )
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        value = row[0] if row else "unknown"
+        try:
+            schema = int(value)
+        except (TypeError, ValueError):
+            schema = None
+        if schema != SCHEMA_VERSION:
+            raise StoreError(
+                f"results store {where} has schema {value}, this losslab reads "
                 f"{SCHEMA_VERSION}; use a new --store path"
             )
+        for table, expected in _COLUMNS.items():
+            found = tuple(info[1] for info in db.execute(f"PRAGMA table_info({table})"))
+            if found != expected:
+                raise StoreError(
+                    f"results store {where} does not have losslab's layout (table {table}: "
+                    f"columns {', '.join(found) or 'missing'}); use a new --store path"
+                )
+        if not read_only:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
 
     def close(self) -> None:
         self._connection.close()
@@ -212,6 +273,38 @@ class ResultStore:
 
     # -- writing ---------------------------------------------------------------------
 
+    @contextmanager
+    def sweep_lock(self) -> Iterator[None]:
+        """Hold the store's sweep lock: one sweep at a time runs cells into a store file.
+
+        The lock is an exclusive SQLite lock on the file ``STORE-lock`` beside the store,
+        held until the block ends; the operating system releases it when the process
+        dies, however it dies. A second sweep raises :class:`StoreError` at once rather
+        than running every cell again. Readers (``results``, ``report``) take no lock.
+        """
+        if self.path is None:
+            yield
+            return
+        lock_path = f"{self.path}-lock"
+        try:
+            lock = sqlite3.connect(lock_path, timeout=0, isolation_level=None)
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"cannot create the lock file {lock_path!r}: {error}") from None
+        try:
+            try:
+                lock.execute("PRAGMA journal_mode=MEMORY")
+                lock.execute("BEGIN EXCLUSIVE")
+            except sqlite3.DatabaseError as error:
+                if "locked" not in str(error):
+                    raise StoreError(f"cannot lock {lock_path!r}: {error}") from None
+                raise StoreError(
+                    f"another sweep is running into the results store {str(self.path)!r} "
+                    f"(it holds {lock_path!r}); wait for it to finish, or give another --store"
+                ) from None
+            yield
+        finally:
+            lock.close()
+
     def record_experiment(self, record: ExperimentRecord) -> None:
         """Remember where an experiment comes from, so the report can load it again."""
         with self._transaction() as db:
@@ -221,7 +314,9 @@ class ResultStore:
             )
 
     def put(self, record: CellRecord) -> None:
-        """Store one finished cell in its own transaction (replacing an earlier row)."""
+        """Store one finished cell in its own transaction, replacing an earlier row of the
+        same key, except that a failed cell never replaces a done one (whichever of two
+        sweeps over one store finishes last)."""
         row = (
             record.key,
             record.experiment,
@@ -238,9 +333,7 @@ class ResultStore:
             record.finished_at,
         )
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row
-            )
+            db.execute(_PUT, row)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -281,14 +374,15 @@ class ResultStore:
         version: int | None = None,
         status: Status | None = None,
     ) -> list[CellRecord]:
-        """Stored cells, oldest first, optionally filtered."""
+        """Stored cells in key order (the same order however and whenever they ran),
+        optionally filtered."""
         clauses, values = [], []
         for column, value in (("experiment", experiment), ("version", version), ("status", status)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 values.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        query = f"SELECT * FROM cells {where} ORDER BY finished_at, key"
+        query = f"SELECT * FROM cells {where} ORDER BY key"
         with closing(self._connection.execute(query, values)) as cursor:
             return [_record_from_row(row) for row in cursor.fetchall()]
 
