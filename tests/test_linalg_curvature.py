@@ -453,11 +453,14 @@ def test_targets_that_would_broadcast_are_refused() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
     X = torch.randn(20, 3, dtype=torch.float64)
     y = torch.randn(20, dtype=torch.float64)
-    for loss_fn in (nn.MSELoss(), nn.functional.mse_loss, nn.HuberLoss()):
+    wrapped = lambda o, t: nn.functional.mse_loss(o, t)  # noqa: E731 (torch's warning)
+    for loss_fn in (nn.MSELoss(), nn.functional.mse_loss, nn.HuberLoss(), wrapped):
         with pytest.raises(CurvatureError, match=r"\(20, 1\) and the targets \(20,\)"):
             HessianOperator(model, loss_fn, (X, y))
         with pytest.raises(CurvatureError, match="broadcast"):
             GaussNewtonOperator(model, loss_fn, (X, y))
+    with pytest.raises(CurvatureError, match="cannot compare them"):
+        HessianOperator(model, nn.MSELoss(), (X, torch.randn(20, 2, 3, dtype=torch.float64)))
     # the right shape is the loss the model trains on
     hessian = HessianOperator(model, nn.MSELoss(), (X, y[:, None]))
     torch.testing.assert_close(hessian.dense(), dense_hessian(model, nn.MSELoss(), (X, y[:, None])))

@@ -222,6 +222,20 @@ def test_a_narrow_sigma_gets_a_grid_that_resolves_it(sigma):
         spectral_density(lambda v: A @ v, 150, n_steps=40, sigma=1e-9)
 
 
+def test_the_smallest_sigma_a_refusal_suggests_is_accepted(monkeypatch):
+    import re
+
+    import losslab.linalg.density as density_module
+
+    monkeypatch.setattr(density_module, "MAX_GRID_SIZE", 10_000)
+    A = _low_rank_plus_small(150)
+    with pytest.raises(CurvatureError, match="too small") as refused:
+        spectral_density(lambda v: A @ v, 150, n_steps=40, sigma=1e-6)
+    suggested = float(re.search(r"sigma >= ([0-9.e+-]+)", str(refused.value)).group(1))
+    density = spectral_density(lambda v: A @ v, 150, n_steps=40, sigma=suggested)
+    assert 9_000 < density.grid.shape[0] <= 10_000
+
+
 def test_invariant_krylov_space_pads_nodes():
     """Three distinct eigenvalues: Lanczos stops after three steps, exactly."""
     eigenvalues = torch.tensor([1.0] * 20 + [2.0] * 20 + [4.0] * 20, dtype=DT)

@@ -37,8 +37,11 @@ gradient computed in floating point carries an error of about ``eps ||H|| ||thet
 rounding of ``theta`` times the sensitivity of ``g`` to it), and is reported
 ``converged`` with the floor as ``tol_effective`` (a loss scaled by ``1e8`` has its
 gradient scaled so, and ``1e-10`` may be out of reach). ``||H||_2`` is estimated by 20 steps
-of power iteration (a lower bound: the tests are, if anything, stricter), only once
-``||g|| <= tol``.
+of power iteration (a lower bound: the tests are, if anything, stricter), at every
+iteration once ``||g|| <= tol``. Where ``H`` itself vanishes at the critical point (a
+degenerate one, ``x^4``), the relative test follows it down: ``x^4`` stops at
+``|x| ~ 2e-10`` after 55 Newton-MR iterations, and a higher-order degeneracy can need more
+than ``max_iter`` (raise it, or ``rtol``).
 
 :func:`classify` reads the Hessian's spectrum at a point: the Morse index (negative
 eigenvalues), the nullity (eigenvalues of magnitude at most ``zero_tol``, a tolerance

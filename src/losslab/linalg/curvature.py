@@ -55,7 +55,7 @@ from losslab.linalg.model_loss import (
     Data,
     LossFn,
     ModelLoss,
-    check_target_shape,
+    evaluate_loss,
     same_outputs,
 )
 from losslab.linalg.trace import (
@@ -373,8 +373,7 @@ class GaussNewtonOperator(CurvatureOperator):
                 return functional_call(loss.model, (named, loss._buffers), (inputs,))
 
             def loss_of(outputs: torch.Tensor, targets: torch.Tensor = targets) -> torch.Tensor:
-                check_target_shape(loss.loss_fn, outputs, targets)
-                return loss.loss_fn(outputs, targets)
+                return evaluate_loss(loss.loss_fn, outputs, targets)
 
             self._outputs_of.append(outputs_of)
             # built once: it remembers which differentiation mode the loss supports

@@ -113,12 +113,15 @@ class SpectralDensity:
 def gaussian_smoothing(
     nodes: torch.Tensor, weights: torch.Tensor, grid: torch.Tensor, sigma: float
 ) -> torch.Tensor:
-    """``(1/n_v) sum_{l,j} weights[l, j] N(grid; nodes[l, j], sigma^2)``, row by row."""
+    """``(1/n_v) sum_{l,j} weights[l, j] N(grid; nodes[l, j], sigma^2)``, row by row and
+    in chunks of the grid (memory ``O(chunk x nodes)``, not ``O(grid x nodes)``)."""
     curve = torch.zeros_like(grid)
     norm = 1.0 / (sigma * math.sqrt(2.0 * math.pi))
+    chunk = max(1, 2**22 // max(1, nodes.shape[1]))
     for row_nodes, row_weights in zip(nodes, weights, strict=True):
-        z = (grid[:, None] - row_nodes[None, :]) / sigma
-        curve += (torch.exp(-0.5 * z * z) * row_weights[None, :]).sum(dim=1)
+        for start in range(0, grid.shape[0], chunk):
+            z = (grid[start : start + chunk, None] - row_nodes[None, :]) / sigma
+            curve[start : start + chunk] += (torch.exp(-0.5 * z * z) * row_weights).sum(dim=1)
     return curve * (norm / nodes.shape[0])
 
 
@@ -194,10 +197,12 @@ def spectral_density(
     if grid_size is None:
         grid_size = max(MIN_GRID_SIZE, math.ceil(4 * span / sigma) + 1)
         if grid_size > MAX_GRID_SIZE:
+            # 4 ((high - low) / sigma + 2 GRID_PAD) + 1 <= MAX_GRID_SIZE, with 1% to spare
+            smallest = 1.01 * (high - low) / ((MAX_GRID_SIZE - 1) / 4 - 2 * GRID_PAD)
             raise CurvatureError(
                 f"sigma = {sigma:.3g} is too small for nodes spread over {high - low:.3g}: a "
                 f"grid resolving it needs {grid_size} points (over {MAX_GRID_SIZE}); choose "
-                f"sigma >= {4 * span / MAX_GRID_SIZE:.3g}, or the nodes and weights alone"
+                f"sigma >= {smallest:.3g}, or use the nodes and weights alone"
             )
     if span / (grid_size - 1) > sigma:
         raise CurvatureError(

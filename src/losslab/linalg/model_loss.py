@@ -33,6 +33,7 @@ to ``torch.func.hessian`` or to :func:`~losslab.critical.find_critical_point`.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -218,12 +219,34 @@ def check_target_shape(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Te
         loss_fn is function for function in ELEMENTWISE_FUNCTIONS
     )
     if elementwise and isinstance(targets, torch.Tensor) and outputs.shape != targets.shape:
-        raise CurvatureError(
-            f"the model's outputs have shape {tuple(outputs.shape)} and the targets "
-            f"{tuple(targets.shape)}: an elementwise loss would broadcast them to "
-            f"{tuple(torch.broadcast_shapes(outputs.shape, targets.shape))}, another loss. "
-            "Reshape the targets to the outputs' shape (e.g. y.reshape(-1, 1))"
-        )
+        _refuse_shapes(outputs.shape, targets.shape)
+
+
+def _refuse_shapes(outputs: torch.Size, targets: torch.Size) -> None:
+    try:
+        shape = tuple(torch.broadcast_shapes(outputs, targets))
+        broadcast = f"would broadcast them to {shape}, another loss"
+    except RuntimeError:
+        broadcast = "cannot compare them"
+    raise CurvatureError(
+        f"the model's outputs have shape {tuple(outputs)} and the targets {tuple(targets)}: "
+        f"an elementwise loss {broadcast}. Reshape the targets to the outputs' shape "
+        "(e.g. y.reshape(-1, 1))"
+    )
+
+
+def evaluate_loss(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``loss_fn(outputs, targets)`` with the shapes checked (:func:`check_target_shape`),
+    and torch's warning that a target size differs from the input size made an error: a
+    wrapped elementwise loss (``lambda o, t: F.mse_loss(o, t)``) broadcasts too."""
+    check_target_shape(loss_fn, outputs, targets)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*target size.*input size", category=UserWarning)
+        try:
+            return loss_fn(outputs, targets)
+        except UserWarning:
+            _refuse_shapes(outputs.shape, targets.shape)
+            raise  # unreachable: _refuse_shapes raises
 
 
 class ModelLoss:
@@ -332,8 +355,7 @@ class ModelLoss:
 
     def _batch_loss(self, theta: torch.Tensor, index: int) -> torch.Tensor:
         outputs = self.batch_outputs(theta, index)
-        check_target_shape(self.loss_fn, outputs, self.batches[index][1])
-        value = self.loss_fn(outputs, self.batches[index][1])
+        value = evaluate_loss(self.loss_fn, outputs, self.batches[index][1])
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise CurvatureError(
