@@ -124,6 +124,22 @@ def test_the_report_covers_the_cells_of_the_preset_it_is_given(sample, tmp_path)
     )
 
 
+def test_reproduce_filters_only_the_experiments_it_ran(sample, tmp_path):
+    # a full sweep of one experiment, then a quick one of another: the quick report (as
+    # reproduce writes it, with the experiments it ran) keeps the first one's full cells
+    clean, squares = sample("CLEAN"), sample("SQUARES")
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        run_sweep(clean.experiment, preset="full", store=store, workers=0, progress=False,
+                  source=clean.source)  # fmt: skip
+        run_sweep(squares.experiment, preset="quick", store=store, workers=0, progress=False,
+                  source=squares.source)  # fmt: skip
+        sections = write_report(store, tmp_path / "out", preset="quick",
+                                experiments={"squares": squares.experiment}).sections  # fmt: skip
+    by_name = {section.name: section for section in sections}
+    assert by_name["squares"].preset == "quick"
+    assert (by_name["clean-squares"].preset, by_name["clean-squares"].done) == (None, 10)
+
+
 def test_claims_see_the_rows_in_the_same_order_however_the_cells_finished(sample, tmp_path):
     experiment = sample("CLEAN").experiment
     seen = []

@@ -223,6 +223,33 @@ def test_a_read_only_store_reads_and_cannot_write(tmp_path):
     assert empty.read_bytes() == b""
 
 
+def test_a_store_in_a_read_only_folder_is_read_as_immutable(tmp_path, monkeypatch):
+    # On a read-only file system, mode=ro cannot create the -shm file a WAL store's reader
+    # needs ("unable to open database file"); with no pending log the file is the whole
+    # store. (Root ignores chmod, so SQLite's refusal is simulated.)
+    import losslab.store.sqlite as module
+
+    path = tmp_path / "r.sqlite"
+    with ResultStore(path) as store:
+        store.put(record("a", 1, loss=0.5))
+    connect = sqlite3.connect
+
+    def no_shared_memory(target, *args, **kwargs):
+        connection = connect(target, *args, **kwargs)
+        if "mode=ro" in str(target):
+            connection.close()
+            return connect(":memory:").execute("ATTACH 'file:/nonexistent/x?mode=ro' AS x")
+        return connection
+
+    monkeypatch.setattr(module.sqlite3, "connect", no_shared_memory)
+    with ResultStore(path, read_only=True) as store:
+        assert list(store.frame("exp")["loss"]) == [0.5]
+    # with a pending log the immutable file would miss committed cells: the error stands
+    (tmp_path / "r.sqlite-wal").write_bytes(b"x")
+    with pytest.raises(StoreError, match="cannot open results store"):
+        ResultStore(path, read_only=True)
+
+
 def test_a_folder_is_not_a_store(tmp_path):
     for read_only in (False, True):
         with pytest.raises(StoreError, match=r"is a folder; give the path of a \.sqlite file"):

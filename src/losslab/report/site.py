@@ -81,16 +81,21 @@ def write_report(
     ``claims`` raise, still gets its counts and timing, and the problem is shown.
 
     With ``preset``, each experiment's figures, claims and counts cover the cells of
-    ``experiment.grid(preset)`` only; without, every stored cell of its version, whatever
-    preset ran it. Each section says which. Rows reach ``figures`` and ``claims`` in key
-    order (the same whenever and however the cells ran).
+    ``experiment.grid(preset)`` only (with ``experiments`` given, as ``reproduce`` does,
+    only theirs: the store's other experiments show every stored cell); without, every
+    stored cell of its version, whatever preset ran it. Each section says which. Rows
+    reach ``figures`` and ``claims`` in key order (the same whenever and however the cells
+    ran).
     """
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     given = experiments or {}
+    # reproduce gives the experiments it ran: the preset is theirs, the others' cells all show
     sections = [
-        _section(store, record, given.get(record.name), out, preset) for record in _latest(store)
-    ]
+        _section(store, record, given.get(record.name), out,
+                 preset if not given or record.name in given else None)
+        for record in _latest(store)
+    ]  # fmt: skip
     index = out / "index.html"
     index.write_text(_render(sections), encoding="utf-8")
     claims = {s.name: [c.to_dict() for c in s.claims] for s in sections}
@@ -285,7 +290,8 @@ def _cells_used(s: ExperimentSection) -> str:
     if s.preset is not None:
         stored = s.done + s.failed
         return (
-            f"the {s.grid_cells} cells of the {s.preset} grid ({stored} of them stored); "
+            f"the {s.grid_cells} cell{'s' if s.grid_cells != 1 else ''} of the {s.preset} "
+            f"grid ({stored} of them stored); "
             "stored cells outside that grid are left out"
         )
     return (

@@ -201,6 +201,20 @@ class ResultStore:
         if read_only and self.path is not None:
             target = f"{self.path.resolve().as_uri()}?mode=ro"
         try:
+            self._open(target, where, read_only)
+        except StoreError:
+            if not read_only or self.path is None:
+                raise
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size:
+                raise
+            # a read-only folder or file system: SQLite cannot create the -shm file a WAL
+            # store's reader needs. With no pending log the file is the whole store: read
+            # it as immutable (never with a log, whose committed cells it would miss).
+            self._open(f"{self.path.resolve().as_uri()}?immutable=1", where, read_only)
+
+    def _open(self, target: str, where: str, read_only: bool) -> None:
+        try:
             self._connection = sqlite3.connect(
                 target, timeout=30.0, isolation_level=None, check_same_thread=False, uri=read_only
             )
@@ -285,7 +299,7 @@ class ResultStore:
         if self.path is None:
             yield
             return
-        lock_path = f"{self.path}-lock"
+        lock_path = f"{self.path.resolve()}-lock"  # one lock whatever name the store has
         try:
             lock = sqlite3.connect(lock_path, timeout=0, isolation_level=None)
         except sqlite3.DatabaseError as error:
@@ -296,7 +310,9 @@ class ResultStore:
                 lock.execute("BEGIN EXCLUSIVE")
             except sqlite3.DatabaseError as error:
                 if "locked" not in str(error):
-                    raise StoreError(f"cannot lock {lock_path!r}: {error}") from None
+                    raise StoreError(
+                        f"cannot lock {lock_path!r}: {error}; if no sweep is running, delete it"
+                    ) from None
                 raise StoreError(
                     f"another sweep is running into the results store {str(self.path)!r} "
                     f"(it holds {lock_path!r}); wait for it to finish, or give another --store"
