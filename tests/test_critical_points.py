@@ -284,6 +284,19 @@ def test_a_flat_loss_is_held_to_the_relative_tolerance(method) -> None:
         classify(bowl, torch.zeros(2), grad_rtol=-1.0)
 
 
+def test_the_relative_tolerance_follows_a_vanishing_hessian_down() -> None:
+    # x^4 + y^4: H -> 0 at the critical point, and ||g|| <= 1e-10 ||H|| holds only at
+    # |x| ~ 1e-10 (the module docstring's numbers)
+    def quartic(t: torch.Tensor) -> torch.Tensor:
+        return (t**4).sum()
+
+    result = find_critical_point(quartic, torch.tensor([1.0, 0.5]))
+    assert result.converged
+    assert result.iterations <= 60
+    assert float(result.params.abs().max()) <= 1e-9
+    assert classify(quartic, result.params).kind == "degenerate"
+
+
 def test_stalled_searches_end_at_a_minimum_of_the_gradient_norm() -> None:
     # ||g|| = x^2 + 1 is smallest at x = 0, where H g = 2 x g = 0: both methods stop there
     def no_root(theta: torch.Tensor) -> torch.Tensor:

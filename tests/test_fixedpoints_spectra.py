@@ -303,3 +303,17 @@ def test_ensemble_follows_a_float32_net_and_skips_nets_without_points():
     assert some.net_index.tolist() == [1, 1]
     with pytest.raises(FixedPointError, match="no points"):
         ensemble_spectrum(make, n_nets=2, points=lambda net: torch.zeros(0, 5))
+
+
+def test_a_small_gaussian_weight_matrix_fits_a_moderate_tail_exponent():
+    # the docstring's warning: at N = 64 a Gaussian W's ESD (Marchenko-Pastur, no power
+    # law) still fits alpha between about 2 and 6, so compare with untrained nets of the size
+    generator = torch.Generator().manual_seed(0)
+    alphas = [
+        power_law_alpha(gram_eigenvalues(torch.randn(64, 64, generator=generator,
+                                                     dtype=torch.float64) / 8)).alpha
+        for _ in range(20)
+    ]  # fmt: skip
+    assert min(alphas) >= 2.0
+    assert max(alphas) <= 7.0
+    assert 2.5 <= float(np.median(alphas)) <= 4.5
