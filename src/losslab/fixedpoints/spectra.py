@@ -756,10 +756,9 @@ def power_law_alpha(
     Small ``alpha`` (2 to 4) means a heavy tail, but a small matrix's Gaussian ESD fits
     one too: its Marchenko-Pastur edge looks like a short tail. At ``N = 64`` Gaussian
     ``W`` give ESD alphas of about 2 to 6 (tested; a review measured 2.3 to 5.8, median
-    3.3, and 6.6 at ``N = 256``) and
-    Student-t (3 degrees of freedom) ones about 3, so compare a trained net with untrained
-    nets of its size (as the experiment does), not with a fixed band. Values that are not
-    positive (e.g. zero eigenvalues) are dropped.
+    3.3, and 6.6 at ``N = 256``) and Student-t (3 degrees of freedom) ones about 3, so
+    compare a trained net with untrained nets of its size (as the experiment does), not
+    with a fixed band. Values that are not positive (e.g. zero eigenvalues) are dropped.
 
     Raises:
         FixedPointError: NaN/inf values, fewer than ``min_tail`` positive values, a
