@@ -301,20 +301,26 @@ def test_local_workers_ignore_ctrl_c_so_only_the_driver_handles_it():
     assert dask_setup.__module__ == WORKER_PRELOAD
 
 
+def _slow_sweep_running(store, log, *, cells: int, workers: int, **popen) -> subprocess.Popen:
+    """``losslab reproduce`` of the SLOW sample in a subprocess, once ``cells`` are stored."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "losslab", "reproduce", sample_spec("SLOW"), "--store", store,
+         "--workers", str(workers), "--no-report", "--no-progress"],
+        env={**os.environ, "LOSSLAB_TEST_LOG": str(log)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, **popen,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while _count_done(store) < cells and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None
+    return process
+
+
 @pytest.mark.slow
 def test_a_second_sweep_into_the_same_store_stops_at_once(sample, tmp_path):
     store, log = tmp_path / "r.sqlite", tmp_path / "runs.log"
-    env = {**os.environ, "LOSSLAB_TEST_LOG": str(log)}
-    first = subprocess.Popen(
-        [sys.executable, "-m", "losslab", "reproduce", sample_spec("SLOW"), "--store", store,
-         "--workers", "0", "--no-report", "--no-progress"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    first = _slow_sweep_running(store, log, cells=1, workers=0)
     try:
-        deadline = time.monotonic() + 120
-        while _count_done(store) < 1 and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert first.poll() is None
         os.environ["LOSSLAB_TEST_LOG"] = str(log)
         try:
             with pytest.raises(StoreError, match="another sweep is running"):
@@ -331,17 +337,7 @@ def test_a_second_sweep_into_the_same_store_stops_at_once(sample, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_with_workers_prints_how_to_go_on_and_no_worker_tracebacks(sample, tmp_path):
     store, log = tmp_path / "r.sqlite", tmp_path / "runs.log"
-    env = {**os.environ, "LOSSLAB_TEST_LOG": str(log)}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "losslab", "reproduce", sample_spec("SLOW"), "--store", store,
-         "--workers", "2", "--no-report", "--no-progress"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while _count_done(store) < 2 and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert driver.poll() is None
+    driver = _slow_sweep_running(store, log, cells=2, workers=2, start_new_session=True)
     os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
     _, err = driver.communicate(timeout=60)
     assert driver.returncode == 130
