@@ -14,9 +14,12 @@ of non-negative rescalings of the active blocks with the common fit. Its dimensi
 ``k - rank(F)`` for the ``k`` active blocks (``F = [f_b]``); its vertices are the
 members whose active fits are linearly independent (the optimally pruned networks).
 
-Computed from a solution ``U`` that is optimal only to its duality gap
-``gap = P(U) - D`` (``D`` the dual bound of :meth:`ConvexReLUProgram.dual_bound`,
-``rel = gap / P(U)``). By the strong convexity of the loss in the fit,
+Computed from a solution ``U`` that is optimal only to its duality gap: ``gap = P(U) -
+D`` with ``D`` the larger of the solve's certified dual objective (when given) and the
+dual bound at ``U``'s own residual (:meth:`ConvexReLUProgram.dual_bound`); ``rel`` is the
+residual's own relative gap, the accuracy of the dual ratios read from it (in the ReLU
+form it can be 1e-3 where the solve certified 2e-8). By the strong convexity of the loss
+in the fit,
 ``||A U - yhat||^2 <= 2 n gap``: a solve's fit and directions are accurate to about
 ``sqrt(rel)``, not to rounding (less still in directions the fit does not see), and an
 interior point also holds *residue*: blocks of norm 1e-6 that no optimum uses, with
@@ -41,7 +44,10 @@ one neuron counted apart. So the set is built in three steps.
    Hanson 1974, ch. 23) whose multipliers are ``t_R / n``. Both choices of directions are
    polished and the lower optimum ``P_R`` is kept. With the solution's directions and no
    merge, ``U`` (residue aside) is a point of the lasso, so ``P_R <= P(U)``: that is the
-   fallback when a merge raised ``P_R`` above ``limit`` (below).
+   fallback when a merge raised ``P_R`` above ``limit`` (below). When even that misses
+   ``limit`` (blocks the residual's ratios misread as residue), every non-zero block of
+   ``U`` is a candidate with its own direction: ``U`` is then a point of the lasso, and
+   the set's dimension may be overcounted (solve to a smaller ``tol`` for its shape).
 3. Active blocks: the candidates with deficit ``delta_b = 1 - f_b . q_R / lam <= tau``
    (the dual ratio at the polished dual point ``q_R = (y - F t_R) / n``; residue has
    deficits of order 1e-3). For every ``t``,
