@@ -341,8 +341,51 @@ def test_convex_fit_one_vs_all(capsys):
                        "20", "--lam", "0.01")  # fmt: skip
     assert code == 0, out
     assert out.count("vs the rest") == 3
+    for name in ("setosa", "versicolor", "virginica"):  # meta["target_names"], not codes
+        assert f"class {name} vs the rest" in out
     accuracy = float(out.split("training accuracy")[1].split()[0])
     assert accuracy > 0.9
+
+
+def test_convex_refuses_a_single_class_target(capsys, tmp_path):
+    path = tmp_path / "oneclass.csv"
+    pd.DataFrame({"a": [0.1, -1.0, 2.0, 0.5], "b": [1.0, 0.0, 3.0, -2.0],
+                  "label": ["spam"] * 4}).to_csv(path, index=False)  # fmt: skip
+    for command in ("fit", "prune", "path"):
+        code, out, err = run(capsys, "convex", command, path, "--gates", "10")
+        assert code == 1, out
+        assert "every row has the same class (spam)" in err
+        assert "at least 2 classes" in err
+        assert "globally optimal" not in out
+
+
+def test_task_regression_fits_an_integer_target(capsys, tmp_path):
+    from losslab.convex import ConvexReLU
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(12, 2))
+    counts = rng.poisson(1.0, size=12).astype(float)
+    path = tmp_path / "counts.csv"
+    pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "count": counts}).to_csv(path, index=False)
+    code, out, _ = run(capsys, "data", "show", path)
+    assert "task classification" in out  # at most 20 distinct integers: inferred as labels
+    code, out, _ = run(capsys, "data", "show", path, "--task", "regression", "--standardize")
+    assert code == 0, out
+    assert "task regression" in out
+    saved = tmp_path / "net.pt"
+    code, out, _ = run(capsys, "convex", "fit", path, "--task", "regression", "--standardize",
+                       "--lam", "0.05", "--gates", "100", "--save", saved)  # fmt: skip
+    assert code == 0, out
+    Xs = (X - X.mean(0)) / X.std(0)
+    ys = (counts - counts.mean()) / counts.std()
+    direct = ConvexReLU(lam=0.05, n_gates=100, seed=0, tol=1e-6).fit(Xs, ys)
+    objective = float(out.split("│ objective")[1].split("│")[1])
+    assert objective == pytest.approx(direct.objective_, rel=1e-8)
+    # certify reads the target as the saved fit did: a regression, standardised
+    code, out, _ = run(capsys, "convex", "certify", saved, path)
+    assert code == 0, out
+    assert "standardised" in out
+    assert "is_stationary" in out
 
 
 def test_fixedpoints_count_with_proof(capsys):

@@ -241,6 +241,50 @@ def test_bad_input() -> None:
         strong_convexity(model, (inputs[None], targets[None]), 1e-2)
 
 
+class _Doubled(torch.nn.Sequential):
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(inputs)
+
+
+def test_only_the_network_the_model_computes_is_analysed() -> None:
+    inputs, targets = torch.randn(20, 3), torch.randn(20, 2)
+
+    @torch.no_grad()
+    def training_error(model: torch.nn.Module) -> float:  # the model's own forward pass
+        return float(((model(inputs) - targets) ** 2).sum() / (2 * len(inputs)))
+
+    torch.manual_seed(0)
+    first, second = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+    shared_relu = torch.nn.ReLU()
+    # one ReLU instance used twice computes the plain MLP: accepted, the same certificate
+    shared = torch.nn.Sequential(first, shared_relu, torch.nn.Linear(4, 4), shared_relu, second)
+    separate = torch.nn.Sequential(
+        shared[0], torch.nn.ReLU(), shared[2], torch.nn.ReLU(), shared[4]
+    )
+    certificate = strong_convexity(shared, (inputs, targets), 1e-2)
+    assert certificate.depth == 2
+    assert certificate.training_error == pytest.approx(training_error(shared), rel=1e-12)
+    reference = strong_convexity(separate, (inputs, targets), 1e-2)
+    assert certificate.hessian_min_eigenvalue == pytest.approx(
+        reference.hessian_min_eigenvalue, rel=1e-12
+    )
+    # a subclass with its own forward computes something else
+    doubled = _Doubled(first, torch.nn.ReLU(), second)
+    with pytest.raises(CurvatureError, match="own forward"):
+        strong_convexity(doubled, (inputs, targets), 1e-2)
+    # a Linear used twice ties weights (named_children() would skip its second use)
+    tied = torch.nn.Sequential(
+        first, torch.nn.ReLU(), torch.nn.Linear(4, 3), torch.nn.ReLU(), first
+    )
+    with pytest.raises(CurvatureError, match="reuses a Linear"):
+        strong_convexity(tied, (inputs, targets), 1e-2)
+    # a forward hook changes the layer's output
+    hooked = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    hooked[0].register_forward_hook(lambda module, args, output: 3 * output)
+    with pytest.raises(CurvatureError, match="forward hook"):
+        strong_convexity(hooked, (inputs, targets), 1e-2)
+
+
 def test_batches_give_the_certificate_of_all_samples() -> None:
     model, inputs, targets = problem(2, 4)
     whole = strong_convexity(model, (inputs, targets), 1e-2)

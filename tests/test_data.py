@@ -278,3 +278,71 @@ def test_a_fractional_target_is_regression(values):
 def test_many_integer_values_are_regression():
     assert infer_task(np.arange(MAX_CLASSES + 1.0)) == "regression"
     assert infer_task(np.arange(float(MAX_CLASSES))) == "classification"
+
+
+def test_a_headerless_csv_is_refused_rather_than_losing_its_first_row(tmp_path):
+    rng = np.random.default_rng(3)
+    table = np.column_stack([rng.normal(size=(12, 2)), rng.integers(0, 2, 12)])
+    path = tmp_path / "noheader.csv"
+    np.savetxt(path, table, delimiter=",")
+    with pytest.raises(DatasetError, match=r"no header row.*e\.g\. 'x1,x2,y'"):
+        load(path)
+    # a first row with repeated values (pandas renames the second "1.0" to "1.0.1")
+    repeated = tmp_path / "repeated.csv"
+    np.savetxt(repeated, np.vstack([[1.0, 1.0, 0.0], table]), delimiter=",")
+    with pytest.raises(DatasetError, match="no header row"):
+        load(repeated)
+    # with a header line every row of the file is a sample
+    named = tmp_path / "named.csv"
+    np.savetxt(named, table, delimiter=",", header="x1,x2,y", comments="")
+    dataset = load(named)
+    assert dataset.n_samples == np.loadtxt(path, delimiter=",").shape[0] == 12
+    np.testing.assert_array_equal(dataset.X.numpy(), table[:, :2])
+
+
+def test_a_missing_value_marker_in_a_numeric_column_is_located(tmp_path):
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(rng.normal(size=(12, 3)).round(3), columns=["a", "b", "y"])
+    target = frame.astype({"y": object})
+    target.loc[4, "y"] = "?"
+    target.to_csv(tmp_path / "target.csv", index=False)
+    with pytest.raises(DatasetError, match=r"target column 'y' .* 1 of 12 row\(s\) .*row 4: '\?'"):
+        load(tmp_path / "target.csv")
+    feature = frame.astype({"b": object})
+    feature.loc[[2, 7], "b"] = ["?", "-"]
+    feature.to_csv(tmp_path / "feature.csv", index=False)
+    with pytest.raises(DatasetError, match=r"feature column 'b' .*row 2: '\?', row 7: '-'"):
+        load(tmp_path / "feature.csv")
+
+
+def test_task_overrides_the_inferred_task(tmp_path):
+    counts = np.array([2, 2, 0, 1, 1, 2, 1, 0, 2, 1, 2, 1], dtype=float)
+    frame = pd.DataFrame({"a": np.arange(12.0), "b": np.sin(np.arange(12.0)), "n": counts})
+    path = tmp_path / "counts.csv"
+    frame.to_csv(path, index=False)
+    assert load(path).task == "classification"
+    dataset = load(path, task="regression")
+    assert dataset.task == "regression"
+    np.testing.assert_array_equal(dataset.y.numpy(), counts)
+    scaled = load(path, task="regression", standardize=True)
+    np.testing.assert_allclose(scaled.y.numpy(), (counts - counts.mean()) / counts.std())
+    np.savez(tmp_path / "d.npz", X=frame[["a", "b"]].to_numpy(), y=counts)
+    assert load(tmp_path / "d.npz", task="regression").task == "regression"
+    assert load("iris", task="regression").task == "regression"
+    assert load("teacher_relu", n=20, d=2, task="regression").task == "regression"
+    with pytest.raises(DatasetError, match=r"needs integer class labels.*0\.841471 in row 1"):
+        load(path, target="b", task="classification")
+    with pytest.raises(DatasetError, match="task must be 'regression', 'classification'"):
+        load(path, task="counts")
+    labels = pd.DataFrame({"a": [1.0, 2.0, 3.0], "kind": ["x", "y", "x"]})
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    with pytest.raises(DatasetError, match=r"not numeric.*task 'regression' needs numbers"):
+        load(tmp_path / "labels.csv", task="regression")
+
+
+def test_the_row_index_written_by_to_csv_is_dropped(tmp_path):
+    frame = pd.DataFrame({"a": [0.5, 1.5, -2.0, 3.0], "b": [1.0, 0.0, 2.0, 5.0], "y": [1, 0, 1, 0]})
+    frame.to_csv(tmp_path / "d.csv")  # pandas' default: the index as an unnamed first column
+    dataset = load(tmp_path / "d.csv")
+    assert dataset.feature_names == ["a", "b"]
+    np.testing.assert_array_equal(dataset.X.numpy(), frame[["a", "b"]].to_numpy())

@@ -433,3 +433,65 @@ def test_roots_next_to_saturated_corners_are_certified_at_the_default_min_width(
         assert find_fixed_points(net, basin_starts=0).count == 3
     with pytest.raises(FixedPointError, match="min_width"):
         certify_fixed_points(steep, min_width=-1.0)
+
+
+def test_a_box_whose_interval_products_overflow_keeps_its_roots():
+    # sigmoid(8x - 4) has 3 fixed points (bisection); in the box [0, 1e308] the products
+    # 8 * [0, 1e308] overflow, and inf - inf once made the box look empty: 0 "certified"
+    net = _net([([[8.0]], [-4.0])])
+    roots = _roots_1d(_composite_1d([(8.0, -4.0)]), 0.0, 1.0)
+    assert len(roots) == 3
+    for box in (None, (0.0, 1e308), (-1e308, 1e308)):
+        result = certify_fixed_points(net, box=box, time_limit=math.inf)
+        assert result.certified, (box, result.reason)
+        assert result.count == 3
+        for root in roots:
+            assert _in_some_enclosure(result, torch.tensor([root], dtype=torch.float64), 1e-12)
+
+
+def test_well_conditioned_roots_next_to_saturation_are_certified():
+    # tanh(W x), W = [[5, 2], [2, 5]]: 9 roots, the corner ones at 1 - 1.7e-6 with
+    # eigenvalues of J_f of 1e-5. The inflated box once had to contain the Newton point
+    # of the box before its Krawczyk contraction, and gave 7, "incomplete".
+    net = SquareNet(2, 1, activation="tanh", seed=0)
+    with torch.no_grad():
+        net.layers[0].weight.copy_(torch.tensor([[5.0, 2.0], [2.0, 5.0]]))
+        net.layers[0].bias.zero_()
+    reference = _newton_roots(net)
+    result = certify_fixed_points(net, time_limit=math.inf)
+    assert result.certified, result.reason
+    assert result.count == len(reference) == 9
+    for p in reference:
+        assert _in_some_enclosure(result, p, 1e-10)
+
+
+def test_layers_are_checked_where_the_fixed_points_lie():
+    # a subclass computing tanh(3 relu(x)) while listing tanh(3x): the two agree on
+    # [0, 1]^N and differ on the negative half of the tanh box [-1, 1]^N
+    class RectifiedFirst(SquareNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(torch.relu(x))
+
+    net = RectifiedFirst(1, 1, activation="tanh", seed=0)
+    with torch.no_grad():
+        net.layers[0].weight.fill_(3.0)
+        net.layers[0].bias.zero_()
+    with pytest.raises(FixedPointError, match="not the composition"):
+        certify_fixed_points(net)
+
+
+def test_a_layer_without_bias_is_an_affine_layer_with_zero_bias():
+    net = SquareNet(2, 2, init="cauchy", weight_scale=8.0, seed=5)
+    plain = nn.Linear(2, 2, bias=False).double()
+    with torch.no_grad():
+        plain.weight.copy_(net.layers[1].weight)
+        net.layers[1].bias.zero_()
+    reference = certify_fixed_points(net, time_limit=math.inf)
+    net.layers[1] = plain
+    result = certify_fixed_points(net, time_limit=math.inf)
+    assert result.certified
+    assert reference.certified
+    assert result.count == reference.count == len(_newton_roots(net))
+    net.layers[1] = nn.Identity()
+    with pytest.raises(FixedPointError, match=r"not nn\.Linear"):
+        certify_fixed_points(net)

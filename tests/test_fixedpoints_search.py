@@ -12,6 +12,7 @@ import scipy.special
 import torch
 
 from losslab.errors import FixedPointError
+from losslab.fixedpoints.certify import certify_fixed_points
 from losslab.fixedpoints.search import (
     FixedPointSet,
     classify,
@@ -141,7 +142,7 @@ def test_linear_map_unique_point(diag, kind):
     bound = float(expected.abs().max()) + 2
     result = find_fixed_points(f, box=_box(-bound, bound, N=3), n_starts=400, basin_starts=300)
     assert result.count == 1  # one point found from every start, reported once
-    assert int(result.hits[0]) == result.n_converged == 400
+    assert int(result.hits[0]) == result.n_converged == result.n_starts >= 400
     np.testing.assert_allclose(result.points[0].numpy(), expected.numpy(), atol=1e-11)
     assert result.kinds == [kind] == classify(torch.linalg.eigvals(A)[None])
     np.testing.assert_allclose(
@@ -364,7 +365,6 @@ def test_float32_starts_follow_the_net_and_no_grad_is_fine():
 def test_saturated_roots_are_found_as_the_proof_counts():
     # Weights this heavy hide two of the five fixed points in steep, saturated corners that
     # 1000 uniform starts in x miss; the pre-activation starts find them.
-    from losslab.fixedpoints.certify import certify_fixed_points
 
     net = SquareNet(6, 2, init="cauchy", weight_scale=64.0, seed=18)
     proof = certify_fixed_points(net, time_limit=math.inf)
@@ -376,7 +376,6 @@ def test_saturated_roots_are_found_as_the_proof_counts():
 def test_lifted_starts_find_saddles_in_saturated_corners():
     # A saddle with x = (0.18, 3e-18, 1, 1, 0.06, 4e-201): the single-layer pre-activation
     # system found 2 of the 3 points; the lifted system of both layers finds the saddle.
-    from losslab.fixedpoints.certify import certify_fixed_points
 
     net = SquareNet(6, 2, init="cauchy", weight_scale=64.0, seed=30)
     proof = certify_fixed_points(net, time_limit=math.inf)
@@ -442,7 +441,8 @@ def test_lifted_nets_take_a_quarter_of_the_uniform_starts(monkeypatch):
     monkeypatch.setattr(search, "preactivation_starts", lambda net, n, g: one_root[:0])
     assert find_fixed_points(net, n_starts=200, basin_starts=0).n_starts == 200
     generic = find_fixed_points(lambda x: net(x), box=(0.0, 1.0), starts=torch.rand(1, 3, dtype=DT))
-    assert generic.n_starts == 1000 + 1
+    # 1000 uniform, the user's, and 500 in the hull of the images (less than half the box)
+    assert generic.n_starts == 1000 + 1 + 500
 
 
 def test_lifted_starts_are_solved_alone_first(monkeypatch):
@@ -547,7 +547,6 @@ def test_indices_of_the_proved_fixed_points_sum_to_one(N, L, activation, seed):
     # The index theorem the search checks: a SquareNet maps its output box into the open
     # box, so the indices sign det(I - J_f) of all its fixed points sum to 1. Checked on
     # the proved points (enclosure midpoints), with autograd Jacobians and LU determinants.
-    from losslab.fixedpoints.certify import certify_fixed_points
 
     net = SquareNet(N, L, activation=activation, init="cauchy", weight_scale=64.0, seed=seed)
     proof = certify_fixed_points(net, max_boxes=500_000, time_limit=math.inf)
@@ -573,7 +572,6 @@ SWEEP = [(N, L, scale, seed) for N, L, scale in ((2, 1, 16.0), (3, 2, 64.0), (4,
 
 @pytest.mark.parametrize(("N", "L", "scale", "seed"), SWEEP)
 def test_counts_agree_with_the_proof_on_random_cauchy_nets(N, L, scale, seed):
-    from losslab.fixedpoints.certify import certify_fixed_points
 
     net = SquareNet(N, L, init="cauchy", weight_scale=scale, seed=seed)
     # a box budget, not a clock: the outcome cannot depend on the machine's load
@@ -588,11 +586,10 @@ def test_counts_agree_with_the_proof_on_random_cauchy_nets(N, L, scale, seed):
 
 def test_a_failed_index_check_searches_again():
     # One uniform start (and the 64 lifted ones) finds 8 of the 9 proved fixed points of this
-    # net, with indices summing to 2: proof that one is missing. The retry (twice the starts,
+    # net, with indices summing to 0: proof that one is missing. The retry (twice the starts,
     # fresh draws) finds the ninth.
-    from losslab.fixedpoints.certify import certify_fixed_points
 
-    net = SquareNet(3, 2, init="cauchy", weight_scale=64.0, seed=29)
+    net = SquareNet(3, 2, init="cauchy", weight_scale=64.0, seed=62)
     proof = certify_fixed_points(net, time_limit=math.inf)
     assert (proof.status, proof.count) == ("certified", 9)
     first = find_fixed_points(net, n_starts=1, index_retries=0, basin_starts=0)
@@ -737,8 +734,6 @@ def test_a_sequential_is_searched_with_its_square_net_structure():
     # uses the SquareNet structure of a plain Sequential (same function, same dtype).
     from torch import nn
 
-    from losslab.fixedpoints.certify import certify_fixed_points
-
     net = nn.Sequential(nn.Linear(2, 2), nn.Tanh()).double()
     with torch.no_grad():
         net[0].weight.copy_(torch.tensor([[0.156497523188591, 3.1398816108703613],
@@ -760,7 +755,6 @@ class _Flipped(SquareNet):
 
 
 def test_a_square_net_subclass_with_its_own_forward_is_a_generic_map():
-    from losslab.fixedpoints.certify import certify_fixed_points
 
     net = _Flipped(2, 1, init="cauchy", weight_scale=20.0, seed=3)
     assert not net.computes_its_layers
@@ -896,6 +890,34 @@ def test_a_huge_box_keeps_the_tolerances_of_the_maps_range():
         assert result.index_consistent is True
 
 
+def test_starts_in_the_hull_of_the_images_find_points_a_huge_box_hides():
+    # uniform starts in [-1e10, 1e10]^2 land within 1 of tanh(3x)'s repeller at 0 with
+    # probability 1e-10 per coordinate; every fixed point lies in f(box) = (-1, 1)^2, where
+    # the hull starts are drawn. Reference: the 3 x 3 products of the 1-D roots.
+    root = scipy.optimize.brentq(lambda x: math.tanh(3 * x) - x, 0.5, 1.0, xtol=1e-15)
+    roots_1d = torch.tensor([-root, 0.0, root], dtype=DT)
+    expected = torch.cartesian_prod(roots_1d, roots_1d)  # lexicographic, as reported
+    found = find_fixed_points(lambda x: torch.tanh(3 * x), box=_box(-1e10, 1e10, N=2), seed=4)
+    assert found.count == 9
+    torch.testing.assert_close(found.points, expected, rtol=0, atol=1e-12)
+    assert found.kinds.count("saddle") == 4
+    assert found.kinds.count("repeller") == 1
+
+
 def test_a_half_precision_map_is_refused():
     with pytest.raises(FixedPointError, match="float32 or float64"):
         find_fixed_points(SquareNet(3, 2, seed=0).half())
+
+
+def test_lifted_starts_reach_roots_whose_preactivations_a_heavy_column_pins_near_zero():
+    # SquareNet(6, 2, tanh, cauchy, 64), seed 1: four of its five proved fixed points have
+    # a coordinate x_4 ~ 1e-3 fed through a column of norm ~1e5 (||J_F|| ~ 1.8e5); lifted
+    # starts with |y| >= 0.1 found only the fifth, and the index sum 1 could not tell
+    net = SquareNet(6, 2, activation="tanh", init="cauchy", weight_scale=64.0, seed=1)
+    proof = certify_fixed_points(net, time_limit=math.inf)
+    assert proof.certified
+    found = find_fixed_points(net)
+    assert found.count == proof.count == 5
+    for point in found.points:
+        inside = (proof.enclosures[..., 0] <= point) & (point <= proof.enclosures[..., 1])
+        assert bool(inside.all(dim=-1).any())

@@ -4,6 +4,7 @@ result, checked against exact rational arithmetic (``fractions.Fraction``) and a
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import mpmath
@@ -313,3 +314,15 @@ def test_derivative_ranges_are_tight_on_both_sides_of_zero():
     assert float(D.hi[2]) == pytest.approx(float(_mp_dsigmoid(-1.0)), rel=1e-14)
     T = tanh_derivative(X)
     assert float(T.hi[0]) == 1.0
+
+
+def test_overflowing_products_are_unbounded_never_nan():
+    # 3 * [-1, 1.5e308] = [-3, 4.5e308]: the upper end overflows; the center and radius are
+    # both infinite and their difference was NaN
+    x = Interval(
+        torch.tensor([[-1.0]], dtype=torch.float64), torch.tensor([[1.5e308]], dtype=torch.float64)
+    )
+    product = matvec(torch.tensor([[3.0]], dtype=torch.float64), x)
+    assert not bool(torch.isnan(product.lo).any() or torch.isnan(product.hi).any())
+    assert float(product.lo) <= -3.0
+    assert float(product.hi) == math.inf

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
 
+from losslab.critical import classify
 from losslab.errors import CurvatureError
-from losslab.linalg import GaussNewtonOperator, HessianOperator
+from losslab.linalg import GaussNewtonOperator, HessianOperator, ModelLoss
 from losslab.nets import ReLUMLP
 
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -186,8 +187,21 @@ def test_many_batches_recompute_products_and_agree() -> None:
     batches = [(inputs[i : i + size], targets[i : i + size]) for i in range(0, len(inputs), size)]
     assert len(batches) > MAX_CACHED_BATCHES
     split = HessianOperator(model, loss_fn, batches)
-    torch.testing.assert_close(split.dense(), dense_hessian(model, loss_fn, (inputs, targets)),
-                               atol=1e-12, rtol=1e-10)  # fmt: skip
+    assert not split.cache_graphs
+    reference = dense_hessian(model, loss_fn, (inputs, targets))
+    torch.testing.assert_close(split.dense(), reference, atol=1e-12, rtol=1e-10)
+    # the choice can be forced either way, with the same matrix
+    for data, cache_graphs in ((batches, True), ((inputs, targets), False)):
+        forced = HessianOperator(model, loss_fn, data, cache_graphs=cache_graphs)
+        assert forced.cache_graphs is cache_graphs
+        torch.testing.assert_close(forced.dense(), reference, atol=1e-12, rtol=1e-10)
+        pairs = forced.eigenpairs(2, tol=1e-8, mixed_precision=True)  # its float32 copy too
+        assert pairs.converged
+        torch.testing.assert_close(
+            pairs.values, torch.linalg.eigvalsh(reference).flip(0)[:2], atol=1e-7, rtol=1e-7
+        )
+    with pytest.raises(CurvatureError, match="cache_graphs"):
+        HessianOperator(model, loss_fn, batches, cache_graphs="yes")
 
 
 def test_hutch_plus_plus_on_a_model_hessian_is_unbiased() -> None:
@@ -493,3 +507,70 @@ def test_models_the_flat_parameter_vector_cannot_hold_are_refused() -> None:
         HessianOperator(small_problem()[0].half(), loss_fn, (X, Y))
     with pytest.raises(CurvatureError, match="TorchScript"):
         HessianOperator(torch.jit.script(model), loss_fn, (X, Y))
+
+
+def test_models_with_several_outputs_are_checked_for_randomness_and_have_a_gauss_newton() -> None:
+    generator = torch.Generator().manual_seed(21)
+    inputs = torch.randn(20, 4, generator=generator)
+    labels = torch.randint(0, 3, (20,), generator=generator)
+
+    class TwoOutputs(nn.Module):
+        def __init__(self, dropout: float) -> None:
+            super().__init__()
+            self.hidden, self.out, self.dropout = nn.Linear(4, 5), nn.Linear(5, 3), dropout
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            hidden = nn.functional.dropout(torch.tanh(self.hidden(x)), self.dropout, True)
+            logits = self.out(hidden)
+            return {"logits": logits, "label": logits.argmax(1)}  # an integer output too
+
+    def loss_fn(outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(outputs["logits"], labels)
+
+    with pytest.raises(CurvatureError, match="differ between two evaluations"):
+        HessianOperator(TwoOutputs(0.3), loss_fn, (inputs, labels))
+    model = TwoOutputs(0.0)
+    gauss_newton = GaussNewtonOperator(model, loss_fn, (inputs, labels)).dense()
+    # J^T (nabla^2 of the cross-entropy in the logits) J from autograd, one sample at a time
+    _loss, theta, unflatten = flat_loss(model, loss_fn, (inputs, labels))
+    jacobian = jacrev(lambda t: functional_call(model, unflatten(t), (inputs,))["logits"])(theta)
+    probabilities = torch.softmax(model(inputs)["logits"].detach(), dim=1)
+    output_hessians = (
+        torch.diag_embed(probabilities) - probabilities[:, :, None] * probabilities[:, None, :]
+    )
+    expected = torch.einsum("nip,nij,njq->pq", jacobian, output_hessians, jacobian) / len(inputs)
+    torch.testing.assert_close(gauss_newton, expected, atol=1e-12, rtol=1e-10)
+
+
+def test_the_model_and_its_buffers_are_never_modified() -> None:
+    generator = torch.Generator().manual_seed(22)
+    inputs = torch.randn(20, 4, generator=generator)
+    targets = torch.randn(20, 2, generator=generator)
+    batch_norm = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 2))
+    spectral = nn.Sequential(nn.utils.spectral_norm(nn.Linear(4, 5)), nn.Tanh(), nn.Linear(5, 2))
+    for model in (batch_norm.train(), spectral.train()):
+        before = {name: b.clone() for name, b in model.named_buffers()}
+        with pytest.raises(CurvatureError, match=r"training mode|differ between two evaluations"):
+            HessianOperator(model, nn.MSELoss(), (inputs, targets))
+        loss = ModelLoss(model, nn.MSELoss(), (inputs, targets))
+        with pytest.raises(CurvatureError, match=r"training mode|differ"):
+            classify(loss, loss.theta0)
+        loss(loss.theta0)  # evaluating the loss updates its copies of the buffers only
+        for name, buffer in model.named_buffers():
+            assert torch.equal(buffer, before[name]), name
+
+
+def test_mixed_precision_with_a_weighted_loss_matches_eigh() -> None:
+    model, _, (inputs, labels) = small_problem(23, loss="cross_entropy")
+    weighted = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5]))
+    class_weights = torch.tensor([1.0, 2.0, 0.5])
+
+    def weighted_function(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(outputs, labels, weight=class_weights)
+
+    for loss_fn in (weighted, weighted_function):  # a module is cast; a function is not
+        operator = HessianOperator(model, loss_fn, (inputs, labels))
+        exact = torch.linalg.eigvalsh(dense_hessian(model, loss_fn, (inputs, labels)))
+        pairs = operator.eigenpairs(2, tol=1e-8, mixed_precision=True)
+        assert pairs.converged
+        torch.testing.assert_close(pairs.values, exact.flip(0)[:2], atol=1e-7, rtol=1e-7)

@@ -8,6 +8,8 @@ import the main script) runs as a script of its own.
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import math
 import re
 import shutil
@@ -115,3 +117,20 @@ CHECKS = {
     "dogleg_batch(F, starts": _check_dogleg,
     "hessian.density(": _check_hessian,
 }
+
+
+def modules_with_examples() -> list[str]:
+    source = ROOT / "src"
+    return sorted(
+        ".".join(path.relative_to(source).with_suffix("").parts)
+        for path in (source / "losslab").rglob("*.py")
+        if ">>> " in path.read_text()
+    )
+
+
+@pytest.mark.parametrize("module", modules_with_examples())
+def test_docstring_examples_run_and_print_what_they_say(module, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an example may write files
+    results = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert results.attempted > 0
+    assert results.failed == 0

@@ -61,6 +61,11 @@ class Formulation(StrEnum):
     gated = "gated"
 
 
+class TaskChoice(StrEnum):
+    regression = "regression"
+    classification = "classification"
+
+
 class Init(StrEnum):
     gaussian = "gaussian"
     cauchy = "cauchy"
@@ -196,9 +201,10 @@ def data_show(
         list[str] | None,
         typer.Option("--param", "-p", help="Generator parameter KEY=VALUE (synthetic sets)."),
     ] = None,
+    task: TaskOption = None,
 ) -> None:
     """Shape, target type and summary statistics of a dataset."""
-    dataset = _load_data(name, target, standardize, param)
+    dataset = _load_data(name, target, standardize, param, task)
     summary = dataset.describe()
     console = _out()
     console.print(
@@ -223,10 +229,18 @@ def data_show(
         console.print(f"... and {len(summary.features) - len(shown)} more feature columns")
 
 
-def _load_data(name: str, target: str | None, standardize: bool, param: list[str] | None) -> Any:
+def _load_data(
+    name: str,
+    target: str | None,
+    standardize: bool,
+    param: list[str] | None,
+    task: TaskChoice | None = None,
+) -> Any:
+    """``losslab.data.load`` with the shared data options; ``task=None`` infers the task."""
     from losslab.data import load
 
-    return load(name, target=target, standardize=standardize, **_parse_params(param or []))
+    return load(name, target=target, task=None if task is None else task.value,
+                standardize=standardize, **_parse_params(param or []))  # fmt: skip
 
 
 def _parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -244,6 +258,13 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 
 DataArgument = Annotated[str, typer.Argument(help="A built-in name or a .csv/.npz/.parquet path.")]
 TargetOption = Annotated[str | None, typer.Option(help="Target column of a CSV/Parquet file.")]
+TaskOption = Annotated[
+    TaskChoice | None,
+    typer.Option(
+        help="Fit the target as a regression or as class labels \\[default: inferred: "
+        "a non-numeric target, or one of at most 20 distinct integers, is classes]."
+    ),
+]
 StandardizeOption = Annotated[
     bool, typer.Option(help="Standardise the features (and a regression target) first.")
 ]
@@ -265,14 +286,23 @@ def _convex_data(
     target: str | None,
     standardize: bool,
     param: list[str] | None,
+    task: TaskChoice | None = None,
     multiclass: bool = False,
 ) -> Any:
     """Features and target for the convex tools: binary labels become -1/+1; more classes
-    stay labels when ``multiclass`` (one-vs-all), else are an error."""
-    dataset = _load_data(name, target, standardize, param)
+    stay labels when ``multiclass`` (one-vs-all), else are an error; a single class is
+    an error."""
+    dataset = _load_data(name, target, standardize, param, task)
     y = dataset.y
     if dataset.task == "classification":
         classes = sorted(set(y.tolist()))
+        if len(classes) < 2:
+            only = _class_name(dataset, classes[0])
+            raise LosslabError(
+                f"{dataset.name}: every row has the same class ({only}); classification "
+                "needs at least 2 classes (a numeric target can be fitted as a regression "
+                "with --task regression)"
+            )
         if len(classes) > 2 and multiclass:
             return dataset, dataset.X, y
         if len(classes) > 2:
@@ -285,13 +315,23 @@ def _convex_data(
     return dataset, dataset.X, y
 
 
+def _class_name(dataset: Any, label: float) -> str:
+    """The name of class ``label`` from ``meta["target_names"]`` (labels 0..K-1 index it),
+    else the label itself."""
+    names = dataset.meta.get("target_names")
+    if names and float(label).is_integer() and 0 <= label < len(names):
+        return str(names[int(label)])
+    return f"{label:g}"
+
+
 def _fit_convex(X: Any, y: Any, lam: float, formulation: Formulation, gates: int, bias: bool,
                 seed: int, tol: float) -> Any:  # fmt: skip
     from losslab.convex import ConvexReLU
 
     form: Literal["relu", "gated"] = "relu" if formulation is Formulation.relu else "gated"
     model = ConvexReLU(lam=lam, formulation=form, n_gates=gates, bias=bias, seed=seed, tol=tol)
-    return model.fit(X.numpy(), y.numpy())
+    with _out().status(f"solving the {form} program ({gates} gates) and certifying it ..."):
+        return model.fit(X.numpy(), y.numpy())
 
 
 def _fit_one_vs_all(dataset: Any, X: Any, y: Any, lam: float, formulation: Formulation,
@@ -301,9 +341,12 @@ def _fit_one_vs_all(dataset: Any, X: Any, y: Any, lam: float, formulation: Formu
     form: Literal["relu", "gated"] = "relu" if formulation is Formulation.relu else "gated"
     model = ConvexReLUClassifier(
         lam=lam, formulation=form, n_gates=gates, bias=bias, seed=seed, tol=tol
-    ).fit(X.numpy(), y.numpy())
+    )
+    with _out().status(f"solving one {form} program per class ({gates} gates) ..."):
+        model.fit(X.numpy(), y.numpy())
     for label, estimator in zip(model.classes_, model.estimators_, strict=True):
-        title = f"convex {formulation.value} fit of {dataset.name}: class {label:g} vs the rest"
+        name = _class_name(dataset, float(label))
+        title = f"convex {formulation.value} fit of {dataset.name}: class {name} vs the rest"
         _out().print(_solution_table(title, estimator))
     accuracy = model.score(X.numpy(), y.numpy())
     _out().print(
@@ -352,13 +395,14 @@ def convex_fit(
     target: TargetOption = None,
     standardize: StandardizeOption = False,
     param: ParamOption = None,
+    task: TaskOption = None,
 ) -> None:
     """Fit the convex program, certify it, and show the certificate (a dataset with more
     than two classes: one network per class, one-vs-all)."""
     _check_writable(save, "--save")
     import torch
 
-    dataset, X, y = _convex_data(data, target, standardize, param, multiclass=True)
+    dataset, X, y = _convex_data(data, target, standardize, param, task, multiclass=True)
     if dataset.task == "classification" and len(set(y.tolist())) > 2:
         if save is not None:
             raise LosslabError("--save holds one network; a one-vs-all fit has one per class")
@@ -371,7 +415,7 @@ def convex_fit(
         torch.save(
             {"state_dict": model.to_torch().state_dict(), "bias": bias, "lam": lam,
              "standardize": standardize, "n_features": X.shape[1],
-             "objective": model.objective_},
+             "task": None if task is None else task.value, "objective": model.objective_},
             save,
         )  # fmt: skip
         _out().print(f"Saved the network to {save}")
@@ -389,11 +433,13 @@ def convex_prune(
     target: TargetOption = None,
     standardize: StandardizeOption = False,
     param: ParamOption = None,
+    task: TaskOption = None,
 ) -> None:
     """Fit, then prune optimally to linearly independent neurons (same objective)."""
-    dataset, X, y = _convex_data(data, target, standardize, param)
+    dataset, X, y = _convex_data(data, target, standardize, param, task)
     model = _fit_convex(X, y, lam, formulation, gates, bias, seed, tol)
-    pruned = model.prune()
+    with _out().status("pruning ..."):
+        pruned = model.prune()
     table = Table(title=f"optimal pruning of {dataset.name}, lam={lam:g}")
     for column in ("", "neurons", "objective"):
         table.add_column(column)
@@ -419,16 +465,18 @@ def convex_path(
     target: TargetOption = None,
     standardize: StandardizeOption = False,
     param: ParamOption = None,
+    task: TaskOption = None,
 ) -> None:
     """The regularization path from lam_max down, with a certificate per point."""
     _check_writable(figure, "--figure")
     from losslab.convex import regularization_path
 
-    dataset, X, y = _convex_data(data, target, standardize, param)
+    dataset, X, y = _convex_data(data, target, standardize, param, task)
     form: Literal["relu", "gated"] = "relu" if formulation is Formulation.relu else "gated"
-    path = regularization_path(X, y, n_lams=n_lams, lam_min_ratio=lam_min_ratio,
-                               formulation=form, n_gates=gates, bias=bias, tol=tol,
-                               seed=seed)  # fmt: skip
+    with _out().status(f"solving the path ({n_lams} values of lam) ..."):
+        path = regularization_path(X, y, n_lams=n_lams, lam_min_ratio=lam_min_ratio,
+                                   formulation=form, n_gates=gates, bias=bias, tol=tol,
+                                   seed=seed)  # fmt: skip
     table = Table(
         title=f"{formulation.value} path of {dataset.name} (lam_max = {path.lam_max:.4g})"
     )
@@ -454,7 +502,7 @@ def convex_certify(
     ],
     data: DataArgument,
     lam: Annotated[
-        float | None, typer.Option(help="Weight decay lam > 0 [default: the saved fit's].")
+        float | None, typer.Option(help="Weight decay lam > 0 \\[default: the saved fit's].")
     ] = None,
     target: TargetOption = None,
     standardize: Annotated[
@@ -462,14 +510,16 @@ def convex_certify(
         typer.Option(
             "--standardize/--no-standardize",
             help="Standardise the features (and a regression target) first "
-            "[default: as the saved fit did].",
+            "\\[default: as the saved fit did].",
         ),
     ] = None,
     param: ParamOption = None,
+    task: TaskOption = None,
 ) -> None:
     """Is a saved two-layer ReLU network stationary, optimal for its own patterns, global?
     The network is certified at the lam and on the features it was fitted with, unless
-    --lam or --[no-]standardize say otherwise."""
+    --lam or --standardize/--no-standardize say otherwise; likewise the target is read
+    with the saved fit's --task unless --task says otherwise."""
     import torch
     from torch import nn
 
@@ -484,6 +534,7 @@ def convex_certify(
         net = nn.Sequential(nn.Linear(d, m, bias=saved["bias"], dtype=torch.float64), nn.ReLU(),
                             nn.Linear(m, 1, bias=False, dtype=torch.float64))  # fmt: skip
         net.load_state_dict(state)
+        saved_task = None if saved.get("task") is None else TaskChoice(saved["task"])
     except Exception as error:  # a file that is not a saved network, whatever the failure
         first_line = re.sub(r"\x1b\[[0-9;]*m", "", (str(error).splitlines() or [""])[0])
         raise LosslabError(
@@ -494,8 +545,11 @@ def convex_certify(
         lam = float(saved.get("lam", 1e-3))
     if standardize is None:
         standardize = bool(saved.get("standardize", False))
-    dataset, X, y = _convex_data(data, target, standardize, param)
-    certificate = certify_network(net, X, y, lam)
+    if task is None:
+        task = saved_task
+    dataset, X, y = _convex_data(data, target, standardize, param, task)
+    with _out().status("certifying the network ..."):
+        certificate = certify_network(net, X, y, lam)
     scaled = ", standardised" if standardize else ""
     table = Table(
         title=f"certificate of {network.name} on {dataset.name}{scaled}, lam={lam:g}",
@@ -532,7 +586,8 @@ def fixedpoints_count(
         raise LosslabError(f"--time-limit must be a finite number of seconds > 0; got {time_limit}")
     net = SquareNet(N, L, activation.value, init.value, weight_scale=scale,
                     bias_scale=bias_scale, df=df, seed=seed)  # fmt: skip
-    found = find_fixed_points(net, n_starts=starts, seed=seed)
+    with _out().status(f"searching from {starts} starts ..."):
+        found = find_fixed_points(net, n_starts=starts, seed=seed)
     table = Table(title=f"fixed points of SquareNet(N={N}, L={L}, {init.value}, scale={scale:g}, "
                         f"seed={seed}): {found.count}")  # fmt: skip
     for column in ("#", "point (first 6 coordinates)", "residual", "spectral radius", "kind",

@@ -91,7 +91,7 @@ from torch.func import grad
 from losslab.errors import CurvatureError
 from losslab.linalg.hvp import HessianVectorProduct, dense_hessian
 from losslab.linalg.lanczos import lanczos_eigenpairs
-from losslab.linalg.model_loss import ParameterLayout
+from losslab.linalg.model_loss import ModelLoss, ParameterLayout
 
 Params = torch.Tensor | dict[str, torch.Tensor]
 Method = Literal["newton_mr", "levenberg_marquardt"]
@@ -134,6 +134,8 @@ class _FlatLoss:
             raise CurvatureError("params are on the meta device: they hold no numbers")
         if not bool(torch.isfinite(self.theta0).all()):
             raise CurvatureError("params hold NaN or inf")
+        if isinstance(loss_fn, ModelLoss):  # dropout, batch norm in training mode
+            loss_fn.check_fixed_function()
         self.loss_fn = loss_fn
         with torch.no_grad():
             value = self._value(self.theta0)

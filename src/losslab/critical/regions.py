@@ -151,24 +151,58 @@ class _ReLUNetwork:
     layout: ParameterLayout
 
 
+def _runs_own_forward(module: nn.Module, base: type[nn.Module]) -> bool:
+    """Whether ``module`` computes exactly what ``base`` does: it keeps ``base.forward``
+    and carries no forward hooks (a subclass or a hook may compute anything)."""
+    return (
+        type(module).forward is base.forward
+        and not module._forward_hooks
+        and not module._forward_pre_hooks
+    )
+
+
 def _relu_layers(model: nn.Module) -> _ReLUNetwork:
-    """The ``Linear`` layers of a ``Linear (ReLU [Dropout] Linear)*`` ``nn.Sequential``."""
-    if not isinstance(model, nn.Sequential):
+    """The ``Linear`` layers of a ``Linear (ReLU [Dropout] Linear)*`` ``nn.Sequential``.
+
+    Only what the analysis reproduces is accepted: ``nn.Sequential``, ``nn.Linear`` and
+    ``nn.ReLU`` modules (or subclasses) that keep torch's own ``forward`` and carry no
+    forward hooks, each ``Linear`` used once (a repeated ``ReLU`` instance is harmless)."""
+    if not isinstance(model, nn.Sequential) or not _runs_own_forward(model, nn.Sequential):
         raise CurvatureError(
             "strong_convexity needs an nn.Sequential of Linear, ReLU (and Dropout) layers, "
-            f"such as losslab.nets.ReLUMLP; got {type(model).__name__}"
+            "with torch's own forward and no forward hooks, such as losslab.nets.ReLUMLP; "
+            f"got {type(model).__name__}"
         )
     weights: list[str] = []
     biases: list[str | None] = []
+    seen_linear: set[int] = set()
     expect_linear = True
-    for name, module in model.named_children():
-        if isinstance(module, nn.Dropout | nn.Identity):
+    # model._modules, not named_children(): that skips a module's second appearance
+    for name, module in model._modules.items():
+        if module is None or isinstance(module, nn.Dropout | nn.Identity):
             continue
         if isinstance(module, nn.Linear) and expect_linear:
+            if not _runs_own_forward(module, nn.Linear):
+                raise CurvatureError(
+                    f"layer {name} ({type(module).__name__}) overrides nn.Linear's forward or "
+                    "carries a forward hook: strong_convexity cannot analyse it"
+                )
+            if id(module) in seen_linear:
+                raise CurvatureError(
+                    f"layer {name} reuses a Linear module that appears earlier: shared "
+                    "weights are not the Linear (ReLU Linear)* network strong_convexity "
+                    "analyses"
+                )
+            seen_linear.add(id(module))
             weights.append(f"{name}.weight")
             biases.append(f"{name}.bias" if module.bias is not None else None)
             expect_linear = False
         elif isinstance(module, nn.ReLU) and not expect_linear:
+            if not _runs_own_forward(module, nn.ReLU):
+                raise CurvatureError(
+                    f"layer {name} ({type(module).__name__}) overrides nn.ReLU's forward or "
+                    "carries a forward hook: strong_convexity cannot analyse it"
+                )
             expect_linear = True
         else:
             raise CurvatureError(

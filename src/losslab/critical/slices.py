@@ -32,8 +32,7 @@ with batch statistics.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -324,19 +323,6 @@ def _scale_whole(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- evaluation
 
 
-@contextmanager
-def _preserve_buffers(*models: nn.Module) -> Iterator[None]:
-    """Restore every buffer of ``models`` on exit (batch norm in training mode updates its
-    running statistics in place even when called functionally)."""
-    saved = [(b, b.detach().clone()) for m in models for b in m.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, copy in saved:
-                buffer.copy_(copy)
-
-
 def _center_loss(loss: ModelLoss, theta: torch.Tensor, what: str) -> float:
     center = float(loss(theta))
     if not math.isfinite(center):
@@ -437,7 +423,7 @@ def slice_1d(
         )
     d = _check_direction(direction, theta0)
     alphas = _grid(low, high, n_points, theta0)
-    with torch.no_grad(), _preserve_buffers(model):
+    with torch.no_grad():  # (ModelLoss evaluates with copies of the buffers)
         center = _center_loss(loss, theta0, "the model's parameters")
         losses = _evaluate(loss, alphas[:, None], d[None, :], theta0, chunk_size)
     return Slice1D(alphas=alphas, losses=losses, center_loss=center, direction=d)
@@ -538,7 +524,7 @@ def slice_2d(
     grid_b, grid_a = torch.meshgrid(betas, alphas, indexing="ij")  # (m, n) each
     coeffs = torch.stack([grid_a.reshape(-1), grid_b.reshape(-1)], dim=1)  # row-major (j, i)
     basis = torch.stack([d1, d2])
-    with torch.no_grad(), _preserve_buffers(model):
+    with torch.no_grad():  # (ModelLoss evaluates with copies of the buffers)
         center = _center_loss(loss, theta0, "the model's parameters")
         losses = _evaluate(loss, coeffs, basis, theta0, chunk_size)
     return Slice2D(
@@ -653,7 +639,7 @@ def interpolate(
     ts = _grid(low, high, n_points, theta_a)
     coeffs = torch.stack([1 - ts, ts], dim=1)
     basis = torch.stack([theta_a, theta_b])
-    with torch.no_grad(), _preserve_buffers(model_a):
+    with torch.no_grad():  # (ModelLoss evaluates with copies of the buffers)
         center = _center_loss(loss, theta_a, "model_a's parameters")
         losses = _evaluate(loss, coeffs, basis, None, chunk_size)
     return Slice1D(

@@ -163,19 +163,53 @@ def infer_task(y: np.ndarray) -> Task:
     return "regression"
 
 
+def resolve_task(y: np.ndarray, task: str | None, *, name: str) -> Task:
+    """The task of target ``y``: ``task`` when given, else :func:`infer_task`.
+
+    ``task="regression"`` accepts any numeric target (an integer target such as counts
+    included); ``task="classification"`` needs integer-valued labels, however many.
+
+    Raises:
+        DatasetError: ``task`` is not ``None``, ``"regression"`` or
+            ``"classification"``, or it is ``"classification"`` and ``y`` holds a
+            non-integer value.
+    """
+    if task is None:
+        return infer_task(y)
+    if task == "regression":
+        return "regression"
+    if task != "classification":
+        raise DatasetError(
+            f"dataset {name!r}: task must be 'regression', 'classification' or None "
+            f"(inferred); got {task!r}"
+        )
+    fractional = np.flatnonzero(np.mod(y, 1) != 0)
+    if fractional.size:
+        row = int(fractional[0])
+        raise DatasetError(
+            f"dataset {name!r}: task 'classification' needs integer class labels, but the "
+            f"target is {y[row]:g} in row {row} (0-based); use task 'regression'"
+        )
+    return "classification"
+
+
 def dataset_from_arrays(
     X: Any,
     y: Any,
     *,
     name: str,
-    task: Task | None = None,
+    task: str | None = None,
     feature_names: Sequence[str] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> Dataset:
     """Validate array-likes and wrap them as a float64 :class:`Dataset`.
 
+    ``task`` is ``"regression"``, ``"classification"`` or ``None`` (inferred from ``y``
+    by :func:`infer_task`); see :func:`resolve_task`.
+
     Raises :class:`~losslab.errors.DatasetError` for no rows, mismatched shapes,
-    and NaN or inf (naming the rows and columns that hold them).
+    NaN or inf (naming the rows and columns that hold them), an unknown task, and
+    non-integer labels for ``task="classification"``.
     """
     X_np = np.asarray(X, dtype=np.float64)
     y_np = np.asarray(y, dtype=np.float64)
@@ -200,7 +234,7 @@ def dataset_from_arrays(
         X=torch.tensor(X_np, dtype=torch.float64),
         y=torch.tensor(y_np, dtype=torch.float64),
         name=name,
-        task=task or infer_task(y_np),
+        task=resolve_task(y_np, task, name=name),
         meta=meta,
     )
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from losslab.data import builtin, synthetic
-from losslab.data.dataset import Dataset
+from losslab.data.dataset import Dataset, resolve_task
 from losslab.data.files import SUPPORTED_SUFFIXES, read_file
 from losslab.errors import DatasetError
 
@@ -54,6 +54,7 @@ def load(
     name_or_path: str | Path,
     *,
     target: str | None = None,
+    task: str | None = None,
     standardize: bool = False,
     **params: Any,
 ) -> Dataset:
@@ -61,19 +62,26 @@ def load(
 
     Args:
         name_or_path: a name from :data:`BUILTIN_DATASETS` (``losslab data list``) or a
-            file path.
+            file path. A CSV file needs a header row naming its columns (see
+            :func:`~losslab.data.files.read_file`).
         target: for CSV and Parquet files, the name of the target column (default: the
             last column).
-        standardize: centre and scale the features (and a regression target); see
-            :meth:`Dataset.standardized`.
+        task: ``"regression"`` or ``"classification"`` to override the inferred task, e.g.
+            ``"regression"`` for an integer target such as counts, which is otherwise
+            read as class labels; ``None`` (default) infers it: a non-numeric target, or
+            one of at most 20 distinct integers, is classification.
+        standardize: centre and scale the features (and a regression target, including
+            one made so by ``task``); see :meth:`Dataset.standardized`.
         **params: parameters of a synthetic generator, e.g. ``n=500, d=10, seed=1``.
 
     Returns:
         A :class:`Dataset` with float64 tensors ``X`` (n, d) and ``y`` (n,).
 
     Raises:
-        DatasetError: unknown name, missing or unreadable file, NaN or inf, no rows,
-            missing target column, non-numeric features, unknown parameters.
+        DatasetError: unknown name, missing or unreadable file, a CSV without a header
+            row, NaN or inf, no rows, missing target column, non-numeric features, a
+            mostly numeric column with non-numeric cells (such as ``"?"``), a task that
+            does not fit the target, unknown parameters.
 
     Example:
         >>> from losslab.data import load
@@ -88,6 +96,9 @@ def load(
         if target is not None:
             raise DatasetError(f"target= applies to files; {key!r} is a built-in dataset")
         dataset = spec.make(**_check_params(spec, params))
+        if task is not None:
+            resolved = resolve_task(dataset.y.numpy(), task, name=dataset.name)
+            dataset = replace(dataset, task=resolved)
     else:
         path = Path(name_or_path).expanduser()
         if not path.exists() and path.suffix.lower() not in SUPPORTED_SUFFIXES:
@@ -98,7 +109,7 @@ def load(
             )
         if params:
             raise DatasetError(f"parameters {sorted(params)} apply to synthetic datasets only")
-        dataset = read_file(path, target=target)
+        dataset = read_file(path, target=target, task=task)
     return dataset.standardized() if standardize else dataset
 
 

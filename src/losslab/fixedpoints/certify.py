@@ -259,7 +259,8 @@ class _IntervalMap:
             lo = torch.where(torch.isnan(back.lo), torch.full_like(back.lo, -math.inf), back.lo)
             hi = torch.where(torch.isnan(back.hi), torch.full_like(back.hi, math.inf), back.hi)
             A_out = A_in.intersect(Interval(lo, hi))
-            dead |= ~(A_out.lo <= A_out.hi).all(dim=-1)  # empty, or NaN from an empty input
+            # empty only when an end point crossed the other: NaN says nothing (an overflow)
+            dead |= (A_out.lo > A_out.hi).any(dim=-1)
         # a box found empty at any layer holds no fixed point: mark it empty for good
         lo = torch.where(dead[:, None], torch.full_like(A_out.lo, math.inf), A_out.lo)
         hi = torch.where(dead[:, None], torch.full_like(A_out.hi, -math.inf), A_out.hi)
@@ -316,7 +317,10 @@ def _extract(net: Any) -> tuple[list[tuple[Tensor, Tensor]], str, int]:
     N = net.N
     if isinstance(N, bool) or not isinstance(N, int) or N < 1:
         raise FixedPointError(f"N must be an integer >= 1; got {N!r}")
-    pairs = list(net.weights())
+    try:
+        pairs = list(net.weights())
+    except (TypeError, ValueError, AttributeError) as error:
+        raise FixedPointError(f"net.weights() failed: {error}") from None
     if not pairs:
         raise FixedPointError("the network has no layers; it needs at least one (W, b)")
     weights = []
@@ -343,11 +347,17 @@ def _check_layers_describe(
     net: Any, weights: list[tuple[Tensor, Tensor]], activation: str, N: int
 ) -> None:
     """A map that lists its layers must compute them: compare ``net(x)`` with the
-    composition of the layers at a few points (a ReLU net claiming ``activation="sigmoid"``
-    would otherwise be certified as another map)."""
+    composition of the layers at the corners of the activation's output box (where every
+    fixed point lies; ``2^min(N, 6)`` of them) and 16 points inside it (a ReLU net claiming
+    ``activation="sigmoid"`` would otherwise be certified as another map)."""
     sigma = torch.sigmoid if activation == "sigmoid" else torch.tanh
     device = weights[0][0].device
-    x = torch.rand(8, N, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    # where the fixed points lie: the activation's output box, its corners and inside
+    out_low, out_high = _ACTIVATIONS[activation][2]
+    n_corners = 2 ** min(N, 6)
+    bits = (torch.arange(n_corners)[:, None] >> torch.arange(N)[None, :]) & 1
+    uniform = torch.rand(16, N, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = out_low + (out_high - out_low) * torch.cat([bits.to(torch.float64), uniform])
     x = x.to(device)
     expected = x
     for W, b in weights:
@@ -358,7 +368,7 @@ def _check_layers_describe(
         with torch.no_grad():
             computed = torch.as_tensor(net(x.to(dtype))).to(torch.float64)
     except Exception as error:  # the user's map, whatever it raises
-        raise FixedPointError(f"net(x) failed on (8, {N}) inputs: {error}") from None
+        raise FixedPointError(f"net(x) failed on {tuple(x.shape)} inputs: {error}") from None
     tolerance = 1e-6 if dtype == torch.float64 else 1e-3
     if computed.shape != expected.shape or not bool(
         ((computed - expected).abs() <= tolerance).all()
@@ -592,10 +602,10 @@ def _step(
         nt = newton[small]
         # rho: half the width, plus a floor well above rounding (the test needs room)
         rho = 0.5 * width[small, None] + _INFLATE_FLOOR * (1.0 + nt.abs())
-        near = ((nt >= Xs.lo - 2 * rho) & (nt <= Xs.hi + 2 * rho)).all(dim=-1)
+        # E ⊇ X2 holds every root of X2: when E holds exactly one, X2 is decided (a root
+        # of E outside X2 is another box's root too, merged by _deduplicate)
         E = Interval(torch.minimum(Xs.lo, nt) - rho, torch.maximum(Xs.hi, nt) + rho)
         E_unique, E_T = fmap.verify(E)
-        E_unique &= near
         if bool(E_unique.any()):
             rec_V.append(E[E_unique])
             rec_T.append(E_T[E_unique])

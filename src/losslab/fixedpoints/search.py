@@ -98,8 +98,12 @@ chaotic orbits, escape, NaN, or convergence too slow even for that: raise
 **Scale.** Tolerances and radii are for values of order one, times the scale
 ``max(1, min(box scale, max_i ||f(x_i)||_inf))``, the box scale ``max |box|`` capped by the
 largest image of the first starts: fixed points lie in ``f(box)``, so ``tanh(3 x)`` searched
-in ``[-1e10, 1e10]`` keeps the tolerances of ``[-1, 1]`` and finds its three points (with
-the box's scale two of them, 2 apart, were one).
+in ``[-1e10, 1e10]`` keeps the tolerances of ``[-1, 1]`` (with the box's scale two of its
+points, 2 apart, were one). For the same reason, when the images of the uniform starts span
+less than half the box in some coordinate, half as many starts again are drawn in the hull
+of those images (:func:`_image_hull_starts`; not for a SquareNet in a box it maps into
+itself, where the starts already lie in its range): there ``tanh(3 x)`` finds its repeller
+at 0, which uniform starts in ``[-1e10, 1e10]`` reach with probability about ``1e-10``.
 
 **Cost.** Per start and iteration: one Jacobian (``N`` forward-mode passes generically,
 ``(L - 1) N^3`` multiply-adds for a SquareNet) and an LU (``N^3 / 3``), plus ``J^T J`` and
@@ -199,6 +203,10 @@ LIFTED_MAX_UNKNOWNS = 48
 #: safety net (on the 199 certified heavy-tailed nets of seeds 0 to 199 the search counted the same
 #: with 1, 250 and 1000 of them; 250 instead of 1000 saves about 0.04 s per net).
 UNIFORM_SHARE_LIFTED = 4
+#: When the images of the uniform starts span less than this share of the box in some
+#: coordinate, half as many again are drawn in the box hull of those images (where every
+#: fixed point lies, since fixed points lie in ``f(box)``).
+IMAGE_HULL_SHARE = 0.5
 #: Distances (times the scale) at which the Jacobian's modulus of continuity is probed.
 RADIUS_LADDER = 2.0 ** -torch.arange(31, dtype=torch.float64)
 
@@ -542,14 +550,14 @@ class _Analysis:
         E = directions.shape[1]
         ladder = scale * RADIUS_LADDER.to(dtype=x.dtype, device=x.device)  # (H,) decreasing
         H = ladder.shape[0]
-        probes = x[:, None, None, :] + ladder[None, :, None, None] * directions[:, None, :, :]
-        Jp = self.jac_F(probes.reshape(-1, N)).reshape(k, H, E, N, N)
-        change = Jp - J[:, None, None]
-        # probes may leave the map's domain (sqrt below 0): an undefined change is infinite
-        defined = torch.isfinite(change).all(dim=4).all(dim=3)
-        change = torch.where(defined[..., None, None], change, torch.zeros_like(change))
-        norms = torch.linalg.matrix_norm(change, ord=2)
-        omega = torch.where(defined, norms, torch.full_like(norms, torch.inf)).amax(2)  # (k, H)
+        # H E Jacobians per point: points in chunks of at most 2^21 Jacobian entries
+        chunk = max(1, 2**21 // (H * E * N * N))
+        omega = torch.cat(
+            [
+                self._modulus(x[i : i + chunk], J[i : i + chunk], directions[i : i + chunk], ladder)
+                for i in range(0, k, chunk)
+            ]
+        )  # (k, H)
         omega = torch.where(torch.isfinite(omega), omega, torch.full_like(omega, torch.inf))
         # modulus of continuity up to each scale: running max from the smallest scale up
         omega = torch.flip(torch.cummax(torch.flip(omega, [1]), dim=1).values, [1])
@@ -560,6 +568,20 @@ class _Analysis:
         fallback = torch.where(torch.isfinite(fallback), fallback, torch.zeros_like(fallback))
         rho = torch.where(largest > 0, largest, fallback.clamp(max=ladder[-1]))
         return beta, rho, s
+
+    def _modulus(
+        self, x: torch.Tensor, J: torch.Tensor, directions: torch.Tensor, ladder: torch.Tensor
+    ) -> torch.Tensor:
+        """``max_e ||J_F(x + h e) - J_F(x)||_2`` per point and scale ``h`` of ``ladder``
+        over the ``directions`` ``e``: (k, H)."""
+        (k, E, N), H = directions.shape, ladder.shape[0]
+        probes = x[:, None, None, :] + ladder[None, :, None, None] * directions[:, None, :, :]
+        change = self.jac_F(probes.reshape(-1, N)).reshape(k, H, E, N, N) - J[:, None, None]
+        # probes may leave the map's domain (sqrt below 0): an undefined change is infinite
+        defined = torch.isfinite(change).all(dim=4).all(dim=3)
+        change = torch.where(defined[..., None, None], change, torch.zeros_like(change))
+        norms = torch.linalg.matrix_norm(change, ord=2)
+        return torch.where(defined, norms, torch.full_like(norms, torch.inf)).amax(2)
 
 
 def _deduplicate(
@@ -759,6 +781,30 @@ def _hyperbolicity_unresolved(
     return unresolved
 
 
+def _image_hull_starts(
+    images: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    count: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """``count`` uniform starts in the hull ``[min_i f(x_i), max_i f(x_i)]`` of the
+    starts' finite images, clipped to the box, when that hull spans less than
+    :data:`IMAGE_HULL_SHARE` of the box in some coordinate; none otherwise. Fixed points
+    lie in ``f(box)``: for ``tanh(3 x)`` in ``[-1e10, 1e10]`` uniform starts land within
+    ``1`` of the repeller at 0 with probability ``1e-10``, starts in ``[-1, 1]`` often."""
+    finite = images[torch.isfinite(images).all(1)]
+    empty = images.new_empty(0, images.shape[1])
+    if finite.shape[0] == 0:
+        return empty
+    hull_low = torch.maximum(finite.amin(0), low)
+    hull_high = torch.minimum(finite.amax(0), high)
+    if not bool((hull_high - hull_low < IMAGE_HULL_SHARE * (high - low)).any()):
+        return empty
+    uniform = torch.rand(count, images.shape[1], generator=generator, dtype=images.dtype)
+    return hull_low + (hull_high - hull_low).clamp(min=0) * uniform.to(images.device)
+
+
 def _scale_of(images: torch.Tensor, box_scale: float) -> float:
     """The scale of the tolerances and radii (module docstring, **Scale**):
     ``max(1, min(box scale, max_i ||f(x_i)||_inf))`` over the first starts. Fixed points
@@ -939,8 +985,10 @@ def preactivation_starts(net: SquareNet, n_starts: int, generator: torch.Generat
     sampled independently. Powell's dogleg with MINPACK's scaling
     (:func:`losslab.solve.dogleg.dogleg_batch`; the coordinates of ``Y`` range from
     ``1e-2`` to ``1e4``) from ``n_starts`` random ``Y`` (random signs,
-    magnitudes log-uniform in ``[0.1, R_l]``, ``R_l = |b_l| + sum_j |W_l|_{:j}`` bounding
-    ``|y_l|`` on the activation's range) gives ``sigma(y_L*)``: starts for the search in
+    magnitudes log-uniform in ``[r_l, R_l]``, ``R_l = |b_l| + sum_j |W_l|_{:j}`` bounding
+    ``|y_l|`` on the activation's range, ``r_l = min(0.1, 0.1 / ||W_{l+1}[:, j]||)``: a
+    coordinate fed through a heavy column is resolved at ``1 / ||column||``) gives
+    ``sigma(y_L*)``: starts for the search in
     ``x``, which confirms them there. :func:`find_fixed_points` adds ``max(64, n_starts)``
     of them for a SquareNet with ``L N <=`` :data:`LIFTED_MAX_UNKNOWNS`.
 
@@ -948,7 +996,10 @@ def preactivation_starts(net: SquareNet, n_starts: int, generator: torch.Generat
     counts, 1000 uniform starts): with the old single-layer system
     ``y_L = A_L(h(sigma(y_L)))`` and 250 starts the search missed saddles on 8 of 80 nets;
     lifted, with 1000 starts solved by Levenberg-Marquardt (Marquardt's scaling), on 3 of
-    199; by the dogleg, on 1 of 199 in three quarters of the time (``BENCHMARKS.md``).
+    199; by the dogleg, on 1 of 199 in three quarters of the time (``BENCHMARKS.md``). The
+    column-scaled floor ``r_l`` (a floor of 0.1 before) left those 199 counts unchanged and
+    raised the count on 10 of 40 tanh nets ``SquareNet(6, 2, tanh, cauchy, 64)``, whose
+    missed roots had ``x_j ~ 1e-3`` behind columns of norm ``1e5``.
     """
     sigma, sigma_slope = ACTIVATIONS[net.activation], ACTIVATION_SLOPES[net.activation]
     weights = net.weights()
@@ -976,11 +1027,17 @@ def preactivation_starts(net: SquareNet, n_starts: int, generator: torch.Generat
     radius = torch.stack([b.abs() + W.abs().sum(dim=1) for W, b in weights])  # (L, N)
     if not bool(torch.isfinite(radius).all()):  # weights near the dtype's overflow
         return torch.empty(0, N, dtype=radius.dtype, device=radius.device)
-    # magnitudes log-uniform in [0.1, R] (random signs): a root can be saturated in some
+    # magnitudes log-uniform in [r, R] (random signs): a root can be saturated in some
     # coordinates (|y| large) and moderate in others; uniform y would rarely be moderate.
+    # The floor r = min(0.1, 0.1 / c): y_{l-1, j} enters y_l through sigma(y_{l-1, j}) times
+    # column j of W_l (norm c), which resolves it to about 1 / c: a root of a heavy column
+    # sits at |y| ~ 1 / c, below any fixed floor (tanh nets: x_j ~ 1e-3)
     uniform = torch.rand(2, n_starts, L, N, generator=generator, dtype=radius.dtype)
     top = torch.log10(radius.clamp(min=1.0)).cpu()
-    magnitude = 10 ** (-1 + uniform[0] * (top + 1))
+    columns = torch.stack([torch.linalg.vector_norm(W, dim=0) for W, _ in weights])  # (L, N)
+    feeds = columns.roll(-1, dims=0)  # y_l enters through W_{l+1} (y_L through W_1)
+    bottom = torch.log10(0.1 / feeds.clamp(min=1.0)).cpu()
+    magnitude = 10 ** (bottom + uniform[0] * (top - bottom))
     Y0 = torch.where(uniform[1] < 0.5, -magnitude, magnitude).to(radius).view(n_starts, L * N)
     # roots only to seed the search in x, which confirms them to its own tolerance
     tol = max(1e-10, 64 * torch.finfo(radius.dtype).eps) * (1 + float(radius.max()))
@@ -1122,6 +1179,13 @@ def find_fixed_points(
         if x0.shape[0] == 0:
             raise FixedPointError("no starts: set n_starts >= 1 or pass starts")
         fx0 = _evaluate(f, x0)
+        if rounds == 1 and low is not None and high is not None and not maps_into_box:
+            hull_starts = _image_hull_starts(
+                fx0, low, high, max(1, n_uniform // 2), torch.Generator().manual_seed(seed + 2)
+            )  # a generator of their own: the other starts and the basins stay as they were
+            if hull_starts.shape[0]:
+                x0 = torch.cat([x0, hull_starts])
+                fx0 = torch.cat([fx0, _evaluate(f, hull_starts)])
         finite = torch.isfinite(x0).all(1) & torch.isfinite(fx0).all(1)
         if not bool(finite.any()):
             if rounds > 1:

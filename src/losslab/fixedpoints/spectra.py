@@ -133,7 +133,10 @@ def input_output_jacobian(
         raise FixedPointError(
             f"f must map R^N -> R^N batched: input (1, {n}) gave {tuple(probe.shape)}"
         )
-    jac = torch.func.vmap(torch.func.jacrev(f), chunk_size=chunk_size)(points).detach()
+    # no_grad: the Jacobians need no graph through the net's own parameters (it grows with
+    # depth, points and N^2); torch.func's jacrev ignores the outer no_grad
+    with torch.no_grad():
+        jac = torch.func.vmap(torch.func.jacrev(f), chunk_size=chunk_size)(points)
     if not torch.isfinite(jac).all():
         raise FixedPointError("the Jacobian has NaN or inf entries; check the map and the points")
     return jac

@@ -299,7 +299,8 @@ def matmul(a: Interval | Tensor, b: Interval | Tensor) -> Interval:
     ``A B ⊆ <Ac Bc, |Ac| Br + Ar (|Bc| + Br)>``. For a point factor this is the exact hull
     of the product set (up to rounding); for two interval factors the radius is at most
     1.5 times the optimal one. The float error of ``fl(Ac Bc)`` and of the radius products
-    is bounded rigorously (module docstring), so the result contains every exact product.
+    is bounded rigorously (module docstring), so the result contains every exact product;
+    an end point that overflows is infinite (never NaN) for factors free of NaN.
     """
     if isinstance(a, Interval):
         ac, ar = a.midrad()
@@ -319,7 +320,11 @@ def matmul(a: Interval | Tensor, b: Interval | Tensor) -> Interval:
     if ar is not None:
         right = abs_bc if br is None else round_up(abs_bc + br)
         radius = round_up(radius + _upper_nonneg(torch.matmul(ar, right), n))
-    return Interval(round_down(center - radius), round_up(center + radius))
+    lo, hi = round_down(center - radius), round_up(center + radius)
+    # an overflow (an infinite center and radius) gives inf - inf: no bound on that side
+    lo = torch.where(torch.isnan(lo), torch.full_like(lo, -math.inf), lo)
+    hi = torch.where(torch.isnan(hi), torch.full_like(hi, math.inf), hi)
+    return Interval(lo, hi)
 
 
 def matvec(a: Interval | Tensor, x: Interval | Tensor) -> Interval:

@@ -19,7 +19,11 @@ second still removed more than half the norm), so ``Q_m`` stays orthonormal to r
 spurious copies of converged eigenvalues appear.
 
 **Thick restart** (Wu & Simon 2000, "Thick-restart Lanczos method for large symmetric
-eigenvalue problems", SIAM J. Matrix Anal. Appl. 22). Memory is ``krylov_dim + 1`` vectors.
+eigenvalue problems", SIAM J. Matrix Anal. Appl. 22). Memory: the basis of
+``krylov_dim + 1`` vectors of length ``dim``; while a restart rewrites it, the kept Ritz
+vectors (fewer than ``krylov_dim``) are held beside it, and the result adds ``k``: at most
+about ``2 krylov_dim + k + 1`` vectors at the peak (measured: ``dim = 10^6``, ``k = 100``,
+2.7 times the basis).
 When the basis is full, the ``l`` Ritz vectors nearest the wanted end(s) of the spectrum are
 kept, ``q_m`` is appended, and the projection becomes the arrowhead matrix
 
@@ -604,7 +608,8 @@ def lanczos_eigenpairs(
             ``max(50 k, 10 krylov_dim)`` (and, when a search for copies runs, up to ``k``
             more runs' worth); at least ``2 k``. Hitting it returns the current Ritz pairs
             with ``converged=False, reason="max_matvecs"``.
-        krylov_dim: basis size (memory: ``krylov_dim + 1`` vectors); default
+        krylov_dim: basis size (memory: ``krylov_dim + 1`` vectors, about twice that at
+            a restart, module docstring); default
             ``max(2 k + 20, 40)``; capped at ``dim``; at least ``k + 2`` unless ``dim``.
         seed: seeds the random start (and fresh vectors after an invariant subspace).
         dtype, device: of the basis vectors and of the vectors ``matvec`` receives.

@@ -16,9 +16,11 @@ one batch this is ``loss_fn(model(X), y)``; with several it is the loss of all t
 as one batch. A plain function with its own weighted mean cannot be told apart: give one
 batch.
 
-The model is never modified: parameters are passed functionally, buffers are taken as
-they are. Put the model in ``eval()`` mode first when it has dropout or batch norm, or the
-loss will be random (the curvature operators refuse such models). The modes of its
+The model is never modified: parameters are passed functionally, and buffers are copies
+taken when the loss is built (batch norm in training mode, or a spectral-norm hook, updates
+the copies, not the model). Put the model in ``eval()`` mode first when it has dropout or
+batch norm, or the loss will be random: :meth:`ModelLoss.check_fixed_function` refuses
+such models, and the curvature operators and the critical-point tools call it. The modes of its
 modules are recorded: after ``model.train()`` or ``model.eval()`` has switched a module
 whose output can depend on it (dropout, normalisation, recurrent and attention layers, or
 a user-defined module), using the loss raises :class:`CurvatureError`.
@@ -41,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.utils._pytree import tree_leaves
 
 from losslab.errors import CurvatureError
 
@@ -313,7 +316,8 @@ class ModelLoss:
         self.weights = tuple(masses[index] / total for index in keep)
         params = dict(model.named_parameters())
         self.theta0 = self.layout.flatten({n: params[n].detach() for n in self.layout.names})
-        self._buffers = dict(model.named_buffers())
+        # copies: what a forward pass writes into buffers never reaches the model
+        self._buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
         self._module_list = list(model.modules())
         self._modes = tuple(module.training for module in self._module_list)
 
@@ -342,6 +346,54 @@ class ModelLoss:
                 "operator) again"
             )
         self._modes = modes
+
+    def check_fixed_function(self) -> None:
+        """Refuse models whose loss is not one fixed function of the parameters: dropout in
+        training mode (random masks), normalisation layers that update running statistics
+        in training mode, and batch norm that uses batch statistics
+        (``track_running_stats=False``) when the data come in several batches (the loss
+        would depend on the batching), and any model whose outputs differ between two
+        evaluations at ``theta0`` (a random layer, a hook that updates buffers). Raises
+        :class:`CurvatureError`."""
+        random, updating, batch_dependent = [], [], []
+        for module in self.model.modules():
+            name = type(module).__name__
+            if isinstance(module, nn.modules.dropout._DropoutNd) and module.training:
+                random.append(name)
+            if isinstance(module, nn.modules.batchnorm._NormBase):
+                if module.training and module.track_running_stats:
+                    updating.append(name)
+                elif isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+                    module.training or not module.track_running_stats
+                ):
+                    batch_dependent.append(name)
+        if random or updating:
+            layers = ", ".join(sorted(set(random + updating)))
+            raise CurvatureError(
+                f"the model is in training mode with {layers}: its loss changes from call to "
+                "call (random masks, batch statistics). Call model.eval() first"
+            )
+        if batch_dependent and len(self.batches) > 1:
+            raise CurvatureError(
+                f"{', '.join(sorted(set(batch_dependent)))} uses batch statistics "
+                "(track_running_stats=False): with the data in several batches the loss "
+                "depends on how they are split; give one batch"
+            )
+        with torch.no_grad():  # random layers or hooks that module types cannot reveal
+            first, again = (tree_leaves(self.batch_outputs(self.theta0, 0)) for _ in range(2))
+        differences = [
+            float((a - b).abs().max()) if a.is_floating_point() else math.inf
+            for a, b in zip(first, again, strict=True)
+            if isinstance(a, torch.Tensor)
+            and not (same_outputs(a, b) if a.is_floating_point() else torch.equal(a, b))
+        ]
+        if differences:
+            raise CurvatureError(
+                "the model's outputs differ between two evaluations at the same parameters "
+                f"(by up to {max(differences):.3g}): the model is random (e.g. F.dropout with "
+                "training=True) or a hook updates its buffers (e.g. spectral_norm in training "
+                "mode); put it in eval() mode or make it deterministic"
+            )
 
     def batch_loss(self, theta: torch.Tensor, index: int) -> torch.Tensor:
         """The mean loss of batch ``index`` at ``theta`` (differentiable by torch.func)."""

@@ -205,11 +205,18 @@ class SquareNet(nn.Module):
         return x
 
     def weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``[(W_1, b_1), ..., (W_L, b_L)]``, detached."""
+        """``[(W_1, b_1), ..., (W_L, b_L)]``, detached (``b_l = 0`` for a layer built
+        without bias)."""
         pairs = []
-        for layer in self.layers:
-            assert isinstance(layer, nn.Linear)
-            pairs.append((layer.weight.detach(), layer.bias.detach()))
+        for index, layer in enumerate(self.layers, start=1):
+            if not isinstance(layer, nn.Linear):
+                raise TypeError(
+                    f"layer {index} is {type(layer).__name__}, not nn.Linear: the net is no "
+                    "longer the affine layers a SquareNet describes"
+                )
+            weight = layer.weight.detach()
+            bias = torch.zeros_like(weight[:, 0]) if layer.bias is None else layer.bias.detach()
+            pairs.append((weight, bias))
         return pairs
 
     @property
