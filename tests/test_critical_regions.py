@@ -284,6 +284,20 @@ def test_only_the_network_the_model_computes_is_analysed() -> None:
     with pytest.raises(CurvatureError, match="forward hook"):
         strong_convexity(hooked, (inputs, targets), 1e-2)
 
+    # the layers it skips must compute nothing either
+    class Scaling(torch.nn.Identity):
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            return 10 * inputs
+
+    class Shift(torch.nn.Dropout):
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            return inputs + 1
+
+    for layer in (Scaling(), Shift()):
+        model = torch.nn.Sequential(first, torch.nn.ReLU(), layer, second)
+        with pytest.raises(CurvatureError, match="overrides"):
+            strong_convexity(model, (inputs, targets), 1e-2)
+
 
 def test_batches_give_the_certificate_of_all_samples() -> None:
     model, inputs, targets = problem(2, 4)

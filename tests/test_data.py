@@ -298,6 +298,10 @@ def test_a_headerless_csv_is_refused_rather_than_losing_its_first_row(tmp_path):
     dataset = load(named)
     assert dataset.n_samples == np.loadtxt(path, delimiter=",").shape[0] == 12
     np.testing.assert_array_equal(dataset.X.numpy(), table[:, :2])
+    # pandas' default names 0, 1, 2 are a header
+    default_names = tmp_path / "default_names.csv"
+    pd.DataFrame(table).to_csv(default_names, index=False)
+    assert load(default_names).n_samples == 12
 
 
 def test_a_missing_value_marker_in_a_numeric_column_is_located(tmp_path):
@@ -346,3 +350,8 @@ def test_the_row_index_written_by_to_csv_is_dropped(tmp_path):
     dataset = load(tmp_path / "d.csv")
     assert dataset.feature_names == ["a", "b"]
     np.testing.assert_array_equal(dataset.X.numpy(), frame[["a", "b"]].to_numpy())
+    filtered = frame[frame["b"] > 0.5]  # index 0, 2, 3: increasing, with a gap
+    filtered.to_csv(tmp_path / "filtered.csv")
+    dataset = load(tmp_path / "filtered.csv")
+    assert dataset.feature_names == ["a", "b"]
+    np.testing.assert_array_equal(dataset.X.numpy(), filtered[["a", "b"]].to_numpy())

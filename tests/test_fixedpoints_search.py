@@ -921,3 +921,14 @@ def test_lifted_starts_reach_roots_whose_preactivations_a_heavy_column_pins_near
     for point in found.points:
         inside = (proof.enclosures[..., 0] <= point) & (point <= proof.enclosures[..., 1])
         assert bool(inside.all(dim=-1).any())
+
+
+def test_no_hull_starts_without_uniform_starts_or_outside_the_box():
+    user = torch.tensor([[0.3]], dtype=DT)
+    only_user = find_fixed_points(lambda x: torch.tanh(3 * x), box=_box(-1e10, 1e10), starts=user,
+                                  n_starts=0, basin_starts=0)  # fmt: skip
+    assert only_user.n_starts == 1
+    # x + 10 maps [0, 1] to [10, 11]: no fixed point, and no start outside the box
+    shifted = find_fixed_points(lambda x: x + 10, box=_box(0.0, 1.0), n_starts=50, basin_starts=0)
+    assert shifted.count == 0
+    assert shifted.n_starts == 50

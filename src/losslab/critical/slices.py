@@ -43,7 +43,13 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from losslab.errors import CurvatureError
-from losslab.linalg.model_loss import Data, LossFn, ModelLoss, parameter_layout
+from losslab.linalg.model_loss import (
+    Data,
+    LossFn,
+    ModelLoss,
+    parameter_layout,
+    preserved_buffers,
+)
 
 __all__ = [
     "Slice1D",
@@ -423,7 +429,7 @@ def slice_1d(
         )
     d = _check_direction(direction, theta0)
     alphas = _grid(low, high, n_points, theta0)
-    with torch.no_grad():  # (ModelLoss evaluates with copies of the buffers)
+    with torch.no_grad(), preserved_buffers(model):
         center = _center_loss(loss, theta0, "the model's parameters")
         losses = _evaluate(loss, alphas[:, None], d[None, :], theta0, chunk_size)
     return Slice1D(alphas=alphas, losses=losses, center_loss=center, direction=d)
@@ -524,7 +530,7 @@ def slice_2d(
     grid_b, grid_a = torch.meshgrid(betas, alphas, indexing="ij")  # (m, n) each
     coeffs = torch.stack([grid_a.reshape(-1), grid_b.reshape(-1)], dim=1)  # row-major (j, i)
     basis = torch.stack([d1, d2])
-    with torch.no_grad():  # (ModelLoss evaluates with copies of the buffers)
+    with torch.no_grad(), preserved_buffers(model):
         center = _center_loss(loss, theta0, "the model's parameters")
         losses = _evaluate(loss, coeffs, basis, theta0, chunk_size)
     return Slice2D(
@@ -639,7 +645,7 @@ def interpolate(
     ts = _grid(low, high, n_points, theta_a)
     coeffs = torch.stack([1 - ts, ts], dim=1)
     basis = torch.stack([theta_a, theta_b])
-    with torch.no_grad():  # (ModelLoss evaluates with copies of the buffers)
+    with torch.no_grad(), preserved_buffers(model_a):
         center = _center_loss(loss, theta_a, "model_a's parameters")
         losses = _evaluate(loss, coeffs, basis, None, chunk_size)
     return Slice1D(

@@ -27,9 +27,9 @@ def read_file(path: Path, *, target: str | None = None, task: str | None = None)
       naming the offending rows, never class labels.
     - ``.csv`` only: the first line must be a header naming the columns; a file whose
       first line is all numbers (``numpy.savetxt`` output) is refused rather than losing
-      its first sample to the column names. An unnamed first column holding
-      ``0, 1, ..., n-1`` (the row index written by pandas' ``DataFrame.to_csv``) is
-      dropped.
+      its first sample to the column names (pandas' default names ``0, 1, ..., k-1`` are
+      a header). An unnamed first column of strictly increasing integers (the row index
+      written by pandas' ``DataFrame.to_csv``) is dropped.
     - ``.npz``: arrays ``X`` of shape (n, d) and ``y`` of shape (n,).
 
     ``task`` is ``"regression"``, ``"classification"`` or ``None``: inferred from the
@@ -70,6 +70,8 @@ def _check_header(frame: pd.DataFrame, *, name: str) -> None:
     pandas renames a repeated name ``"1.0"`` to ``"1.0.1"``, so that suffix is ignored.
     """
     columns = [str(c) for c in frame.columns]
+    if columns == [str(j) for j in range(len(columns))]:  # pandas' default names, 0..k-1
+        return
     if not all(_is_number(c) or _is_number(re.sub(r"\.\d+$", "", c)) for c in columns):
         return
     k = len(columns)
@@ -87,14 +89,15 @@ def _check_header(frame: pd.DataFrame, *, name: str) -> None:
 
 
 def _drop_row_index(frame: pd.DataFrame) -> pd.DataFrame:
-    """Drop an unnamed first column equal to ``0..n-1``: the row index that pandas'
-    ``DataFrame.to_csv(path)`` writes by default (read back as ``"Unnamed: 0"``)."""
+    """Drop an unnamed first column of strictly increasing integers: the row index that
+    pandas' ``DataFrame.to_csv(path)`` writes by default (read back as ``"Unnamed: 0"``;
+    ``0..n-1``, or increasing with gaps for a filtered frame)."""
     if frame.shape[1] == 0 or str(frame.columns[0]) != "Unnamed: 0":
         return frame
     first = frame.iloc[:, 0]
     if not pd.api.types.is_integer_dtype(first):
         return frame
-    if not np.array_equal(first.to_numpy(), np.arange(len(frame))):
+    if not bool((np.diff(first.to_numpy()) > 0).all()):
         return frame
     return frame.drop(columns=frame.columns[0])
 

@@ -236,8 +236,9 @@ class FixedPointSet:
             SquareNet on a box containing its output box), so that the indices of all
             fixed points sum to 1.
         rounds: search rounds run (more than one when the index check failed).
-        n_starts: starts the search ran in ``x`` over all rounds (uniform, user and, for a
-            SquareNet, the converged pre-activation starts; NaN starts dropped).
+        n_starts: starts the search ran in ``x`` over all rounds (uniform, user, image
+            hull and, for a SquareNet, the converged pre-activation starts; NaN starts
+            dropped).
         n_converged: starts that converged, or were captured by a point already found
             (module docstring).
         tol: the effective tolerance on ``||f(x) - x||_2``.
@@ -799,10 +800,12 @@ def _image_hull_starts(
         return empty
     hull_low = torch.maximum(finite.amin(0), low)
     hull_high = torch.minimum(finite.amax(0), high)
+    if bool((hull_high < hull_low).any()):  # the images miss the box in some coordinate
+        return empty
     if not bool((hull_high - hull_low < IMAGE_HULL_SHARE * (high - low)).any()):
         return empty
     uniform = torch.rand(count, images.shape[1], generator=generator, dtype=images.dtype)
-    return hull_low + (hull_high - hull_low).clamp(min=0) * uniform.to(images.device)
+    return hull_low + (hull_high - hull_low) * uniform.to(images.device)
 
 
 def _scale_of(images: torch.Tensor, box_scale: float) -> float:
@@ -1072,7 +1075,9 @@ def find_fixed_points(
         n_starts: uniform starts in the box; for a small SquareNet (``L N <=``
             :data:`LIFTED_MAX_UNKNOWNS`) ``max(64, n_starts)`` starts of the lifted
             pre-activation system (:func:`preactivation_starts`) and, when they find roots,
-            ``max(1, n_starts // 4)`` uniform ones.
+            ``max(1, n_starts // 4)`` uniform ones. For other maps, when the images of
+            the uniform starts span less than half the box in some coordinate, ``n_starts
+            // 2`` more in the hull of those images (module docstring, **Scale**).
         tol: tolerance on ``||f(x) - x||_2`` for values of order one (times the scale:
             module docstring, **Scale**).
         max_iter: Levenberg-Marquardt iterations per start in ``x`` (lifted starts: at most
@@ -1179,7 +1184,13 @@ def find_fixed_points(
         if x0.shape[0] == 0:
             raise FixedPointError("no starts: set n_starts >= 1 or pass starts")
         fx0 = _evaluate(f, x0)
-        if rounds == 1 and low is not None and high is not None and not maps_into_box:
+        if (
+            rounds == 1
+            and n_starts > 0
+            and low is not None
+            and high is not None
+            and not maps_into_box
+        ):
             hull_starts = _image_hull_starts(
                 fx0, low, high, max(1, n_uniform // 2), torch.Generator().manual_seed(seed + 2)
             )  # a generator of their own: the other starts and the basins stay as they were

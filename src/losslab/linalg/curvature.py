@@ -57,6 +57,7 @@ from losslab.linalg.model_loss import (
     LossFn,
     ModelLoss,
     evaluate_loss,
+    preserved_buffers,
 )
 from losslab.linalg.trace import (
     TraceEstimate,
@@ -90,7 +91,7 @@ class CurvatureOperator:
         self.loss.check_fixed_function()
         self.theta = self.loss.theta0
         self.dim = self.loss.dim
-        with torch.no_grad():  # (models that update buffers in training mode are refused)
+        with torch.no_grad(), preserved_buffers(model):  # (a hook may still write them)
             value = self.loss(self.theta)
         if not bool(torch.isfinite(value)):
             raise CurvatureError(
@@ -221,7 +222,11 @@ class CurvatureOperator:
             rough = lanczos_eigenpairs(twin.matvec, self.dim, k, which=which, tol=tol,
                                        max_matvecs=max_matvecs, seed=seed, dtype=torch.float32,
                                        device=self.theta.device)  # fmt: skip
-        except (RuntimeError, CurvatureError):  # e.g. float64 tensors inside loss_fn
+        except CurvatureError:  # the float32 copy is refused (e.g. its loss overflows)
+            return None
+        except RuntimeError as error:  # float64 tensors inside loss_fn: a dtype mismatch
+            if not any(word in str(error) for word in ("dtype", "Double", "Float", "scalar type")):
+                raise
             return None
         basis = torch.linalg.qr(rough.vectors.to(self.theta.dtype)).Q
         products = torch.stack([self.matvec(basis[:, i]) for i in range(k)], dim=1)
@@ -321,7 +326,7 @@ class HessianOperator(CurvatureOperator):
         *,
         cache_graphs: bool | None = None,
     ) -> None:
-        if cache_graphs not in (None, True, False):
+        if cache_graphs is not None and not isinstance(cache_graphs, bool):
             raise CurvatureError(f"cache_graphs must be True, False or None; got {cache_graphs!r}")
         super().__init__(model, loss_fn, data)
         if cache_graphs is None:

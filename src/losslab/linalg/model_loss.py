@@ -16,11 +16,13 @@ one batch this is ``loss_fn(model(X), y)``; with several it is the loss of all t
 as one batch. A plain function with its own weighted mean cannot be told apart: give one
 batch.
 
-The model is never modified: parameters are passed functionally, and buffers are copies
-taken when the loss is built (batch norm in training mode, or a spectral-norm hook, updates
-the copies, not the model). Put the model in ``eval()`` mode first when it has dropout or
-batch norm, or the loss will be random: :meth:`ModelLoss.check_fixed_function` refuses
-such models, and the curvature operators and the critical-point tools call it. The modes of its
+Parameters are passed functionally, so the model's are never modified; buffers are the
+model's own (a change to them shows in the loss), and a model in training mode with batch
+norm, or a ``spectral_norm`` hook, updates them on every evaluation. Put the model in
+``eval()`` mode first when it has dropout or batch norm, or the loss will be random:
+:meth:`ModelLoss.check_fixed_function` refuses such models (restoring the buffers its
+test evaluations touched), and the curvature operators and the critical-point tools call
+it before they evaluate anything; the slices restore the buffers after evaluating. The modes of its
 modules are recorded: after ``model.train()`` or ``model.eval()`` has switched a module
 whose output can depend on it (dropout, normalisation, recurrent and attention layers, or
 a user-defined module), using the loss raises :class:`CurvatureError`.
@@ -36,7 +38,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -177,13 +180,39 @@ def _mode_free(module: nn.Module) -> bool:
     return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
-def same_outputs(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two evaluations of a model's outputs agree element by element to
-    ``64 eps`` of the largest (summation orders may differ between evaluations, as GPU
-    atomics do: a few eps; a random layer changes single outputs by far more, e.g. one
-    dropped unit of 64 moves its sample's output by about 1e-2)."""
+def output_difference(a: torch.Tensor, b: torch.Tensor) -> str | None:
+    """How two evaluations of one model output differ, or ``None`` when they agree: floating
+    outputs element by element to ``64 eps`` of the largest finite entry (summation orders
+    may differ between evaluations, as GPU atomics do: a few eps; a random layer changes
+    single outputs by far more, e.g. one dropped unit of 64 moves its sample's output by
+    about 1e-2), with NaN and infinite entries in the same places; other outputs exactly."""
+    if not a.is_floating_point():
+        return None if torch.equal(a, b) else "integer outputs differ"
+    finite_a, finite_b = torch.isfinite(a), torch.isfinite(b)
+    same_special = torch.equal(finite_a, finite_b) and bool(
+        ((a == b) | finite_a | (torch.isnan(a) & torch.isnan(b))).all()
+    )
+    if not same_special:
+        return "NaN or infinite outputs differ"
+    a, b = a[finite_a], b[finite_b]
+    if a.numel() == 0:
+        return None
     tol = 64 * torch.finfo(a.dtype).eps * float(torch.maximum(a.abs().max(), b.abs().max()))
-    return bool(((a - b).abs() <= tol + 1e-300).all())
+    largest = float((a - b).abs().max())
+    return None if largest <= tol + 1e-300 else f"by up to {largest:.3g}"
+
+
+@contextmanager
+def preserved_buffers(*models: nn.Module) -> Iterator[None]:
+    """Restore every buffer of ``models`` on exit (batch norm in training mode and hooks
+    such as ``spectral_norm``'s update buffers in place even when called functionally)."""
+    saved = [(b, b.detach().clone()) for m in models for b in m.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, copy in saved:
+                buffer.copy_(copy)
 
 
 def batch_mass(loss_fn: LossFn, targets: torch.Tensor) -> float:
@@ -316,8 +345,7 @@ class ModelLoss:
         self.weights = tuple(masses[index] / total for index in keep)
         params = dict(model.named_parameters())
         self.theta0 = self.layout.flatten({n: params[n].detach() for n in self.layout.names})
-        # copies: what a forward pass writes into buffers never reaches the model
-        self._buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+        self._buffers = dict(model.named_buffers())  # the model's own, live
         self._module_list = list(model.modules())
         self._modes = tuple(module.training for module in self._module_list)
 
@@ -379,20 +407,21 @@ class ModelLoss:
                 "(track_running_stats=False): with the data in several batches the loss "
                 "depends on how they are split; give one batch"
             )
-        with torch.no_grad():  # random layers or hooks that module types cannot reveal
+        # random layers or hooks that module types cannot reveal; the model's buffers are
+        # restored, whatever the two evaluations wrote into them
+        with torch.no_grad(), preserved_buffers(self.model):
             first, again = (tree_leaves(self.batch_outputs(self.theta0, 0)) for _ in range(2))
         differences = [
-            float((a - b).abs().max()) if a.is_floating_point() else math.inf
+            difference
             for a, b in zip(first, again, strict=True)
-            if isinstance(a, torch.Tensor)
-            and not (same_outputs(a, b) if a.is_floating_point() else torch.equal(a, b))
+            if isinstance(a, torch.Tensor) and (difference := output_difference(a, b))
         ]
         if differences:
             raise CurvatureError(
                 "the model's outputs differ between two evaluations at the same parameters "
-                f"(by up to {max(differences):.3g}): the model is random (e.g. F.dropout with "
-                "training=True) or a hook updates its buffers (e.g. spectral_norm in training "
-                "mode); put it in eval() mode or make it deterministic"
+                f"({differences[0]}): the model is random (e.g. F.dropout with training=True) "
+                "or a hook updates its buffers (e.g. spectral_norm in training mode); put it "
+                "in eval() mode or make it deterministic"
             )
 
     def batch_loss(self, theta: torch.Tensor, index: int) -> torch.Tensor:

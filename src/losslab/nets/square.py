@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from losslab.errors import FixedPointError
+from losslab.nets.hooks import has_forward_hooks
 
 Activation = Literal["sigmoid", "tanh"]
 Init = Literal["gaussian", "cauchy", "student_t"]
@@ -152,9 +153,7 @@ class SquareNet(nn.Module):
         another width, a subclass of ``Sequential``, ``Linear`` or the activation, a
         forward hook) raises :class:`FixedPointError`."""
         names = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
-        plain = type(model) is nn.Sequential and not any(
-            m._forward_hooks or m._forward_pre_hooks for m in model.modules()
-        )
+        plain = type(model) is nn.Sequential and not has_forward_hooks(model)
         children = list(model.children()) if plain else []
         linears = [c for c in children[0::2] if type(c) is nn.Linear]
         kinds = {names.get(type(c)) for c in children[1::2]}
@@ -226,7 +225,7 @@ class SquareNet(nn.Module):
         index theorem): ``forward``, ``weights`` and the layers' own ``forward`` are not
         overridden by a subclass and no forward hook is registered on any module."""
         layers_plain = all(type(layer) is nn.Linear for layer in self.layers)
-        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+        hooked = has_forward_hooks(self)
         return (
             type(self).forward is SquareNet.forward
             and type(self).weights is SquareNet.weights
