@@ -10,6 +10,7 @@ from losslab.convex import (
     activation_patterns,
     as_features,
     enumerate_patterns,
+    interior_point_method,
     sample_gates,
 )
 from losslab.convex.interior_point_method import InteriorPointResult, solve_relu_interior_point
@@ -135,3 +136,17 @@ def test_bad_arguments_raise_a_clear_error(change, kwargs, message):
     program = dataclasses.replace(relu_program(bias=False, lam=0.05), **change)
     with pytest.raises(ConvexProblemError, match=message):
         solve_relu_interior_point(program, **kwargs)
+
+
+@pytest.mark.parametrize("chunk_entries", [50, 2**20])  # one block a chunk, and all at once
+def test_tight_row_grams_match_the_table_of_outer_products(monkeypatch, chunk_entries):
+    monkeypatch.setattr(interior_point_method, "CHUNK_ENTRIES", chunk_entries)
+    g = torch.Generator().manual_seed(4)
+    X_rows = torch.randn(37, 5, generator=g, dtype=torch.float64)
+    tight = (torch.rand(37, 23, generator=g) < 0.3).double()
+    tight[:, 0] = 0.0  # no tight row: a zero Gram matrix
+    outer = (X_rows[:, :, None] * X_rows[:, None, :]).reshape(37, -1)  # (m, d^2), the reference
+    expected = (tight.T @ outer).reshape(-1, 5, 5)
+    grams = interior_point_method._tight_grams(X_rows, tight)
+    torch.testing.assert_close(grams, expected, rtol=1e-13, atol=1e-13)
+    assert float(grams[0].abs().max()) == 0.0

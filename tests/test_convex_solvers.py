@@ -17,6 +17,10 @@ from losslab.convex import (
     solve,
     split_gated_block,
 )
+from losslab.convex import patterns as patterns_module
+from losslab.convex.interior_point_method import _zero_is_optimal
+from losslab.convex.patterns import packed_activation_patterns
+from losslab.convex.program import max_cone_projection_norm
 from losslab.errors import ConvexProblemError
 from tests.convex_reference import clarabel_objective, relu_teacher
 
@@ -355,3 +359,127 @@ def test_max_dual_ratio_against_every_projection(lam):
         assert ratio == pytest.approx(exact, rel=1e-10)
     else:  # below 1 an upper bound, at most 1
         assert exact * (1 - 1e-10) <= ratio <= 1.0
+
+
+@pytest.mark.parametrize("formulation", ["gated", "relu"])
+@pytest.mark.parametrize("lam", [0.02, 5.0])
+def test_chunked_dual_ratio_matches_the_dense_formula(monkeypatch, formulation, lam):
+    monkeypatch.setattr(patterns_module, "CHUNK_ENTRIES", 200)  # chunks of 6 patterns
+    X, y = relu_teacher(30, 3, seed=6)
+    own = activation_patterns(X, sample_gates(3, 40, seed=2))
+    program = ConvexReLUProgram(X, y, own, lam, formulation)
+    q = (y - 0.5 * y.mean()) / len(y)
+    gates = sample_gates(3, 600, seed=3)
+    patterns = activation_patterns(X, gates)
+    packed = packed_activation_patterns(X, gates)
+    masks = patterns.double()
+    dense = (masks * q[:, None]).T @ X  # the (n, P) float64 formula, at once
+    torch.testing.assert_close(program.pattern_correlations(q, patterns), dense, rtol=1e-14,
+                               atol=1e-16)  # fmt: skip
+    torch.testing.assert_close(program.pattern_correlations(q, packed), dense, rtol=1e-14,
+                               atol=1e-16)  # fmt: skip
+    ratio = program.max_dual_ratio(q, patterns)
+    assert program.max_dual_ratio(q, packed) == ratio
+    if formulation == "gated":
+        assert ratio == pytest.approx(float(dense.norm(dim=1).max()) / lam, rel=1e-13)
+        return
+    signs = masks * 2 - 1
+    exact = max(float(project_onto_cone(s * z, X, signs[:, p]).norm()) / lam
+                for p, z in enumerate(dense) for s in (1, -1))  # fmt: skip
+    if exact >= 1:
+        assert ratio == pytest.approx(exact, rel=1e-10)
+    else:
+        assert exact * (1 - 1e-10) <= ratio <= 1.0
+
+
+@pytest.mark.parametrize("formulation", ["gated", "relu"])
+def test_sampled_certificate_checks_the_same_patterns_as_the_dense_check(monkeypatch, formulation):
+    X, y = relu_teacher(60, 6, seed=8)  # Cover's bound ~1e7: sampled
+    prog = ConvexReLUProgram(X, y, activation_patterns(X, sample_gates(6, 8)), 0.05, formulation)
+    result = solve(prog, tol=1e-8)
+    big = certify(result, n_check_gates=1500, seed=4)
+    monkeypatch.setattr(patterns_module, "CHUNK_ENTRIES", 500)  # chunks of 8 gates
+    chunked = certify(result, n_check_gates=1500, seed=4)
+    assert chunked == big
+    assert chunked.global_check == "sampled"
+    # the reference: every gate's pattern at once, the dense correlations, NNLS per pattern
+    gates = sample_gates(6, 1500, seed=4 + 7919)
+    masks = X @ gates >= 0
+    distinct = {tuple(column.tolist()) for column in masks.T if bool(column.any())}
+    assert chunked.n_patterns_checked == len(distinct)
+    D = torch.tensor(sorted(distinct), dtype=torch.float64).T
+    q = result.dual_point  # certify's dual point: the solver's, or the residual
+    if q is None:
+        q = (y - prog.operator.fit(result.blocks)) / prog.n
+    correlations = (D * q[:, None]).T @ X
+    if formulation == "gated":
+        expected = float(correlations.norm(dim=1).max()) / prog.lam
+    else:
+        signs = D * 2 - 1
+        expected = max(float(project_onto_cone(s * z, X, signs[:, p]).norm()) / prog.lam
+                       for p, z in enumerate(correlations) for s in (1, -1))  # fmt: skip
+    assert expected > 1  # too few own patterns: violated
+    assert chunked.max_dual_ratio == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_relu_lam_max_is_the_largest_projection_of_every_block(bias):
+    X, y = relu_teacher(40, 3, seed=9)
+    X = as_features(X, bias=bias)
+    prog = ConvexReLUProgram(X, y, activation_patterns(X, sample_gates(X.shape[1], 60)), 1.0,
+                             "relu")  # fmt: skip
+    op = prog.operator
+    blocks = op.adjoint(prog.y) / prog.n
+    expected = max(float(project_onto_cone(blocks[b], X, op.cone_signs[:, b]).norm())
+                   for b in range(blocks.shape[0]))  # fmt: skip
+    assert prog.lam_max() == pytest.approx(expected, rel=1e-13)
+    assert expected < float(blocks.norm(dim=1).max())  # the cones matter here
+    # the same scheme decides whether zero is optimal, on either side of lam_max
+    for factor, zero in ((1 + 1e-9, True), (1 - 1e-9, False)):
+        at = ConvexReLUProgram(X, y, prog.patterns, factor * expected, "relu")
+        assert _zero_is_optimal(at) == zero
+
+
+def test_max_cone_projection_norm_stops_where_documented():
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    signs = 2 * (X @ torch.randn(4, 80, generator=g, dtype=torch.float64) >= 0).double() - 1
+    Z = torch.randn(80, 4, generator=g, dtype=torch.float64) * torch.rand(80, 1, generator=g)
+    norms = [float(project_onto_cone(Z[b], X, signs[:, b]).norm()) for b in range(80)]
+    largest = max(norms)
+    assert max_cone_projection_norm(Z, X, signs) == pytest.approx(largest, rel=1e-13)
+    below = max_cone_projection_norm(Z, X, signs, floor=2 * largest)
+    assert below <= 2 * largest  # "the maximum is at most floor"
+    above = max_cone_projection_norm(Z, X, signs, stop_above=0.5 * largest)
+    assert 0.5 * largest < above <= largest * (1 + 1e-13)  # a lower bound above stop_above
+
+
+def test_max_cone_projection_norm_projects_only_rows_that_can_matter(monkeypatch):
+    import losslab.convex.program as program
+
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    signs = 2 * (X @ torch.randn(4, 80, generator=g, dtype=torch.float64) >= 0).double() - 1
+    Z = torch.randn(80, 4, generator=g, dtype=torch.float64) * torch.rand(80, 1, generator=g)
+    norms = [float(project_onto_cone(Z[b], X, signs[:, b]).norm()) for b in range(80)]
+    order = torch.argsort(Z.norm(dim=1), descending=True).tolist()
+    calls: list[int] = []
+
+    def counted(z: torch.Tensor, X: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return project_onto_cone(z, X, signs)
+
+    monkeypatch.setattr(program, "project_onto_cone", counted)
+    assert program.max_cone_projection_norm(Z, X, signs) == pytest.approx(max(norms), rel=1e-13)
+    # rows are visited by decreasing ||z_b|| until ||z_b|| <= the best projection so far
+    best, expected = 0.0, 0
+    for b in order:
+        if float(Z[b].norm()) <= best:
+            break
+        best, expected = max(best, norms[b]), expected + 1
+    assert len(calls) == expected < 80
+    calls.clear()
+    assert program.max_cone_projection_norm(Z, X, signs, floor=float(Z.norm(dim=1).max())) == 0.0
+    assert not calls  # no row can beat the floor
+    assert program.max_cone_projection_norm(Z, X, signs, stop_above=0.0) == norms[order[0]]
+    assert len(calls) == 1  # the first positive norm stops it

@@ -98,7 +98,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from losslab.convex.program import ConvexReLUProgram, project_onto_cone
+from losslab.convex.program import (
+    ConvexReLUProgram,
+    max_cone_projection_norm,
+    project_onto_cone,
+)
 from losslab.errors import ConvexProblemError
 
 #: Fraction of the way to the boundary of the cone that a step goes.
@@ -169,20 +173,18 @@ def _zero_is_optimal(program: ConvexReLUProgram) -> bool:
     """Whether ``max_b ||Pi_{K_b}(A_b' y)|| / n <= lam`` (``U = 0`` is optimal): projects
     the blocks in decreasing order of the bound ``||A_b' y|| / n`` until one exceeds
     ``lam`` (then no) or the bound falls below it (then yes). No when a projection fails
-    (the interior-point solver then decides)."""
+    (the interior-point solver then decides). The scheme of
+    :meth:`ConvexReLUProgram.lam_max` (:func:`max_cone_projection_norm`), told that only
+    the comparison with ``lam`` matters."""
     op = program.operator
     correlations = op.adjoint(program.y) / program.n
-    bounds = correlations.norm(dim=1)
-    for b in torch.argsort(bounds, descending=True).tolist():
-        if float(bounds[b]) <= program.lam:
-            return True
-        try:
-            projection = project_onto_cone(correlations[b], op.X, op.cone_signs[:, b])
-        except RuntimeError:  # SciPy's NNLS out of iterations
-            return False
-        if float(projection.norm()) > program.lam:
-            return False
-    return True
+    try:
+        largest = max_cone_projection_norm(
+            correlations, op.X, op.cone_signs, floor=program.lam, stop_above=program.lam
+        )
+    except RuntimeError:  # SciPy's NNLS out of iterations
+        return False
+    return largest <= program.lam
 
 
 @dataclass(frozen=True)
@@ -191,8 +193,7 @@ class _ScaledProblem:
 
     ``X`` (n, d) is ``program.X / x_scale``, ``y`` is ``program.y / y_scale`` and ``lam`` is
     ``program.lam / (x_scale y_scale)``. The linear cone rows are the non-zero rows ``rows`` of
-    ``X`` (a zero row gives the constraint ``0 >= 0``): ``X_rows`` (m, d), ``signs`` (m, B),
-    and ``outer`` (m, d*d) the flattened ``x_i x_i'``.
+    ``X`` (a zero row gives the constraint ``0 >= 0``): ``X_rows`` (m, d) and ``signs`` (m, B).
     """
 
     X: torch.Tensor
@@ -201,7 +202,6 @@ class _ScaledProblem:
     rows: torch.Tensor
     X_rows: torch.Tensor
     signs: torch.Tensor
-    outer: torch.Tensor
     lam: float
     x_scale: float
     y_scale: float
@@ -213,15 +213,13 @@ class _ScaledProblem:
         y_scale = float(program.y.square().mean().sqrt())
         X = program.X / x_scale
         rows = torch.nonzero((X != 0).any(dim=1)).flatten()
-        X_rows = X[rows]
         return _ScaledProblem(
             X=X,
             y=program.y / y_scale,
             weights=op.weights,
             rows=rows,
-            X_rows=X_rows,
+            X_rows=X[rows],
             signs=op.cone_signs[rows],
-            outer=(X_rows[:, :, None] * X_rows[:, None, :]).reshape(len(rows), -1),
             lam=program.lam / (x_scale * y_scale),
             x_scale=x_scale,
             y_scale=y_scale,
@@ -702,13 +700,28 @@ def _identify_face(problem: _ScaledProblem, it: _Iterate) -> _Face:
     primal = it.s_lin[:, blocks] / (row_norms * t[blocks])
     dual = it.z_lin[:, blocks] * row_norms / problem.lam
     tight = (primal < dual).to(problem.X.dtype)
-    gram = (tight.T @ problem.outer).reshape(-1, problem.d, problem.d)
+    gram = _tight_grams(problem.X_rows, tight)
     eigenvalues, vectors = torch.linalg.eigh(gram)
     trace = gram.diagonal(dim1=1, dim2=2).sum(dim=1, keepdim=True)
     free = eigenvalues <= 1e-10 * trace
     bases = vectors * free[:, None, :].to(vectors.dtype)
     keep = free.any(dim=1)
     return _Face(blocks[keep], bases[keep])
+
+
+def _tight_grams(X_rows: torch.Tensor, tight: torch.Tensor) -> torch.Tensor:
+    """``X' diag(tight_b) X = sum_i tight_ib x_i x_i'`` (F, d, d) for each 0/1 column
+    ``tight_b`` of ``tight`` (m, F), ``X = X_rows`` (m, d): ``Y_b' Y_b`` with ``Y_b =
+    tight_b * X`` (the 0/1 weights square away), over chunks of blocks whose (chunk, m, d)
+    ``Y`` has at most ``CHUNK_ENTRIES`` entries. O(F m d^2) time, O(CHUNK_ENTRIES + F d^2)
+    memory: no (m, d^2) table of the ``x_i x_i'``."""
+    m, d = X_rows.shape
+    grams = X_rows.new_empty(tight.shape[1], d, d)
+    width = max(1, CHUNK_ENTRIES // max(m * d, 1))
+    for first in range(0, tight.shape[1], width):
+        Y = tight[:, first : first + width].T[:, :, None] * X_rows  # (chunk, m, d)
+        grams[first : first + width] = Y.transpose(1, 2) @ Y
+    return grams
 
 
 def _face_newton(problem: _ScaledProblem, face: _Face, U: torch.Tensor) -> torch.Tensor | None:

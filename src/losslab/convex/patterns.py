@@ -25,7 +25,7 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 from itertools import combinations, product
-from math import comb
+from math import comb, sqrt
 
 import numpy as np
 import torch
@@ -51,12 +51,64 @@ def sample_gates(
     return torch.randn(int(d), int(n_gates), generator=generator, dtype=dtype).to(device)
 
 
+#: Largest number of entries of one (n, chunk) block of pre-activations ``X G`` (float64:
+#: 32 MiB) when many gates or patterns are visited a chunk of columns at a time.
+CHUNK_ENTRIES = 2**22
+
+
+def chunk_width(n: int) -> int:
+    """Columns per chunk of an (n, P) array: ``CHUNK_ENTRIES // n``, at least 1."""
+    return max(1, CHUNK_ENTRIES // max(n, 1))
+
+
+@dataclass(frozen=True, eq=False)
+class PackedPatterns:
+    """Patterns (n, P) stored 8 rows to a byte: ``bits`` (P, ceil(n / 8)) uint8, row ``p``
+    the column ``p`` packed by :func:`numpy.packbits`; ``n / 8`` bytes a pattern (1/64 of
+    its float64 mask). ``shape`` is that of the boolean (n, P) matrix they stand for;
+    :meth:`columns` unpacks some of them on ``device``."""
+
+    bits: np.ndarray
+    n: int
+    device: torch.device
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, int(self.bits.shape[0]))
+
+    def columns(self, ids: torch.Tensor) -> torch.Tensor:
+        """The patterns ``ids`` (1-D integer tensor) as a boolean (n, len(ids)) tensor
+        (row-major, as a boolean index of a mask produces it)."""
+        rows = np.unpackbits(self.bits[ids.cpu().numpy()], axis=1, count=self.n)
+        return torch.as_tensor(np.ascontiguousarray(rows.T, dtype=bool), device=self.device)
+
+    def unpacked(self) -> torch.Tensor:
+        """All the patterns as a boolean (n, P) tensor."""
+        return self.columns(torch.arange(self.shape[1]))
+
+
+def pattern_columns(patterns: torch.Tensor | PackedPatterns, ids: torch.Tensor) -> torch.Tensor:
+    """Columns ``ids`` of a boolean (n, P) ``patterns`` tensor or of packed patterns."""
+    if isinstance(patterns, PackedPatterns):
+        return patterns.columns(ids)
+    return patterns[:, ids]
+
+
 def activation_patterns(X: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     """Distinct patterns ``1[X g >= 0]`` of the gates (columns of ``gates``), shape (n, P).
 
     Patterns that activate no non-zero row of ``X`` are dropped. Columns come in the
-    order of the gates that first produce them.
+    order of the gates that first produce them. :func:`packed_activation_patterns`, unpacked.
     """
+    return packed_activation_patterns(X, gates).unpacked()
+
+
+def packed_activation_patterns(X: torch.Tensor, gates: torch.Tensor) -> PackedPatterns:
+    """The patterns of :func:`activation_patterns` (the same, in the same order), packed.
+
+    ``X G`` is formed a chunk of ``chunk_width(n)`` gates at a time and kept only as packed
+    bits: O(n d k) time for ``k`` gates, O(CHUNK_ENTRIES + k n / 8) memory (never an (n, k)
+    float64 or boolean array)."""
     if not bool(torch.isfinite(gates).all()):
         raise ConvexProblemError("gates hold NaN or inf; use finite gate vectors")
     if gates.ndim != 2 or gates.shape[0] != X.shape[1]:
@@ -64,7 +116,19 @@ def activation_patterns(X: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
             f"gates must have shape (d, n_gates) = ({X.shape[1]}, ...) to match X; "
             f"got {tuple(gates.shape)}"
         )
-    return unique_patterns(X, X @ gates.to(X) >= 0)
+    gates = gates.to(X)
+    nonzero_rows = (X != 0).any(dim=1).cpu().numpy()
+    width = chunk_width(X.shape[0])
+    bits, useful = [], []
+    for first in range(0, gates.shape[1], width):
+        # reduced in NumPy: a small torch result kept per chunk fragmented the heap (+1 GB
+        # resident at n = 20,000 and 20,000 gates)
+        columns = (X @ gates[:, first : first + width] >= 0).T.cpu().numpy()  # (chunk, n)
+        useful.append((columns & nonzero_rows).any(axis=1))
+        bits.append(np.packbits(columns, axis=1))
+    packed = np.concatenate(bits) if bits else np.zeros((0, (X.shape[0] + 7) // 8), np.uint8)
+    keep = _first_distinct_rows(packed, np.concatenate(useful) if useful else np.zeros(0, bool))
+    return PackedPatterns(packed[keep], int(X.shape[0]), X.device)
 
 
 def unique_patterns(X: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -76,12 +140,19 @@ def unique_patterns(X: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 def unique_pattern_columns(X: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Indices of the columns :func:`unique_patterns` keeps (each pattern's first column)."""
     nonzero_rows = (X != 0).any(dim=1)
-    useful = torch.nonzero((masks & nonzero_rows[:, None]).any(dim=0)).flatten()
-    if useful.numel() == 0:
-        return useful
-    columns = masks[:, useful].T.cpu().numpy()
-    _, first = np.unique(np.packbits(columns, axis=1), axis=0, return_index=True)
-    return useful[torch.as_tensor(np.sort(first), device=useful.device)]
+    useful = (masks & nonzero_rows[:, None]).any(dim=0).cpu().numpy()
+    first = _first_distinct_rows(np.packbits(masks.T.cpu().numpy(), axis=1), useful)
+    return torch.as_tensor(first, dtype=torch.long, device=masks.device)
+
+
+def _first_distinct_rows(packed: np.ndarray, useful: np.ndarray) -> np.ndarray:
+    """Increasing indices of the first occurrence of each distinct row of ``packed`` (k, b)
+    among the rows where ``useful`` (k,) is true."""
+    candidates = np.flatnonzero(useful)
+    if candidates.size == 0:
+        return candidates
+    _, first = np.unique(packed[candidates], axis=0, return_index=True)
+    return candidates[np.sort(first)]
 
 
 def network_patterns(X: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -101,12 +172,47 @@ class PatternCount:
 
 
 def count_bound(X: torch.Tensor) -> PatternCount:
-    """Cover's bound ``2 sum_{k<r} C(m-1, k)`` for ``m`` distinct hyperplanes of rank ``r``."""
+    """Cover's bound ``2 sum_{k<r} C(m-1, k)`` for ``m`` distinct hyperplanes of rank ``r``.
+
+    Cost O(n m d) for the distinct hyperplanes (:func:`_distinct_normals`), O(m d^2) for
+    the rank."""
     normals, _, _ = _distinct_normals(np.asarray(X.detach().cpu(), dtype=np.float64))
+    return _count_of(normals)
+
+
+def _count_of(normals: np.ndarray, rank: int | None = None) -> PatternCount:
+    """Cover's bound for the distinct unit ``normals`` (m, d), of rank ``rank`` (by default
+    ``np.linalg.matrix_rank(normals)``)."""
     m = normals.shape[0]
-    rank = int(np.linalg.matrix_rank(normals)) if m else 0
+    if rank is None:
+        rank = int(np.linalg.matrix_rank(normals)) if m else 0
     bound = 2 * sum(comb(m - 1, k) for k in range(rank)) if m else 1
     return PatternCount(bound=bound, hyperplanes=m, rank=rank)
+
+
+def _leading_count_above(X: np.ndarray, limit: int) -> tuple[int, PatternCount] | None:
+    """``(rows, count)``: Cover's bound over the first ``rows`` rows of ``X`` (n, d) when it
+    already exceeds ``limit`` (then so does :func:`count_bound` of all of ``X``); None when
+    no leading block of 64, 256, 1024, ... rows (fewer than n) does.
+
+    It is a lower bound on the full one: Cover's bound increases with ``m`` and with ``r``
+    (``r <= m``), the distinct normals of the first rows are the first of all rows' (the
+    grouping is greedy in row order), and the rank used counts only the singular values
+    above ``tau = 4 sqrt(n) max(n, d) eps``, at least ``matrix_rank``'s tolerance for all
+    the (unit) normals, whose singular values are at least those of any subset of them.
+    So the refusal comes after O(rows^2 d) work, not O(n^2 d); the blocks grow 4-fold, so
+    the work is at most 4/3 of the last block's."""
+    n = X.shape[0]
+    tau = 4 * sqrt(n) * max(n, X.shape[1]) * np.finfo(np.float64).eps
+    rows = 64
+    while rows < n:
+        normals, _, _ = _distinct_normals(X[:rows])
+        singular = np.linalg.svd(normals, compute_uv=False) if normals.size else np.zeros(0)
+        count = _count_of(normals, rank=int((singular > tau).sum()))
+        if count.bound > limit:
+            return rows, count
+        rows *= 4
+    return None
 
 
 class _LinearProgramBudget:
@@ -148,6 +254,8 @@ def enumerate_patterns(
     exceeds ``max_patterns``, and when degenerate data need more than
     ``max_linear_programs`` linear programs (2 to 4 ms each: integer data with entries in
     ``-1..1``, 8 x 3, need about 20; in ``-5..5``, 40 x 3, 14,000, and 20 x 5, 23,000).
+    The refusal comes early, from the bound of the first few rows when that already
+    exceeds ``max_patterns`` (:func:`_leading_count_above`).
 
     ``closed=True`` adds the patterns ``1[X g >= 0]`` of gates on lower-dimensional cells
     (module docstring): what the gated form's global problem ranges over. Cost: one
@@ -156,7 +264,17 @@ def enumerate_patterns(
     """
     X = as_features(X)
     X_np = np.asarray(X.detach().cpu(), dtype=np.float64)
-    count = count_bound(X)
+    leading = _leading_count_above(X_np, max_patterns)
+    if leading is not None:
+        read, low = leading
+        raise ConvexProblemError(
+            f"X (n={X_np.shape[0]}) may have {low.bound:,} activation patterns or more "
+            f"(Cover's bound for its first {read} rows alone: {low.hyperplanes} distinct "
+            f"hyperplanes, rank {low.rank}), more than max_patterns={max_patterns:,}; sample "
+            "gates instead, or raise max_patterns"
+        )
+    normals, group, orientation = _distinct_normals(X_np)
+    count = _count_of(normals)
     if count.bound > max_patterns:
         raise ConvexProblemError(
             f"X (n={X_np.shape[0]}, rank {count.rank}) may have up to {count.bound:,} activation "
@@ -170,7 +288,6 @@ def enumerate_patterns(
             f"with cells of its own, more than max_patterns={max_patterns:,}; sample gates "
             "instead, or raise max_patterns"
         )
-    normals, group, orientation = _distinct_normals(X_np)
     if normals.shape[0] == 0:
         if closed:  # g = 0 (or any g): every row is active
             return torch.ones(X_np.shape[0], 1, dtype=torch.bool, device=X.device)
@@ -247,22 +364,43 @@ def try_enumerate_patterns(
 
 def _distinct_normals(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit normals of the distinct hyperplanes ``x_i^perp`` (rows equal up to a non-zero
-    factor share one), each row's hyperplane index (-1 for a zero row) and orientation."""
+    factor share one), each row's hyperplane index (-1 for a zero row) and orientation.
+
+    Greedy in row order: row ``i`` joins the first hyperplane so far whose unit normal
+    ``a_j`` has ``|x_i . a_j| / ||x_i|| > 1 - 1e-12`` (orientation the cosine's sign), or
+    starts a new one with normal ``x_i / ||x_i||``. The cosines are taken for a chunk of 256
+    rows at once, against the normals so far (one BLAS product), and then among the
+    chunk's unmatched rows (one product, then a short Python step per row): O(n m d)
+    time for ``m`` hyperplanes, O(256 (m + 256)) memory."""
     norms = np.linalg.norm(X, axis=1)
     group = np.full(X.shape[0], -1)
     orientation = np.ones(X.shape[0])
-    normals: list[np.ndarray] = []
-    for i in np.flatnonzero(norms > 0):
-        unit = X[i] / norms[i]
-        for j, normal in enumerate(normals):
-            cosine = float(unit @ normal)
-            if abs(cosine) > 1 - 1e-12:
-                group[i], orientation[i] = j, np.sign(cosine)
-                break
-        else:
-            group[i] = len(normals)
-            normals.append(unit)
-    return np.array(normals).reshape(-1, X.shape[1]), group, orientation
+    normals = np.zeros((0, X.shape[1]))
+    nonzero = np.flatnonzero(norms > 0)
+    for first in range(0, nonzero.size, 256):
+        rows = nonzero[first : first + 256]
+        units = X[rows] / norms[rows, None]
+        cosines = units @ normals.T  # (chunk, m) against the normals so far
+        near = np.abs(cosines) > 1 - 1e-12
+        matched = near.any(axis=1)
+        j = near[matched].argmax(axis=1) if matched.any() else np.zeros(0, int)  # the first
+        group[rows[matched]] = j
+        orientation[rows[matched]] = np.sign(cosines[matched, j])
+        # the other rows, in order, against the chunk's new normals
+        fresh = np.flatnonzero(~matched)
+        among = units[fresh] @ units[fresh].T
+        starts: list[int] = []  # positions in fresh of the rows that start a hyperplane
+        for a in range(fresh.size):
+            cosine = among[a, starts]
+            hit = np.flatnonzero(np.abs(cosine) > 1 - 1e-12)
+            if hit.size:
+                group[rows[fresh[a]]] = normals.shape[0] + hit[0]
+                orientation[rows[fresh[a]]] = np.sign(cosine[hit[0]])
+            else:
+                group[rows[fresh[a]]] = normals.shape[0] + len(starts)
+                starts.append(a)
+        normals = np.concatenate([normals, units[fresh[starts]]])
+    return normals, group, orientation
 
 
 def _arrangement_regions(

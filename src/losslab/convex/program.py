@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from losslab.convex.operator import PatternOperator
+from losslab.convex.patterns import PackedPatterns, chunk_width, pattern_columns
 from losslab.convex.validation import as_features, as_target, check_lam
 from losslab.errors import ConvexProblemError
 
@@ -131,22 +132,37 @@ class ConvexReLUProgram:
         ratio = float(op.adjoint_of_weights(weights).norm(dim=1).max()) / self.lam
         return self._bound(q, ratio)
 
-    def max_dual_ratio(self, q: torch.Tensor, patterns: torch.Tensor) -> float:
+    def pattern_correlations(
+        self, q: torch.Tensor, patterns: torch.Tensor | PackedPatterns
+    ) -> torch.Tensor:
+        """``X^T D_p q`` for each pattern ``p``, as the rows of a (P, d) tensor:
+        ``(masks * q)^T X`` over chunks of ``chunk_width(n)`` patterns, so that no (n, P)
+        float64 array is formed: O(n d P) time, O(CHUNK_ENTRIES + P d) memory."""
+        n_patterns = patterns.shape[1]
+        correlations = self.X.new_empty(n_patterns, self.X.shape[1])
+        width = chunk_width(self.n)
+        for first in range(0, n_patterns, width):
+            ids = torch.arange(first, min(first + width, n_patterns))
+            masks = pattern_columns(patterns, ids.to(self.X.device)).to(self.X.dtype)
+            correlations[first : first + width] = (masks * q[:, None]).T @ self.X
+        return correlations
+
+    def max_dual_ratio(self, q: torch.Tensor, patterns: torch.Tensor | PackedPatterns) -> float:
         """``max_D max(||Pi_K(X^T D q)||, ||Pi_K(-X^T D q)||) / lam`` over the patterns
-        ``D`` (columns of ``patterns``), ``K = K_D``; for the gated form
-        ``max_D ||X^T D q|| / lam``. Exact when it is at least 1; below 1 (no dual
-        constraint violated) an upper bound, since only that matters to the dual bound.
-        Patterns are visited in decreasing order of the cheap bound ``||X^T D q|| / lam``,
-        in chunks whose bounds :func:`projection_norm_bounds` sharpens; only those whose
-        bound exceeds ``max(1, the largest exact ratio so far)`` are projected exactly."""
+        ``D`` (columns of ``patterns``, a boolean (n, P) tensor or packed), ``K = K_D``; for
+        the gated form ``max_D ||X^T D q|| / lam``. Exact when it is at least 1; below 1 (no
+        dual constraint violated) an upper bound, since only that matters to the dual bound.
+        Patterns are visited in decreasing order of the cheap bound ``||X^T D q|| / lam``
+        (:meth:`pattern_correlations`), in chunks of 256 whose bounds
+        :func:`projection_norm_bounds` sharpens; only those whose bound exceeds ``max(1, the
+        largest exact ratio so far)`` are projected exactly. Memory: O(CHUNK_ENTRIES + P d +
+        256 n), no (n, P) float64 array."""
         if patterns.shape[1] == 0:
             return 0.0
-        masks = patterns.to(self.X.dtype)
-        correlations = (masks * q[:, None]).T @ self.X
+        correlations = self.pattern_correlations(q, patterns)
         bounds = correlations.norm(dim=1) / self.lam
         if self.formulation == "gated":
             return float(bounds.max())
-        signs = masks * 2 - 1
         order = torch.argsort(bounds, descending=True)
         best, rest, chunk = 0.0, 0.0, 256  # rest: an upper bound of the ratios not computed
         for first in range(0, order.numel(), chunk):
@@ -155,19 +171,19 @@ class ConvexReLUProgram:
                 rest = max(rest, float(bounds[order[first]]))
                 break
             ids = order[first : first + chunk]
+            signs = pattern_columns(patterns, ids).to(self.X.dtype) * 2 - 1  # (n, chunk)
             # sharper upper bounds for this chunk (batched), exact norms where they matter
             both = torch.cat([correlations[ids], -correlations[ids]])
-            cones = torch.cat([signs[:, ids], signs[:, ids]], dim=1)
+            cones = torch.cat([signs, signs], dim=1)
             sharp = projection_norm_bounds(both, self.X, cones) / self.lam
             sharp = torch.maximum(sharp[: ids.numel()], sharp[ids.numel() :])
             for index in torch.argsort(sharp, descending=True).tolist():
                 if float(sharp[index]) <= max(best, 1.0):
                     rest = max(rest, float(sharp[index]))
                     break
-                p = int(ids[index])
-                z = correlations[p]
-                plus = float(project_onto_cone(z, self.X, signs[:, p]).norm())
-                minus = float(project_onto_cone(-z, self.X, signs[:, p]).norm())
+                z = correlations[int(ids[index])]
+                plus = float(project_onto_cone(z, self.X, signs[:, index]).norm())
+                minus = float(project_onto_cone(-z, self.X, signs[:, index]).norm())
                 best = max(best, plus / self.lam, minus / self.lam)
         # at or above 1, best is the exact maximum; below, an upper bound (at most 1)
         return best if best >= 1.0 else max(best, rest)
@@ -181,13 +197,14 @@ class ConvexReLUProgram:
 
     def lam_max(self) -> float:
         """The smallest ``lam`` for which ``U = 0`` is optimal over these patterns:
-        ``max_b ||Pi_{K_b}(A_b^T y)|| / n``."""
+        ``max_b ||Pi_{K_b}(A_b^T y)|| / n``. The ReLU form's projections are taken by
+        :func:`max_cone_projection_norm` (in decreasing order of ``||A_b^T y||``, stopping
+        once that bound falls below the largest so far): a few NNLS instead of one a block."""
         op = self.operator
         blocks = op.adjoint(self.y) / self.n
         if self.formulation == "gated":
             return float(blocks.norm(dim=1).max())
-        return max(float(project_onto_cone(blocks[b], op.X, op.cone_signs[:, b]).norm())
-                   for b in range(blocks.shape[0]))  # fmt: skip
+        return max_cone_projection_norm(blocks, op.X, op.cone_signs)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -206,6 +223,36 @@ def project_onto_cone(z: torch.Tensor, X: torch.Tensor, signs: torch.Tensor) -> 
     ``rho* = argmin_{rho >= 0} ||z + G^T rho||`` (non-negative least squares, SciPy).
     """
     return cone_projection(z, X, signs)[0]
+
+
+def max_cone_projection_norm(
+    Z: torch.Tensor,
+    X: torch.Tensor,
+    signs: torch.Tensor,
+    *,
+    floor: float = 0.0,
+    stop_above: float = math.inf,
+) -> float:
+    """``max_b ||Pi_{K_b}(z_b)||`` over the rows ``z_b`` of ``Z`` (B, d), ``K_b = {v :
+    signs[:, b] * (X v) >= 0}`` (``signs`` (n, B)), by as few projections as it can.
+
+    ``||Pi_K(z)|| <= ||z||``, so the rows are projected (:func:`project_onto_cone`, one NNLS
+    each) in decreasing order of ``||z_b||`` until that bound is at most ``max(floor, the
+    largest norm so far)``: no row left can exceed it. It also stops as soon as a norm
+    exceeds ``stop_above``. So the result is exact when it lies in ``[floor, stop_above]``;
+    below ``floor`` it says that the maximum is at most ``floor``, above ``stop_above`` it
+    is a lower bound of the maximum. SciPy's ``RuntimeError`` (an NNLS out of iterations)
+    propagates. Cost: O(B d) for the bounds, then one NNLS (O(n d) per iteration) for each
+    row visited."""
+    bounds = Z.norm(dim=1)
+    best = 0.0
+    for b in torch.argsort(bounds, descending=True).tolist():
+        if float(bounds[b]) <= max(best, floor):
+            break
+        best = max(best, float(project_onto_cone(Z[b], X, signs[:, b]).norm()))
+        if best > stop_above:
+            break
+    return best
 
 
 def projection_norm_bounds(
