@@ -9,8 +9,11 @@ common baseline (FixedPointFinder-style: minimise ``0.5 ||f(x) - x||^2`` with Ad
 the same starts, keep points with residual below 1e-6, merge points closer than 1e-4),
 all in one run. Then the search against the proof on ``N_HELD_OUT`` held-out nets (seeds
 200 on, no baseline; seeds 0 to 199 guided the design of the search).
-Then 10,000 starts on ``SquareNet(64, 4)``, and the default search on a deep heavy-tailed
-``SquareNet(16, 8)``, too large for the lifted starts. Issue targets: exact on every net;
+Then 10,000 starts on ``SquareNet(64, 4)``, the default search on a deep heavy-tailed
+``SquareNet(16, 8)``, too large for the lifted starts, and tanh nets
+``SquareNet(N, 2, "tanh", "cauchy", 64)``, N = 4 and 6, ``N_TANH`` seeds each: how many
+the proof completes within ``TANH_TIME_LIMIT`` seconds, and how many of those the search
+counts exactly. Issue targets: exact on every net;
 search under 0.5 s and certification under 5 s per net; 10,000 starts on N = 64, L = 4 in
 under 2 s.
 """
@@ -26,6 +29,7 @@ from losslab.fixedpoints.search import find_fixed_points
 from losslab.nets import SquareNet
 
 N_NETS, N, L, SCALE, STARTS, N_HELD_OUT = 20, 6, 2, 64.0, 1000, 100
+N_TANH, TANH_TIME_LIMIT = 20, 20.0
 
 
 def adam_baseline(net: SquareNet, starts: torch.Tensor, steps: int = 2000, lr: float = 1e-2) -> int:
@@ -112,6 +116,35 @@ def main() -> None:
     seconds = time.perf_counter() - start
     print(f"SquareNet(16, 8, cauchy, weight_scale=16): default search (no lifted starts at "
           f"L N = 128) in {seconds:.2f} s, {found.count} fixed point(s)")  # fmt: skip
+    tanh_nets()
+
+
+def tanh_nets() -> None:
+    """Tanh nets: proofs completed within the time limit, and the search against them."""
+    for width in (4, 6):
+        proved, exact, proof_seconds, search_seconds, missed = 0, 0, [], [], []
+        for seed in range(N_TANH):
+            net = SquareNet(width, 2, activation="tanh", init="cauchy", weight_scale=SCALE,
+                            seed=seed)  # fmt: skip
+            proof = certify_fixed_points(net, time_limit=TANH_TIME_LIMIT)
+            found = find_fixed_points(net, seed=0, basin_starts=0)
+            search_seconds.append(found.seconds)
+            if proof.status != "certified":
+                continue
+            proved += 1
+            proof_seconds.append(proof.seconds)
+            if found.count == proof.count:
+                exact += 1
+            else:
+                missed.append(f"seed {seed}: {found.count} of {proof.count}")
+        print(
+            f"SquareNet({width}, 2, tanh, cauchy, {SCALE:g}), seeds 0 to {N_TANH - 1}: "
+            f"{proved}/{N_TANH} proved within {TANH_TIME_LIMIT:g} s (mean "
+            f"{sum(proof_seconds) / max(proved, 1):.2f} s); the search exact on {exact}/{proved} "
+            f"({'; '.join(missed) or 'none missed'}), mean "
+            f"{sum(search_seconds) / N_TANH:.3f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

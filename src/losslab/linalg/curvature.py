@@ -68,9 +68,10 @@ from losslab.linalg.trace import (
 
 #: Up to this many batches, :class:`HessianOperator` keeps each batch's gradient graph and
 #: takes every product as one backward pass through it (2.1x faster on the benchmark's 26k
-#: parameter MLP and 1,797 samples, 1.2x on a 320k one with 40,000); with more, the graphs
-#: would hold the activations of every batch at once, and products are recomputed. The
-#: graphs' memory grows with the samples (46 KB per sample for the 320k MLP): choose with
+#: parameter MLP and 1,797 samples, ``BENCHMARKS.md``; 1.2x on a 320k one with 40,000,
+#: measured once); with more, the graphs would hold the activations of every batch at once,
+#: and products are recomputed. The graphs' memory grows with the samples (46 KB per sample
+#: for the 320k MLP, measured once): choose with
 #: ``HessianOperator(..., cache_graphs=False)`` for large data.
 MAX_CACHED_BATCHES = 8
 
