@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import re
 import sqlite3
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from losslab import __version__
 from losslab.cli import main
@@ -519,3 +521,111 @@ def test_bad_numbers_and_files_fail_in_one_line_before_the_work(capsys, tmp_path
     assert "is not a network saved by `losslab convex fit --save`" in err
     code, _, _ = run(capsys, "convex", "fit", *SMALL, "--seed", "-1")
     assert code == 2  # out of range: a usage error, before the fit
+
+
+#: Every command that computes, with the smallest options the tests above use.
+DEVICE_COMMANDS = [
+    ["convex", "fit", *SMALL, "--gates", "30"],
+    ["convex", "prune", *SMALL, "--gates", "30"],
+    ["convex", "path", *SMALL, "--n-lams", "3", "--gates", "30"],
+    ["convex", "certify", "net.pt", *SMALL],
+    ["fixedpoints", "count", "--N", "2", "--starts", "50"],
+    ["fixedpoints", "restore", "--L", "1", "--epochs", "1", "--stored", "5"],
+    ["critical", "spectrum", "--data", "wine", "--depth", "1", "--width", "4", "--epochs", "1"],
+    ["critical", "classify", "--epochs", "1", "--max-iter", "1"],
+    ["critical", "slice", "--data", "wine", "--depth", "1", "--width", "4", "--epochs", "1"],
+]
+
+
+@pytest.mark.parametrize("command", DEVICE_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_a_bad_device_fails_in_one_line_before_the_work(capsys, tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)  # where `critical slice` would write slice.png
+    for device, message in (
+        ("banana", "device must be 'cpu', 'cuda' or 'cuda:<index>'; got 'banana'"),
+        ("mps", "--device 'mps': losslab computes on 'cpu' or 'cuda'"),
+    ):
+        code, out, err = run(capsys, *command, "--device", device)
+        assert code == 1
+        assert err.startswith("error: ")
+        assert message in err
+        assert err.count("\n") == 1
+        assert "Traceback" not in err
+        assert out == ""  # nothing was solved, trained or written
+    assert list(tmp_path.iterdir()) == []
+
+
+def _numbers(out: str) -> list[str]:
+    """The numbers a command printed, less its timings (seconds vary from run to run)."""
+    lines = [line for line in out.splitlines() if "seconds" not in line]
+    text = re.sub(r"\d+\.\d+ s\b", "", "\n".join(lines))
+    return re.findall(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?%?", text)
+
+
+def test_device_cpu_prints_the_same_numbers_as_the_default(capsys, tmp_path):
+    saved = tmp_path / "net.pt"
+    for command in (
+        ["convex", "fit", *SMALL, "--lam", "0.05", "--gates", "30"],
+        ["fixedpoints", "count", "--N", "2", "--starts", "50"],
+    ):
+        code, default, _ = run(capsys, *command)
+        assert code == 0, default
+        code, on_cpu, _ = run(capsys, *command, "--device", "cpu")
+        assert code == 0, on_cpu
+        assert len(_numbers(default)) > 5
+        assert _numbers(on_cpu) == _numbers(default)
+    # a network fitted with --device is saved without it: certify takes its own
+    code, out, _ = run(capsys, "convex", "fit", *SMALL, "--lam", "0.05", "--gates", "30",
+                       "--device", "cpu", "--save", saved)  # fmt: skip
+    assert code == 0, out
+    assert "device" not in torch.load(saved, weights_only=True)
+    code, default, _ = run(capsys, "convex", "certify", saved, *SMALL)
+    assert code == 0, default
+    code, on_cpu, _ = run(capsys, "convex", "certify", saved, *SMALL, "--device", "cpu")
+    assert code == 0, on_cpu
+    assert _numbers(on_cpu) == _numbers(default)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+@pytest.mark.parametrize("command", [DEVICE_COMMANDS[i] for i in (0, 4, 8)],
+                         ids=lambda c: " ".join(c[:2]))  # fmt: skip
+def test_cuda_without_a_gpu_says_so_in_one_line(capsys, command):
+    for device in ("cuda", "cuda:1"):
+        code, out, err = run(capsys, *command, "--device", device)
+        assert code == 1
+        assert f"device {device!r}: this torch sees no CUDA device" in err
+        assert err.count("\n") == 1
+        assert out == ""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gives_the_numbers_of_the_cpu(capsys, tmp_path):
+    def printed(out: str, row: str) -> float:
+        return float(out.split(f"│ {row}")[1].split("│")[1])
+
+    saved = tmp_path / "net.pt"
+    fit = ["convex", "fit", *SMALL, "--lam", "0.05", "--gates", "30"]
+    code, on_cpu, _ = run(capsys, *fit, "--save", saved)
+    assert code == 0, on_cpu
+    code, on_gpu, _ = run(capsys, *fit, "--device", "cuda")
+    assert code == 0, on_gpu
+    assert printed(on_gpu, "objective") == pytest.approx(printed(on_cpu, "objective"), rel=1e-6)
+    for command in (
+        ["convex", "certify", saved, *SMALL],
+        ["convex", "path", *SMALL, "--n-lams", "3", "--gates", "30"],
+        ["convex", "prune", *SMALL, "--lam", "0.05", "--gates", "30"],
+        ["fixedpoints", "count", "--N", "3", "--L", "3", "--init", "cauchy", "--scale", "64",
+         "--certify"],
+        ["critical", "slice", "--data", "wine", "--depth", "1", "--width", "4", "--epochs",
+         "2", "--points", "5", "--figure", tmp_path / "slice.png"],
+    ):  # fmt: skip
+        code, on_cpu, _ = run(capsys, *command)
+        assert code == 0, on_cpu
+        code, on_gpu, _ = run(capsys, *command, "--device", "cuda")
+        assert code == 0, on_gpu
+        expected = [float(n.rstrip("%")) for n in _numbers(on_cpu)]
+        got = [float(n.rstrip("%")) for n in _numbers(on_gpu)]
+        assert len(got) == len(expected)
+        assert got == pytest.approx(expected, rel=1e-3, abs=1e-6)
+    for command in DEVICE_COMMANDS[5:8]:
+        code, out, _ = run(capsys, *command, "--device", "cuda")
+        assert code == 0, out

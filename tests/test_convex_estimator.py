@@ -88,12 +88,36 @@ def test_params_clone_and_score():
         ({"max_iter": 0, "formulation": "gated"}, "max_iter must be"),
         ({"max_iter": 0, "formulation": "relu"}, "max_iter must be"),
         ({"tol": -1.0}, "tol must be"),
+        ({"device": "banana"}, "device must be 'cpu', 'cuda'"),
+        ({"device": "meta"}, "run in float64, on 'cpu' or 'cuda'"),
+        ({"device": "mps"}, "run in float64, on 'cpu' or 'cuda'"),
+        ({"device": "cuda:99"}, "CUDA device"),
     ],
 )
 def test_bad_parameters(params, match):
     X, y = data()
     with pytest.raises(ConvexProblemError, match=match):
         ConvexReLU(**params).fit(X, y)
+
+
+def test_torch_tensors_fit_as_their_arrays_and_the_model_lives_on_the_cpu():
+    X, y = data()
+    reference = ConvexReLU(lam=0.05, n_gates=20).fit(X, y)
+    X_t = torch.tensor(X, requires_grad=True)  # numpy() alone refuses a tensor with grad
+    model = ConvexReLU(lam=0.05, n_gates=20).fit(X_t, torch.tensor(y))
+    assert model.objective_ == reference.objective_
+    assert model.solution_.blocks.device.type == "cpu"
+    np.testing.assert_array_equal(model.predict(X_t), reference.predict(X))
+    assert model.score(X_t, torch.tensor(y)) == reference.score(X, y)
+    explicit = ConvexReLU(lam=0.05, n_gates=20, device=torch.device("cpu")).fit(X, y)
+    assert explicit.objective_ == reference.objective_
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    X, y = data()
+    with pytest.raises(ConvexProblemError, match="sees no CUDA device"):
+        ConvexReLU(device="cuda").fit(X, y)
 
 
 def test_bad_data():

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from losslab.linalg import general_eigenvalues
+from losslab.linalg import general_eigenvalues, spectral_norms
 
 DT = torch.float64
 
@@ -129,3 +129,33 @@ def test_bad_input():
     with pytest.raises(ValueError, match="NaN"):
         general_eigenvalues(torch.full((2, 2), float("nan"), dtype=DT))
     assert general_eigenvalues(torch.empty(0, 3, 3, dtype=DT)).shape == (0, 3)
+
+
+@pytest.mark.parametrize("shape", [(40, 6, 6), (40, 7, 3), (40, 3, 7), (2, 5, 1, 4)])
+def test_spectral_norms_match_the_svd_over_all_scales(shape):
+    generator = torch.Generator().manual_seed(3)
+    scales = torch.logspace(-300, 300, shape[0], dtype=torch.float64)
+    C = torch.randn(shape, generator=generator, dtype=torch.float64)
+    C = C * scales.reshape(-1, *([1] * (len(shape) - 1)))
+    reference = torch.linalg.svdvals(C)[..., 0]  # the SVD itself, not the Gram matrix
+    norms = spectral_norms(C)
+    assert norms.shape == shape[:-2]
+    torch.testing.assert_close(norms, reference, rtol=1e-13, atol=0)
+    # subnormal entries, an exactly known norm: sigma_max of diag(3, 4) eta is 4 eta
+    tiny = torch.diag(torch.tensor([3.0, 4.0], dtype=torch.float64)) * 2.0**-1074
+    assert float(spectral_norms(tiny)) == 4 * 2.0**-1074
+
+
+def test_spectral_norms_of_zero_overflowing_and_non_finite_matrices():
+    assert spectral_norms(torch.zeros(3, 4, 4, dtype=torch.float64)).eq(0).all()
+    huge = torch.tensor([[1.5e308, 1.5e308], [0.0, 0.0]], dtype=torch.float64)
+    assert float(spectral_norms(huge)) == float("inf")  # sqrt(2) 1.5e308 overflows
+    near = torch.tensor([[1e308, 0.0], [0.0, 0.5e308]], dtype=torch.float64)
+    assert float(spectral_norms(near)) == pytest.approx(1e308, rel=1e-15)
+    mixed = torch.stack([torch.eye(2, dtype=torch.float64), torch.full((2, 2), float("nan"))])
+    norms = spectral_norms(mixed)
+    assert float(norms[0]) == pytest.approx(1.0, rel=1e-15)
+    assert torch.isnan(norms[1])
+    assert spectral_norms(torch.ones(2, 3)).dtype == torch.float32
+    with pytest.raises(ValueError, match="expected matrices"):
+        spectral_norms(torch.ones(3))

@@ -108,6 +108,13 @@ def _check_hessian(ns):  # five converged Ritz pairs, largest first; SLQ weights
     assert abs(float(ns["density"].weights.sum()) - 1) < 1e-8
 
 
+def _check_device(ns):  # "True cpu": converged, the fitted model on the CPU
+    model = ns["on_device"]
+    assert model.solution_.converged
+    assert model.solution_.relative_gap <= 1e-6
+    assert model.solution_.blocks.device.type == "cpu"
+
+
 CHECKS = {
     'load("measurements.csv"': _check_data,
     "model.to_torch()": _check_convex_fit,
@@ -116,6 +123,7 @@ CHECKS = {
     "found.index_sum": _check_indices,
     "dogleg_batch(F, starts": _check_dogleg,
     "hessian.density(": _check_hessian,
+    'ConvexReLU(lam=1e-3, formulation="gated", n_gates=500, device=device)': _check_device,
 }
 
 

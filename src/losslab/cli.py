@@ -279,6 +279,33 @@ GatesOption = Annotated[int, typer.Option("--gates", help="Number of sampled gat
 BiasOption = Annotated[bool, typer.Option(help="A penalised bias per neuron.")]
 SeedOption = Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Seed of the gate sample.")]
 TolOption = Annotated[float, typer.Option(help="Relative duality gap to stop at.")]
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where to compute: cpu, cuda or cuda:1 (a GPU torch sees); the numbers "
+        "agree with the CPU's up to rounding.",
+    ),
+]
+
+
+def _device(text: str) -> Any:
+    """``--device`` as a ``torch.device``, checked before the work: ``cpu`` or a CUDA
+    device this torch sees (:func:`losslab.convex.validation.solve_device`), else a
+    LosslabError (one line)."""
+    import torch
+
+    from losslab.convex.validation import solve_device
+
+    try:
+        kind: str | None = torch.device(text).type
+    except (RuntimeError, TypeError):
+        kind = None  # not a device name: solve_device says what to give
+    if kind is not None and kind not in ("cpu", "cuda"):
+        raise LosslabError(
+            f"--device {text!r}: losslab computes on 'cpu' or 'cuda' ('cuda:1', ...)"
+        )
+    return solve_device(text)
 
 
 def _convex_data(
@@ -325,22 +352,24 @@ def _class_name(dataset: Any, label: float) -> str:
 
 
 def _fit_convex(X: Any, y: Any, lam: float, formulation: Formulation, gates: int, bias: bool,
-                seed: int, tol: float) -> Any:  # fmt: skip
+                seed: int, tol: float, device: str = "cpu") -> Any:  # fmt: skip
     from losslab.convex import ConvexReLU
 
     form: Literal["relu", "gated"] = "relu" if formulation is Formulation.relu else "gated"
-    model = ConvexReLU(lam=lam, formulation=form, n_gates=gates, bias=bias, seed=seed, tol=tol)
+    model = ConvexReLU(lam=lam, formulation=form, n_gates=gates, bias=bias, seed=seed, tol=tol,
+                       device=device)  # fmt: skip
     with _out().status(f"solving the {form} program ({gates} gates) and certifying it ..."):
         return model.fit(X.numpy(), y.numpy())
 
 
 def _fit_one_vs_all(dataset: Any, X: Any, y: Any, lam: float, formulation: Formulation,
-                    gates: int, bias: bool, seed: int, tol: float) -> None:  # fmt: skip
+                    gates: int, bias: bool, seed: int, tol: float,
+                    device: str = "cpu") -> None:  # fmt: skip
     from losslab.convex import ConvexReLUClassifier
 
     form: Literal["relu", "gated"] = "relu" if formulation is Formulation.relu else "gated"
     model = ConvexReLUClassifier(
-        lam=lam, formulation=form, n_gates=gates, bias=bias, seed=seed, tol=tol
+        lam=lam, formulation=form, n_gates=gates, bias=bias, seed=seed, tol=tol, device=device
     )
     with _out().status(f"solving one {form} program per class ({gates} gates) ..."):
         model.fit(X.numpy(), y.numpy())
@@ -396,19 +425,22 @@ def convex_fit(
     standardize: StandardizeOption = False,
     param: ParamOption = None,
     task: TaskOption = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Fit the convex program, certify it, and show the certificate (a dataset with more
-    than two classes: one network per class, one-vs-all)."""
+    than two classes: one network per class, one-vs-all). --save writes the network on the
+    CPU whatever --device, so it loads and certifies on any machine."""
     _check_writable(save, "--save")
+    _device(device)
     import torch
 
     dataset, X, y = _convex_data(data, target, standardize, param, task, multiclass=True)
     if dataset.task == "classification" and len(set(y.tolist())) > 2:
         if save is not None:
             raise LosslabError("--save holds one network; a one-vs-all fit has one per class")
-        _fit_one_vs_all(dataset, X, y, lam, formulation, gates, bias, seed, tol)
+        _fit_one_vs_all(dataset, X, y, lam, formulation, gates, bias, seed, tol, device)
         return
-    model = _fit_convex(X, y, lam, formulation, gates, bias, seed, tol)
+    model = _fit_convex(X, y, lam, formulation, gates, bias, seed, tol, device)
     title = f"convex {formulation.value} fit of {dataset.name}, lam={lam:g}"
     _out().print(_solution_table(title, model))
     if save is not None:
@@ -434,10 +466,12 @@ def convex_prune(
     standardize: StandardizeOption = False,
     param: ParamOption = None,
     task: TaskOption = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Fit, then prune optimally to linearly independent neurons (same objective)."""
+    _device(device)
     dataset, X, y = _convex_data(data, target, standardize, param, task)
-    model = _fit_convex(X, y, lam, formulation, gates, bias, seed, tol)
+    model = _fit_convex(X, y, lam, formulation, gates, bias, seed, tol, device)
     with _out().status("pruning ..."):
         pruned = model.prune()
     table = Table(title=f"optimal pruning of {dataset.name}, lam={lam:g}")
@@ -466,12 +500,15 @@ def convex_path(
     standardize: StandardizeOption = False,
     param: ParamOption = None,
     task: TaskOption = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """The regularization path from lam_max down, with a certificate per point."""
     _check_writable(figure, "--figure")
+    where = _device(device)
     from losslab.convex import regularization_path
 
     dataset, X, y = _convex_data(data, target, standardize, param, task)
+    X, y = X.to(where), y.to(where)  # the path solves where its data are
     form: Literal["relu", "gated"] = "relu" if formulation is Formulation.relu else "gated"
     with _out().status(f"solving the path ({n_lams} values of lam) ..."):
         path = regularization_path(X, y, n_lams=n_lams, lam_min_ratio=lam_min_ratio,
@@ -515,20 +552,23 @@ def convex_certify(
     ] = None,
     param: ParamOption = None,
     task: TaskOption = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Is a saved two-layer ReLU network stationary, optimal for its own patterns, global?
     The network is certified at the lam and on the features it was fitted with, unless
     --lam or --standardize/--no-standardize say otherwise; likewise the target is read
-    with the saved fit's --task unless --task says otherwise."""
+    with the saved fit's --task unless --task says otherwise (--device is not saved: give
+    it here)."""
     import torch
     from torch import nn
 
     from losslab.convex import certify_network
 
+    where = _device(device)
     if not network.is_file():
         raise LosslabError(f"no such network file: {str(network)!r}")
     try:
-        saved = torch.load(network, weights_only=True)
+        saved = torch.load(network, map_location="cpu", weights_only=True)
         state = saved["state_dict"]
         m, d = state["0.weight"].shape
         net = nn.Sequential(nn.Linear(d, m, bias=saved["bias"], dtype=torch.float64), nn.ReLU(),
@@ -549,7 +589,7 @@ def convex_certify(
         task = saved_task
     dataset, X, y = _convex_data(data, target, standardize, param, task)
     with _out().status("certifying the network ..."):
-        certificate = certify_network(net, X, y, lam)
+        certificate = certify_network(net.to(where), X.to(where), y.to(where), lam)
     scaled = ", standardised" if standardize else ""
     table = Table(
         title=f"certificate of {network.name} on {dataset.name}{scaled}, lam={lam:g}",
@@ -575,6 +615,7 @@ def fixedpoints_count(
     starts: Annotated[int, typer.Option(min=1, help="Random starts of the search.")] = 1000,
     certify: Annotated[bool, typer.Option(help="Prove the count (interval arithmetic).")] = False,
     time_limit: Annotated[float, typer.Option(help="Seconds the proof may take.")] = 60.0,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Find every fixed point of a random square network, classify it, estimate its
     basin, and (with --certify) prove the count."""
@@ -582,10 +623,12 @@ def fixedpoints_count(
     from losslab.fixedpoints.search import find_fixed_points
     from losslab.nets import SquareNet
 
+    where = _device(device)
     if certify and not (math.isfinite(time_limit) and time_limit > 0):
         raise LosslabError(f"--time-limit must be a finite number of seconds > 0; got {time_limit}")
+    # drawn on the CPU (the same weights on every device), then moved
     net = SquareNet(N, L, activation.value, init.value, weight_scale=scale,
-                    bias_scale=bias_scale, df=df, seed=seed)  # fmt: skip
+                    bias_scale=bias_scale, df=df, seed=seed).to(where)  # fmt: skip
     with _out().status(f"searching from {starts} starts ..."):
         found = find_fixed_points(net, n_starts=starts, seed=seed)
     table = Table(title=f"fixed points of SquareNet(N={N}, L={L}, {init.value}, scale={scale:g}, "
@@ -593,12 +636,16 @@ def fixedpoints_count(
     for column in ("#", "point (first 6 coordinates)", "residual", "spectral radius", "kind",
                    "index", "basin"):  # fmt: skip
         table.add_column(column)
+    # Python numbers on the host, whatever the device of the search
+    points, residuals = found.points[:, :6].tolist(), found.residuals.tolist()
+    radii, basins = found.spectral_radius.tolist(), found.basin_fraction.tolist()
+    indices = [int(index) for index in found.indices.tolist()]
     for i in range(found.count):
-        point = ", ".join(f"{v:.4g}" for v in found.points[i, :6].tolist())
-        basin = found.basin_fraction[i]
-        table.add_row(str(i), point + (", ..." if N > 6 else ""), f"{found.residuals[i]:.1e}",
-                      f"{found.spectral_radius[i]:.4g}", found.kinds[i],
-                      f"{int(found.indices[i]):+d}" if found.indices[i] else "?",
+        point = ", ".join(f"{v:.4g}" for v in points[i])
+        basin = basins[i]
+        table.add_row(str(i), point + (", ..." if N > 6 else ""), f"{residuals[i]:.1e}",
+                      f"{radii[i]:.4g}", found.kinds[i],
+                      f"{indices[i]:+d}" if indices[i] else "?",
                       "-" if basin != basin else f"{basin:.1%}")  # fmt: skip
     console = _out()
     console.print(table)
@@ -657,11 +704,13 @@ def fixedpoints_restore(
         int, typer.Option(min=0, max=2**63 - 1, help="Seed of the weights, split and damage.")
     ] = 0,
     figure: Annotated[Path | None, typer.Option(help="Write examples (PNG) here.")] = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Train SquareNet(64, L) as a denoising autoencoder on a few digits, damage them (and
     200 unseen digits), iterate the network from the damaged images to its attractors,
     and report PSNR and a classifier's accuracy before and after."""
     _check_writable(figure, "--figure")
+    where = _device(device)
     import numpy as np
     import torch
     from sklearn.linear_model import LogisticRegression
@@ -685,7 +734,7 @@ def fixedpoints_restore(
     order = np.random.default_rng(seed).permutation(len(labels))
     # the classifier learns from digits neither stored nor unseen
     kept, unseen, rest = order[:stored], order[-200:], order[stored:-200]
-    net = SquareNet(64, L, init=init.value, weight_scale=scale, seed=seed)
+    net = SquareNet(64, L, init=init.value, weight_scale=scale, seed=seed).to(where)
     from rich.progress import Progress
 
     with Progress(console=_out(), transient=True) as progress:
@@ -698,6 +747,7 @@ def fixedpoints_restore(
         )  # fmt: skip
     damage = standard_corruptions(seed)[corruption.name]
     classifier = LogisticRegression(max_iter=2000).fit(images[rest].numpy(), labels[rest])
+    images = images.to(where)
     table = Table(title=f"restoring damaged digits ({corruption.value}) with SquareNet(64, {L}, "
                         f"{init.value}), final training loss {training.loss[-1]:.3g}")  # fmt: skip
     for column in ("digits", "PSNR damaged (dB)", "PSNR restored (dB)", "accuracy damaged",
@@ -711,8 +761,8 @@ def fixedpoints_restore(
             result = restore(net, damaged, max_iter=500)
         table.add_row(name, f"{mean_psnr(clean, damaged):.2f}",
                       f"{mean_psnr(clean, result.images):.2f}",
-                      f"{classifier.score(damaged.numpy(), labels[rows]):.3f}",
-                      f"{classifier.score(result.images.numpy(), labels[rows]):.3f}",
+                      f"{classifier.score(damaged.cpu().numpy(), labels[rows]):.3f}",
+                      f"{classifier.score(result.images.cpu().numpy(), labels[rows]):.3f}",
                       f"{float(result.converged.double().mean()):.0%}")  # fmt: skip
         examples = examples or (clean[:8], damaged[:8], result.images[:8])
     _out().print(table)
@@ -739,8 +789,11 @@ def _trained_mlp(
     n_train: int | None,
     seed: int,
     float32: bool = False,
+    device: Any = "cpu",
 ) -> tuple[Any, Any]:
-    """A ReLU MLP trained by SGD on the weight-decayed squared loss, with a progress bar."""
+    """A ReLU MLP trained by SGD on the weight-decayed squared loss, with a progress bar;
+    drawn on the CPU (the same start on every device), trained and returned, with its
+    data, on ``device``."""
     import math
 
     import torch
@@ -751,8 +804,9 @@ def _trained_mlp(
 
     inputs, targets = classification_data(data, n_train, seed=seed)
     dtype = torch.float32 if float32 else torch.float64
-    inputs, targets = inputs.to(dtype), targets.to(dtype)
+    inputs, targets = inputs.to(device, dtype), targets.to(device, dtype)
     model = ReLUMLP(inputs.shape[1], [width] * depth, targets.shape[1], seed=seed, dtype=dtype)
+    model = model.to(device)
     total = epochs * math.ceil(len(inputs) / 32)
     with Progress(console=_out(), transient=True) as progress:
         task = progress.add_task(f"SGD on {data}", total=total)
@@ -763,10 +817,10 @@ def _trained_mlp(
 
 
 def _trained_square_net(
-    depth: int, epochs: int, n_train: int | None, seed: int, float32: bool
+    depth: int, epochs: int, n_train: int | None, seed: int, float32: bool, device: Any = "cpu"
 ) -> tuple[Any, Any]:
     """SquareNet(64, depth) trained as an autoencoder on the first digits (scaled to
-    [0, 1]), with a progress bar; the data are ``(images, images)``."""
+    [0, 1]), with a progress bar, on ``device``; the data are ``(images, images)``."""
     import torch
     from rich.progress import Progress
 
@@ -774,8 +828,9 @@ def _trained_square_net(
     from losslab.nets import SquareNet
 
     images, _ = digits_unit(n_train or 200)
+    images = images.to(device)
     dtype = torch.float32 if float32 else torch.float64
-    net = SquareNet(64, depth, seed=seed)
+    net = SquareNet(64, depth, seed=seed).to(device)
     with Progress(console=_out(), transient=True) as progress:
         task = progress.add_task("training the autoencoder", total=epochs)
 
@@ -816,10 +871,12 @@ def critical_spectrum(
         ),
     ] = ModelFamily.mlp,
     figure: Annotated[Path | None, typer.Option(help="Write the density (PNG) here.")] = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Extreme eigenpairs (Lanczos), trace (Hutch++) and spectral density (stochastic
     Lanczos quadrature) of the Hessian of the training error E of a briefly trained model."""
     _check_writable(figure, "--figure")
+    where = _device(device)
     if not (0 < tol < 1):
         raise LosslabError(
             f"--tol must lie in (0, 1) (relative to the largest eigenvalue); got {tol}"
@@ -837,11 +894,11 @@ def critical_spectrum(
                 f"--model square trains SquareNet(64, depth) as an autoencoder on the digits: "
                 f"{why} (it takes --depth, --epochs, --n-train, --seed)"
             )
-        model, batch = _trained_square_net(depth, epochs, n_train, seed, float32)
+        model, batch = _trained_square_net(depth, epochs, n_train, seed, float32, where)
         title = f"SquareNet(64, {depth}) autoencoder on digits, {epochs} epochs"
     else:
         model, batch = _trained_mlp(data, depth, width, epochs, weight_decay, n_train, seed,
-                                    float32)  # fmt: skip
+                                    float32, where)  # fmt: skip
         title = _model_title(data, depth, width, epochs, weight_decay)
     kind = GaussNewtonOperator if gauss_newton else HessianOperator
     operator = kind(model, squared_error, batch)
@@ -870,7 +927,7 @@ def critical_spectrum(
 
         plot = Figure(figsize=(6, 3.5))
         axes = plot.subplots()
-        axes.semilogy(density.grid.numpy(), density.curve.clamp_min(1e-12).numpy())
+        axes.semilogy(density.grid.cpu().numpy(), density.curve.clamp_min(1e-12).cpu().numpy())
         axes.set_xlabel("eigenvalue")
         axes.set_ylabel("density (smoothed)")
         axes.set_title(f"{name} spectral density (SLQ)")
@@ -893,17 +950,20 @@ def critical_classify(
     figure: Annotated[
         Path | None, typer.Option(help="Write the Hessian's eigenvalues (PNG) here.")
     ] = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Train an MLP, refine its end point to a critical point of the weight-decayed loss
     on its activation region (find_critical_point on the region's polynomial), say whether it
     stayed in the region, classify it by the Hessian of the region it ends in (the network's
     own loss there), and certify strong convexity there."""
     _check_writable(figure, "--figure")
+    where = _device(device)
     import torch
 
     from losslab.critical import classify, find_critical_point, region_objective, strong_convexity
 
-    model, batch = _trained_mlp(data, depth, width, epochs, weight_decay, n_train, seed)
+    model, batch = _trained_mlp(data, depth, width, epochs, weight_decay, n_train, seed,
+                                device=where)  # fmt: skip
     objective = region_objective(model, batch, weight_decay)
     console = _out()
     with console.status("searching for a critical point ..."):
@@ -944,7 +1004,7 @@ def critical_classify(
 
         plot = Figure(figsize=(6, 3.5))
         axes = plot.subplots()
-        values = point.eigenvalues.numpy()
+        values = point.eigenvalues.cpu().numpy()
         axes.hist(values, bins=80, color="C0")
         axes.set_xscale("symlog", linthresh=max(point.zero_tol, 1e-12))
         axes.set_yscale("log")
@@ -973,15 +1033,18 @@ def critical_slice(
     points: Annotated[int, typer.Option(min=2, help="Grid points per axis.")] = 25,
     span: Annotated[float, typer.Option(help="Half-width of the grid in direction units.")] = 1.0,
     figure: Annotated[Path, typer.Option(help="Write the slice (PNG) here.")] = Path("slice.png"),
+    device: DeviceOption = "cpu",
 ) -> None:
     """Loss of a briefly trained MLP along filter-normalised random directions (Li et al.
     2018): a 1-D line or a 2-D contour / surface, written as a PNG."""
     _check_writable(figure, "--figure")
+    where = _device(device)
     if not (0 < span < math.inf):
         raise LosslabError(f"--span must be a positive number; got {span}")
     from losslab.critical import plot_slice_1d, plot_slice_2d, slice_1d, slice_2d, squared_error
 
-    model, batch = _trained_mlp(data, depth, width, epochs, weight_decay, n_train, seed)
+    model, batch = _trained_mlp(data, depth, width, epochs, weight_decay, n_train, seed,
+                                device=where)  # fmt: skip
     console = _out()
     with console.status("evaluating the grid ..."):
         if kind == SliceKind.line:

@@ -20,13 +20,15 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from losslab.convex.estimator import ConvexReLU
+from losslab.convex.validation import host_array, solve_device
 from losslab.errors import ConvexProblemError
 
 
 class ConvexReLUClassifier(ClassifierMixin, BaseEstimator):
     """Binary or one-vs-all classification by :class:`ConvexReLU` (module docstring).
 
-    Takes the parameters of :class:`ConvexReLU`.
+    Takes the parameters of :class:`ConvexReLU` (``device`` too: every network is solved
+    there; ``X`` may be a torch tensor on any device).
 
     Attributes:
         classes_: the class labels, sorted.
@@ -59,6 +61,7 @@ class ConvexReLUClassifier(ClassifierMixin, BaseEstimator):
         max_iter: int = 20_000,
         seed: int = 0,
         check_global: bool = True,
+        device: str | None = None,
     ) -> None:
         self.lam = lam
         self.formulation = formulation
@@ -69,10 +72,12 @@ class ConvexReLUClassifier(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.seed = seed
         self.check_global = check_global
+        self.device = device
 
     def fit(self, X: Any, y: Any) -> ConvexReLUClassifier:
         """Fit one network (two classes) or one per class (one-vs-all); returns ``self``."""
-        X_np, y_np = validate_data(self, X, y, dtype=np.float64)
+        device = solve_device(self.device, X)
+        X_np, y_np = validate_data(self, host_array(X), host_array(y), dtype=np.float64)
         check_classification_targets(y_np)
         self.classes_ = np.unique(y_np)
         if self.classes_.size < 2:
@@ -81,7 +86,9 @@ class ConvexReLUClassifier(ClassifierMixin, BaseEstimator):
             )
         columns = [self.classes_[1]] if self.classes_.size == 2 else list(self.classes_)
         self.estimators_ = [
-            ConvexReLU(**self.get_params()).fit(X_np, np.where(y_np == label, 1.0, -1.0))
+            ConvexReLU(**{**self.get_params(), "device": device}).fit(
+                X_np, np.where(y_np == label, 1.0, -1.0)
+            )
             for label in columns
         ]
         self.certificates_ = [e.certificate_ for e in self.estimators_]
@@ -94,7 +101,7 @@ class ConvexReLUClassifier(ClassifierMixin, BaseEstimator):
         """The networks' outputs: (n,) for two classes (> 0 means ``classes_[1]``),
         (n, K) otherwise."""
         check_is_fitted(self, "estimators_")
-        X_np = validate_data(self, X, reset=False, dtype=np.float64)
+        X_np = validate_data(self, host_array(X), reset=False, dtype=np.float64)
         scores = np.column_stack([e.predict(X_np) for e in self.estimators_])
         return scores[:, 0] if len(self.estimators_) == 1 else scores
 
@@ -124,3 +131,7 @@ class ConvexReLUClassifier(ClassifierMixin, BaseEstimator):
         if scores.ndim == 1:
             return self.classes_[(scores > 0).astype(int)]
         return self.classes_[np.argmax(scores, axis=1)]
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Mean accuracy on ``X``, ``y`` (arrays, or torch tensors on any device)."""
+        return float(super().score(host_array(X), host_array(y), sample_weight))

@@ -31,7 +31,13 @@ from losslab.convex.program import ConvexReLUProgram
 from losslab.convex.pruning import prune_blocks
 from losslab.convex.recovery import ReLUNetwork, neurons_from_blocks, split_gated_block
 from losslab.convex.solvers import SolveResult, solve
-from losslab.convex.validation import as_features, as_target, check_lam
+from losslab.convex.validation import (
+    as_features,
+    as_target,
+    check_lam,
+    host_array,
+    solve_device,
+)
 from losslab.errors import ConvexProblemError
 
 
@@ -53,6 +59,13 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         seed: seed of the gate sample (and of the certificate's check sample).
         check_global: certify the solution over all patterns (enumerated when the data
             allow, else a large fresh sample); off saves time.
+        device: where the program is solved and certified: ``"cpu"``, ``"cuda"``,
+            ``"cuda:1"``; ``None`` (default): the device of ``X`` when ``fit`` gets a torch
+            tensor, else the CPU. The fitted model (``solution_``, ``network_``, the
+            methods below) lives on the CPU whatever the device; ``X`` and ``y`` may be
+            NumPy arrays or torch tensors on any device. On an H100 the gated form with
+            n = 20,000, d = 50 and 1000 patterns solved 21 times faster than on 16 CPU
+            cores, and 6.5 times at n = 2000, d = 20 (``benchmarks/bench_gpu.py``).
 
     Attributes:
         objective_: the convex objective at the solution.
@@ -90,6 +103,7 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         max_iter: int = 20_000,
         seed: int = 0,
         check_global: bool = True,
+        device: str | None = None,
     ) -> None:
         self.lam = lam
         self.formulation = formulation
@@ -100,10 +114,14 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         self.max_iter = max_iter
         self.seed = seed
         self.check_global = check_global
+        self.device = device
 
     def fit(self, X: Any, y: Any) -> ConvexReLU:
         """Solve the convex program on ``X`` (n, d) and ``y`` (n,); returns ``self``."""
-        X_np, y_np = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
+        device = solve_device(self.device, X)
+        X_np, y_np = validate_data(
+            self, host_array(X), host_array(y), y_numeric=True, dtype=np.float64
+        )
         if not np.issubdtype(np.asarray(y_np).dtype, np.number):
             raise ConvexProblemError(
                 f"y must be numbers for a regression; got {np.asarray(y_np).dtype} values. "
@@ -122,12 +140,13 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         if kept.numel() == 0:
             raise ConvexProblemError("no gate activates any sample; sample more gates")
         program = ConvexReLUProgram(features, target, masks[:, kept], lam, self.formulation)
-        self.solution_: SolveResult = solve(program, tol=self.tol, max_iter=self.max_iter)
+        solution = solve(_moved(program, device), tol=self.tol, max_iter=self.max_iter)
         self.certificate_: Certificate | None = (
-            certify(self.solution_, tol=max(10 * self.tol, 1e-6), seed=self.seed)
+            certify(solution, tol=max(10 * self.tol, 1e-6), seed=self.seed)
             if self.check_global
             else None
         )
+        self.solution_: SolveResult = _on_host(solution, program)
         self.gates_ = gates[:, kept].numpy()
         self.patterns_ = masks[:, kept].numpy()
         self.network_ = self._network(program)
@@ -173,6 +192,10 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         gates = torch.as_tensor(self.gates_)
         active = (features @ gates >= 0).to(features.dtype)
         return ((features @ self.solution_.blocks.T) * active).sum(dim=1).numpy()
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """R^2 of the prediction on ``X``, ``y`` (arrays, or torch tensors on any device)."""
+        return float(super().score(host_array(X), host_array(y), sample_weight))
 
     def prune(self) -> ConvexReLU:
         """A copy holding the optimally pruned network: the same objective (up to
@@ -248,7 +271,7 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
     def _features(self, X: Any) -> torch.Tensor:
         """Validated new data as float64 features, with the bias column when ``bias``."""
         features = torch.from_numpy(
-            np.ascontiguousarray(validate_data(self, X, reset=False, dtype=np.float64))
+            np.ascontiguousarray(validate_data(self, host_array(X), reset=False, dtype=np.float64))
         )
         if self.bias:
             ones = torch.ones(features.shape[0], 1, dtype=features.dtype)
@@ -302,3 +325,22 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self, "solution_")
         return self.network_.to_torch(self.bias)
+
+
+def _moved(program: ConvexReLUProgram, device: torch.device) -> ConvexReLUProgram:
+    """``program`` with its data on ``device`` (itself on the CPU)."""
+    if device.type == "cpu":
+        return program
+    return ConvexReLUProgram(program.X.to(device), program.y.to(device),
+                             program.patterns.to(device), program.lam,
+                             program.formulation)  # fmt: skip
+
+
+def _on_host(solution: SolveResult, program: ConvexReLUProgram) -> SolveResult:
+    """``solution`` of a copy of ``program`` on another device, as a solution of
+    ``program`` (on the CPU)."""
+    if solution.program is program:
+        return solution
+    dual = solution.dual_point
+    return replace(solution, program=program, blocks=solution.blocks.cpu(),
+                   dual_point=None if dual is None else dual.cpu())  # fmt: skip

@@ -49,6 +49,44 @@ def as_target(y: Any, X: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def solve_device(device: Any, X: Any = None) -> torch.device:
+    """Where to solve: ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``)
+    checked to be usable for float64 solves here; ``None``: the device of ``X`` when it is a
+    torch tensor, else the CPU."""
+    if device is None:
+        return X.device if isinstance(X, torch.Tensor) else torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConvexProblemError(
+            f"device must be 'cpu', 'cuda' or 'cuda:<index>'; got {device!r}"
+        ) from error
+    if resolved.type not in ("cpu", "cuda"):
+        raise ConvexProblemError(
+            f"device {device!r}: the convex solvers run in float64, on 'cpu' or 'cuda'"
+        )
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConvexProblemError(
+                f"device {device!r}: this torch sees no CUDA device (torch.cuda.is_available() "
+                "is False); use device='cpu'"
+            )
+        if resolved.index is not None and resolved.index >= count:
+            raise ConvexProblemError(
+                f"device {device!r}: this machine has {count} CUDA device(s), 0 to {count - 1}"
+            )
+    return resolved
+
+
+def host_array(values: Any) -> Any:
+    """A torch tensor on any device (with or without grad) as a NumPy array on the host;
+    anything else unchanged (scikit-learn's checks take it from there)."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return values
+
+
 def check_lam(lam: float) -> float:
     """``lam`` as a float: a finite real number > 0 (numpy scalars too, not a bool)."""
     if isinstance(lam, bool | np.bool_) or not isinstance(lam, numbers.Real):

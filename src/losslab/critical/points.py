@@ -583,7 +583,14 @@ def classify(
             return flat.hvp(theta, vector)
 
         pairs = lanczos_eigenpairs(
-            matvec, size, 2, which="both", tol=1e-8, seed=seed, dtype=theta.dtype
+            matvec,
+            size,
+            2,
+            which="both",
+            tol=1e-8,
+            seed=seed,
+            dtype=theta.dtype,
+            device=theta.device,
         )
         order = torch.argsort(pairs.values)
         eigenvalues, vectors = pairs.values[order], pairs.vectors[:, order]

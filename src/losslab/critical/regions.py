@@ -449,7 +449,8 @@ def _smallest_eigenvalue(
 
     if (probe_first and size > 64) or size > dense_limit:
         pairs = lanczos_eigenpairs(matvec, size, 1, which="smallest", tol=1e-8, seed=seed,
-                                   max_matvecs=min(size, 300), dtype=theta.dtype)  # fmt: skip
+                                   max_matvecs=min(size, 300), dtype=theta.dtype,
+                                   device=theta.device)  # fmt: skip
         value, residual = float(pairs.values[0]), float(pairs.residuals[0])
         if value + residual < 0 or size > dense_limit:
             return value, False

@@ -157,7 +157,7 @@ import torch
 from torch import nn
 
 from losslab.errors import FixedPointError
-from losslab.linalg.eigenvalues import general_eigenvalues
+from losslab.linalg.eigenvalues import general_eigenvalues, spectral_norms
 from losslab.nets.square import ACTIVATION_SLOPES, ACTIVATIONS, SquareNet
 from losslab.solve.dogleg import dogleg_batch
 from losslab.solve.newton import CAPTURED, batched_jacobian, newton_batch
@@ -581,7 +581,7 @@ class _Analysis:
         # probes may leave the map's domain (sqrt below 0): an undefined change is infinite
         defined = torch.isfinite(change).all(dim=4).all(dim=3)
         change = torch.where(defined[..., None, None], change, torch.zeros_like(change))
-        norms = torch.linalg.matrix_norm(change, ord=2)
+        norms = spectral_norms(change)
         return torch.where(defined, norms, torch.full_like(norms, torch.inf)).amax(2)
 
 
@@ -842,7 +842,7 @@ def _at_rounding_floor(
         ROUNDING_UNITS * eps * math.sqrt(x.shape[1])
         * torch.linalg.vector_norm(x, dim=1).clamp(min=1.0)
     )  # fmt: skip
-    floor = spacing * torch.linalg.matrix_norm(J, ord=2)
+    floor = spacing * spectral_norms(J)
     step, info = torch.linalg.solve_ex(J, -F.unsqueeze(2))
     step_norm = torch.linalg.vector_norm(step.squeeze(2), dim=1)
     floor_ok[near] = (result.residual[near] <= floor) & (info == 0) & (step_norm <= spacing)

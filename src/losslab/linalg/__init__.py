@@ -7,7 +7,7 @@ from losslab.errors import CurvatureError, IntervalError
 from losslab.linalg.cholesky import solve_with_cholesky
 from losslab.linalg.curvature import CurvatureOperator, GaussNewtonOperator, HessianOperator
 from losslab.linalg.density import SpectralDensity, spectral_density
-from losslab.linalg.eigenvalues import general_eigenvalues
+from losslab.linalg.eigenvalues import general_eigenvalues, spectral_norms
 from losslab.linalg.hvp import (
     CachedHessianVectorProduct,
     HessianVectorProduct,
@@ -62,6 +62,7 @@ __all__ = [
     "sigmoid_derivative",
     "solve_with_cholesky",
     "spectral_density",
+    "spectral_norms",
     "tanh",
     "tanh_derivative",
 ]

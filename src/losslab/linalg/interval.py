@@ -74,12 +74,13 @@ _POS_INF = float("inf")
 
 def round_down(x: Tensor) -> Tensor:
     """The next float64 below ``x`` elementwise (``torch.nextafter`` toward ``-inf``)."""
-    return torch.nextafter(x, torch.tensor(_NEG_INF, dtype=x.dtype, device=x.device))
+    # new_full: a fill on the device (torch.tensor would copy from the host and wait)
+    return torch.nextafter(x, x.new_full((), _NEG_INF))
 
 
 def round_up(x: Tensor) -> Tensor:
     """The next float64 above ``x`` elementwise (``torch.nextafter`` toward ``+inf``)."""
-    return torch.nextafter(x, torch.tensor(_POS_INF, dtype=x.dtype, device=x.device))
+    return torch.nextafter(x, x.new_full((), _POS_INF))
 
 
 def _float_up(value: Fraction) -> float:
