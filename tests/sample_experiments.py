@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -91,6 +92,30 @@ class WorkerKiller(CleanSquares):
         return super().run(cell)
 
 
+class LateKiller(SlowLogged):
+    """Like ``SlowLogged``; cell 12 kills its worker after the others had time to finish
+    (their results already stored: a worker's death must not run them again)."""
+
+    name = "late-killer"
+
+    def run(self, cell: dict) -> dict:
+        if cell["x"] == 12:
+            time.sleep(2.0)
+            os._exit(3)
+        return super().run(cell)
+
+
+class Exiter(CleanSquares):
+    """Cell 2 calls ``sys.exit``, as a script's error path might."""
+
+    name = "exiter"
+
+    def run(self, cell: dict) -> dict:
+        if cell["x"] == 2:
+            sys.exit(2)
+        return super().run(cell)
+
+
 class BadResults(CleanSquares):
     """Cell 0 returns a list, cell 1 an object that JSON cannot hold."""
 
@@ -115,5 +140,7 @@ SQUARES = Squares()
 CLEAN = CleanSquares()
 SLOW = SlowLogged()
 KILLER = WorkerKiller()
+LATE_KILLER = LateKiller()
+EXITER = Exiter()
 BAD = BadResults()
 BROKEN_REPORT = BrokenReport()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import dask
+import distributed  # noqa: F401  (loads its config before any dask.config.set here)
 import pytest
 import torch
 
@@ -126,6 +127,74 @@ def test_a_dead_worker_fails_its_cell_and_the_sweep_goes_on(sample, tmp_path):
         (failed,) = results.records(status="failed")
     assert failed.config == {"x": 1}
     assert "KilledWorker" in failed.error
+
+
+@pytest.mark.slow
+def test_a_dead_worker_runs_no_stored_cell_again(sample, tmp_path, monkeypatch):
+    # Results held by a worker that dies are recomputed by Dask unless released once stored.
+    log = tmp_path / "runs.log"
+    monkeypatch.setenv("LOSSLAB_TEST_LOG", str(log))
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        summary = run_sweep(
+            sample("LATE_KILLER").experiment, store=tmp_path / "r.sqlite", workers=2,
+            progress=False,
+        )  # fmt: skip
+    assert (summary.done, summary.failed) == (15, 1)
+    runs = [int(line) for line in log.read_text().split()]
+    assert sorted(runs) == [x for x in range(16) if x != 12]  # each exactly once
+
+
+def test_sys_exit_in_run_fails_its_cell_not_the_sweep(sample, tmp_path):
+    summary = run_sweep(
+        sample("EXITER").experiment, store=tmp_path / "r.sqlite", workers=0, progress=False
+    )
+    assert (summary.done, summary.failed) == (5, 1)
+    with ResultStore(tmp_path / "r.sqlite") as results:
+        (failed,) = results.records(status="failed")
+    assert failed.config == {"x": 2}
+    assert "SystemExit: 2" in failed.error
+
+
+@pytest.mark.slow
+def test_a_cluster_without_workers_stops_with_a_clear_error(sample, tmp_path, monkeypatch):
+    from distributed import LocalCluster
+
+    from losslab.engine import sweep
+
+    monkeypatch.setattr(sweep, "NO_WORKERS_TIMEOUT", 1.0)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
+        started = time.monotonic()
+        with pytest.raises(EngineError, match="no workers for 1 s, with 10 cell"):
+            run_sweep(sample("SQUARES").experiment, preset="full", store=tmp_path / "r.sqlite",
+                      scheduler=cluster.scheduler_address, progress=False)  # fmt: skip
+        assert time.monotonic() - started < 30
+    with ResultStore(tmp_path / "r.sqlite") as results:
+        assert results.records() == []
+
+
+@pytest.mark.slow
+def test_an_experiment_file_imports_modules_beside_it_also_on_workers(tmp_path):
+    from losslab.experiments import load_experiment
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "beside_helpers_7f3a.py").write_text("def cube(x):\n    return x ** 3\n")
+    (folder / "cubes.py").write_text(
+        "from beside_helpers_7f3a import cube\n"
+        "from losslab.experiments import Claim\n\n\n"
+        "class Cubes:\n"
+        "    name, paper, version = 'cubes', 'test', 1\n\n"
+        "    def grid(self, preset):\n        return [{'x': x} for x in range(4)]\n\n"
+        "    def run(self, cell):\n        return {'cube': cube(cell['x'])}\n\n"
+        "    def figures(self, frame):\n        return []\n\n"
+        "    def claims(self, frame):\n        return [Claim('ok', 'ok', True)]\n\n\n"
+        "EXPERIMENT = Cubes()\n"
+    )
+    experiment = load_experiment(f"{folder / 'cubes.py'}:EXPERIMENT").experiment
+    summary = run_sweep(experiment, store=tmp_path / "r.sqlite", workers=2, progress=False)
+    assert (summary.done, summary.failed) == (4, 0)
+    with ResultStore(tmp_path / "r.sqlite") as results:
+        assert sorted(results.frame("cubes")["cube"]) == [0, 1, 8, 27]
 
 
 @pytest.mark.slow

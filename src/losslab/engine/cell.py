@@ -48,8 +48,9 @@ def run_pickled_cell(payload: bytes, cell: dict[str, Any], key: str) -> CellReco
 def run_cell(experiment: Experiment, cell: dict[str, Any], key: str) -> CellRecord:
     """Run ``experiment.run(cell)`` and return its record, never raising.
 
-    A cell whose ``run`` raises, or returns something that is not a dict of JSON values
-    (plus ``"arrays"``: name -> array), becomes a ``failed`` record holding the traceback.
+    A cell whose ``run`` raises (``SystemExit`` too), or returns something that is not a
+    dict of JSON values (plus ``"arrays"``: name -> array), becomes a ``failed`` record
+    holding the traceback.
 
     torch runs the cell on one thread, as on a Dask worker, so that a cell gives the same
     numbers bit for bit in the driver (``workers=0``) and on a worker; the driver's
@@ -69,7 +70,7 @@ def run_cell(experiment: Experiment, cell: dict[str, Any], key: str) -> CellReco
         # Fail here, with the cell's own record, rather than in the driver.
         arrays = to_numpy_arrays(result.get("arrays") or {})
         to_json(metrics)
-    except Exception:
+    except (Exception, SystemExit):  # sys.exit() in run() fails its cell, not the sweep
         error = traceback.format_exc()
         metrics, arrays = {}, {}
     finally:

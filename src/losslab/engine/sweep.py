@@ -44,6 +44,14 @@ if TYPE_CHECKING:
 #: N cores do not each start N BLAS / OpenMP threads.
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
+#: Seconds a Dask cluster may have no workers before the sweep stops (workers of a local
+#: cluster are restarted by their nannies; an external cluster's may all be gone).
+NO_WORKERS_TIMEOUT = 60.0
+#: Seconds between looks at a sweep's unfinished cells, and between asking the scheduler
+#: for its workers.
+POLL_SECONDS = 0.05
+WORKER_CHECK_SECONDS = 1.0
+
 #: Dask preload module of local workers: its ``dask_setup`` makes them ignore Ctrl-C.
 WORKER_PRELOAD = "losslab.engine.cell"
 
@@ -208,15 +216,45 @@ def _run_on_dask(
             client.submit(run_pickled_cell, payload, p.cell, p.key, pure=False): p for p in pending
         }
         try:
-            for future in as_completed(futures):
-                p = futures[future]
-                try:
-                    record = future.result()
-                except Exception:
-                    record = failed_record(experiment, p.cell, p.key, traceback.format_exc())
-                finish(record)
+            completed = as_completed(futures)
+            while futures:
+                for future in _next_finished(completed, client, len(futures)):
+                    p = futures.pop(future)
+                    try:
+                        record = future.result()
+                    except Exception:
+                        record = failed_record(experiment, p.cell, p.key, traceback.format_exc())
+                    # Stored: let the worker drop it. A held result would be recomputed
+                    # when its worker dies, and would fill the worker's memory.
+                    future.release()
+                    finish(record)
         finally:
             client.cancel(list(futures))
+
+
+def _next_finished(completed: Any, client: Client, n_left: int) -> list[Any]:
+    """The next finished futures; an :class:`EngineError` once the cluster has had no
+    workers for ``NO_WORKERS_TIMEOUT`` seconds (nothing would ever finish)."""
+    without_workers_since: float | None = None
+    next_check = 0.0
+    while True:
+        finished = completed.next_batch(block=False)
+        if finished:
+            return finished
+        now = time.monotonic()
+        if now >= next_check:  # a call to the scheduler: once a second
+            next_check = now + WORKER_CHECK_SECONDS
+            if client.nthreads():
+                without_workers_since = None
+            elif without_workers_since is None:
+                without_workers_since = now
+            elif now - without_workers_since > NO_WORKERS_TIMEOUT:
+                raise EngineError(
+                    f"the Dask cluster has had no workers for {NO_WORKERS_TIMEOUT:g} s, with "
+                    f"{n_left} cell(s) still to run; the finished ones are stored: start "
+                    "workers and run the same command again to finish"
+                )
+        time.sleep(POLL_SECONDS)
 
 
 @contextmanager
@@ -240,7 +278,7 @@ def _dask_client(workers: int | None, scheduler: str | None, n_tasks: int) -> It
                 n_workers=n_workers,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=":0",  # any free port: 8787 may be the user's
                 silence_logs=logging.ERROR,
                 env=SINGLE_THREAD_ENV,
                 preload=[WORKER_PRELOAD],

@@ -81,6 +81,11 @@ def _import_file(path: Path) -> ModuleType:
         raise ExperimentError(f"cannot import {str(path)!r} as Python")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    # As `python FILE.py` would: the file's folder is importable, for its own modules.
+    folder = str(resolved.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    before = set(sys.modules)
     try:
         spec.loader.exec_module(module)
     except Exception as error:
@@ -89,4 +94,15 @@ def _import_file(path: Path) -> ModuleType:
             f"importing {str(path)!r} failed: {type(error).__name__}: {error}"
         ) from error
     cloudpickle.register_pickle_by_value(module)
+    # Modules and packages it imported from its folder (not from a virtualenv that may
+    # sit there) travel to Dask workers by value with it.
+    for name in sorted(set(sys.modules) - before):
+        top = resolved.parent / name.split(".")[0]
+        source = getattr(sys.modules[name], "__file__", None)
+        if (
+            source is not None
+            and (top.with_suffix(".py").is_file() or top.is_dir())
+            and (Path(source).resolve().is_relative_to(resolved.parent))
+        ):
+            cloudpickle.register_pickle_by_value(sys.modules[name])
     return module
