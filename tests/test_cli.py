@@ -260,6 +260,12 @@ def test_ctrl_c_says_how_to_go_on(capsys, tmp_path, monkeypatch):
     code, _, err = run(capsys, "reproduce", sample_spec("CLEAN"), "--store", tmp_path / "r.sqlite")
     assert code == 130
     assert "interrupted: finished cells are stored; run the same command to go on" in err
+    # other commands keep nothing: they must not promise to go on
+    monkeypatch.setattr("losslab.convex.regularization_path", interrupted)
+    code, _, err = run(capsys, "convex", "path", "teacher_relu", "--n-lams", "3")
+    assert code == 130
+    assert "interrupted: nothing was saved" in err
+    assert "run the same command" not in err
 
 
 def test_reproduce_and_report_use_the_cells_of_one_preset(capsys, tmp_path):

@@ -196,3 +196,26 @@ def test_a_gated_fit_on_small_uniform_data_splits_every_block():
     with torch.no_grad():
         output = net(torch.as_tensor(X))[:, 0].numpy()
     np.testing.assert_allclose(output, model.predict(X), rtol=1e-9, atol=1e-10)
+
+
+def test_a_failed_or_interrupted_refit_leaves_the_fitted_model_as_it_was(monkeypatch):
+    import losslab.convex.estimator as estimator_module
+
+    X, y = data()
+    model = ConvexReLU(lam=0.05, n_gates=20).fit(X, y)
+    before = model.predict(X)
+    wide = np.random.default_rng(0).normal(size=(40, 7))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(estimator_module, "solve", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(wide, y)
+    assert model.n_features_in_ == 3
+    np.testing.assert_array_equal(model.predict(X), before)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="NaN"):
+        model.fit(wide, np.full(len(y), np.nan))  # fails in the checks, after n_features_in_
+    assert model.n_features_in_ == 3
+    np.testing.assert_array_equal(model.predict(X), before)

@@ -46,6 +46,16 @@ def test_path_starts_at_lam_max_and_matches_cold_solves():
     assert len(path.sensitivity) == len(path.points)
 
 
+def test_path_callback_sees_each_point_as_it_is_solved():
+    X, y = relu_teacher(30, 2, seed=2)
+    seen = []
+    path = regularization_path(
+        X, y, n_lams=5, n_gates=20, callback=lambda i, total, point: seen.append((i, total, point))
+    )
+    assert [(i, total) for i, total, _ in seen] == [(i, 5) for i in range(5)]
+    assert [point for _, _, point in seen] == path.points
+
+
 def test_path_given_lams_relu_form():
     X, y = relu_teacher(30, 2, seed=2)
     path = regularization_path(

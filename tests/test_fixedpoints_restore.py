@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -350,3 +351,16 @@ def test_standard_corruptions_are_the_documented_ones():
     torch.testing.assert_close(
         damage["noise"](images), standard_corruptions(seed=3)["noise"](images)
     )
+
+
+def test_a_diverging_training_puts_back_the_last_finite_weights():
+    images = torch.rand(32, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    net = SquareNet(8, 2, seed=0).double()
+    first = train_autoencoder(net, images, epochs=2, lr=1e-2, batch_size=8, seed=0)
+    trained = copy.deepcopy(net.state_dict())
+    with pytest.raises(FixedPointError, match="back at the end of epoch 0"):
+        train_autoencoder(net, images, epochs=3, lr=1e308, batch_size=8, seed=0)
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, trained[name]), name
+    again = train_autoencoder(net, images, epochs=1, lr=1e-2, batch_size=8, seed=1)
+    assert again.loss[0] == pytest.approx(first.loss[-1], rel=1e-12)

@@ -602,3 +602,32 @@ def test_non_finite_outputs_are_not_randomness() -> None:
         overflowing.weight.fill_(1e308)
     with pytest.raises(CurvatureError, match="the loss is inf"):
         HessianOperator(overflowing, nn.MSELoss(), (inputs, targets))
+
+
+def test_an_interrupt_wrapped_by_torch_is_not_taken_for_a_missing_forward_rule():
+    # Ctrl-C inside a torch.func transform can surface as RuntimeError("KeyboardInterrupt");
+    # the product's fallback to reverse-over-reverse must let it through, undecided.
+    from losslab.linalg import HessianVectorProduct, dense_from_products
+
+    calls = []
+
+    def interrupted_once(theta: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("KeyboardInterrupt: <EMPTY MESSAGE>")
+        return (theta**4).sum()
+
+    product = HessianVectorProduct(interrupted_once)
+    theta = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(KeyboardInterrupt):
+        product(theta, torch.ones(2, dtype=torch.float64))
+    assert product.mode is None
+    expected = torch.tensor([12.0, 48.0], dtype=torch.float64)
+    torch.testing.assert_close(product(theta, torch.ones(2, dtype=torch.float64)), expected)
+    assert product.mode == "forward-over-reverse"
+
+    def matvec(vector: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("KeyboardInterrupt: <EMPTY MESSAGE>")
+
+    with pytest.raises(KeyboardInterrupt):
+        dense_from_products(matvec, 3, dtype=torch.float64)

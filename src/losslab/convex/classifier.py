@@ -19,7 +19,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from losslab.convex.estimator import ConvexReLU
+from losslab.convex.estimator import ConvexReLU, unchanged_on_failure
 from losslab.convex.validation import host_array, solve_device
 from losslab.errors import ConvexProblemError
 
@@ -75,7 +75,12 @@ class ConvexReLUClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
 
     def fit(self, X: Any, y: Any) -> ConvexReLUClassifier:
-        """Fit one network (two classes) or one per class (one-vs-all); returns ``self``."""
+        """Fit one network (two classes) or one per class (one-vs-all); returns ``self``. A
+        fit that fails or is interrupted leaves the estimator as it was."""
+        with unchanged_on_failure(self):
+            return self._fit(X, y)
+
+    def _fit(self, X: Any, y: Any) -> ConvexReLUClassifier:
         device = solve_device(self.device, X)
         X_np, y_np = validate_data(self, host_array(X), host_array(y), dtype=np.float64)
         check_classification_targets(y_np)

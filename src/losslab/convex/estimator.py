@@ -15,6 +15,8 @@ pass labels as -1/+1 and threshold the prediction at 0.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -117,7 +119,12 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         self.device = device
 
     def fit(self, X: Any, y: Any) -> ConvexReLU:
-        """Solve the convex program on ``X`` (n, d) and ``y`` (n,); returns ``self``."""
+        """Solve the convex program on ``X`` (n, d) and ``y`` (n,); returns ``self``. A fit
+        that fails or is interrupted (Ctrl-C) leaves the estimator as it was."""
+        with unchanged_on_failure(self):
+            return self._fit(X, y)
+
+    def _fit(self, X: Any, y: Any) -> ConvexReLU:
         device = solve_device(self.device, X)
         X_np, y_np = validate_data(
             self, host_array(X), host_array(y), y_numeric=True, dtype=np.float64
@@ -325,6 +332,20 @@ class ConvexReLU(RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self, "solution_")
         return self.network_.to_torch(self.bias)
+
+
+@contextmanager
+def unchanged_on_failure(estimator: BaseEstimator) -> Iterator[None]:
+    """Put back ``estimator``'s attributes if the block raises (``KeyboardInterrupt`` too):
+    a refit that stops half-way must not leave a model of one fit with the shapes of
+    another."""
+    state = dict(estimator.__dict__)
+    try:
+        yield
+    except BaseException:
+        estimator.__dict__.clear()
+        estimator.__dict__.update(state)
+        raise
 
 
 def _moved(program: ConvexReLUProgram, device: torch.device) -> ConvexReLUProgram:

@@ -104,6 +104,7 @@ from losslab.convex.program import (
     project_onto_cone,
 )
 from losslab.errors import ConvexProblemError
+from losslab.linalg.hvp import reraise_interrupt
 
 #: Fraction of the way to the boundary of the cone that a step goes.
 STEP_FRACTION = 0.99
@@ -1008,7 +1009,8 @@ class _Solver:
             if self.consider(reference):
                 return True
             candidate = self.face_candidate(it, reference.blocks)
-        except RuntimeError:
+        except RuntimeError as error:
+            reraise_interrupt(error)
             return False
         return candidate is not None and self.consider(candidate)
 
@@ -1027,6 +1029,7 @@ class _Solver:
             try:
                 it_next = self.step(it, res)
             except RuntimeError as failure:  # _NumericalFailure, or torch's LinAlgError
+                reraise_interrupt(failure)
                 reason = f"numerically stuck at iteration {iterations}: {failure}"
                 break
             iterations += 1

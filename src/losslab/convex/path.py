@@ -16,6 +16,7 @@ do, one-sided where one does; NaN where neither does, at an isolated active set)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Literal
@@ -103,6 +104,7 @@ def regularization_path(
     max_iter: int = 20_000,
     seed: int = 0,
     jump_factor: float = 10.0,
+    callback: Callable[[int, int, PathPoint], None] | None = None,
 ) -> RegularizationPath:
     """Solve along ``lams`` (default: ``n_lams`` log-spaced values from ``lam_max`` down to
     ``lam_min_ratio * lam_max``), warm-starting each point from the previous one (gated form).
@@ -111,6 +113,10 @@ def regularization_path(
 
     The patterns are sampled once (``n_gates`` Gaussian gates, or ``gates``) and shared
     by every point, so the points are solutions of one family of programs.
+
+    ``callback(i, total, point)`` is called after each solved point (``i`` from 0): for a
+    progress display, or to keep the points of a long path that may be interrupted (the
+    ReLU form at n = 1000, d = 30 takes about 30 s per point on 2 cores).
     """
     features = as_features(X, bias=bias)
     target = as_target(y, features)
@@ -140,6 +146,8 @@ def regularization_path(
         init = result.blocks
         active = frozenset(torch.nonzero(result.blocks.norm(dim=1) > 0).flatten().tolist())
         points.append(PathPoint(float(lam), result, program.operator.fit(result.blocks), active))
+        if callback is not None:
+            callback(len(points) - 1, len(grid), points[-1])
     return _describe(points, lam_max, jump_factor)
 
 

@@ -218,6 +218,8 @@ def train_autoencoder(
     tails = [layer_tails(net) if record_tails else []]
     n = X.shape[0]
     for epoch in range(1, epochs + 1):
+        # the weights at the start of the epoch, put back if it diverges
+        last_finite = {k: v.detach().clone() for k, v in net.state_dict().items()}
         order = torch.randperm(n, generator=gen).to(X.device)
         for begin in range(0, n, batch_size):
             batch = X[order[begin : begin + batch_size]]
@@ -232,7 +234,11 @@ def train_autoencoder(
             optimizer.step()
         value = full_loss()
         if not math.isfinite(value):
-            raise FixedPointError(f"the loss became {value} at epoch {epoch}; lower lr")
+            net.load_state_dict(last_finite)
+            raise FixedPointError(
+                f"the loss became {value} at epoch {epoch}; lower lr (the net's weights are "
+                f"back at the end of epoch {epoch - 1}, loss {losses[-1]:.6g})"
+            )
         losses.append(value)
         tails.append(layer_tails(net) if record_tails else [])
         if callback is not None:

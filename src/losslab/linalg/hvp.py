@@ -51,11 +51,20 @@ class HessianVectorProduct:
                 product = jvp(grad(self.function), (theta,), (vector,))[1]
                 self.mode = "forward-over-reverse"
                 return product
-            except RuntimeError:
+            except RuntimeError as error:
                 if self.mode == "forward-over-reverse":
                     raise
+                reraise_interrupt(error)
                 self.mode = "reverse-over-reverse"
         return vjp(grad(self.function), theta)[1](vector)[0]
+
+
+def reraise_interrupt(error: RuntimeError) -> None:
+    """Raise ``KeyboardInterrupt`` if ``error`` is torch's wrapping of one (Ctrl-C inside a
+    ``torch.func`` transform can surface as ``RuntimeError: KeyboardInterrupt``): a fallback
+    that catches ``RuntimeError`` must not swallow the user's interrupt."""
+    if "KeyboardInterrupt" in str(error):
+        raise KeyboardInterrupt from error
 
 
 class CachedHessianVectorProduct:
@@ -93,7 +102,8 @@ def dense_from_products(
         block = basis[start : start + chunk_size]
         try:
             columns.append(torch.func.vmap(matvec)(block))
-        except RuntimeError:
+        except RuntimeError as error:
+            reraise_interrupt(error)
             columns.append(torch.stack([matvec(row) for row in block]))
     matrix = torch.cat(columns)
     asymmetry = float((matrix - matrix.T).abs().max())
