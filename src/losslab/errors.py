@@ -43,3 +43,11 @@ class IntervalError(LosslabError, ValueError):
 class CurvatureError(LosslabError, ValueError):
     """A curvature or critical-point question is malformed: a model without trainable
     parameters, data with NaN, ``k`` larger than the dimension, a non-finite loss."""
+
+
+def reraise_interrupt(error: RuntimeError) -> None:
+    """Raise ``KeyboardInterrupt`` if ``error`` is torch's wrapping of one (Ctrl-C inside a
+    ``torch.func`` transform can surface as ``RuntimeError: KeyboardInterrupt``): a fallback
+    that catches ``RuntimeError`` must not swallow the user's interrupt."""
+    if "KeyboardInterrupt" in str(error):
+        raise KeyboardInterrupt from error

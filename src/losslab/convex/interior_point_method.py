@@ -103,8 +103,7 @@ from losslab.convex.program import (
     max_cone_projection_norm,
     project_onto_cone,
 )
-from losslab.errors import ConvexProblemError
-from losslab.linalg.hvp import reraise_interrupt
+from losslab.errors import ConvexProblemError, reraise_interrupt
 
 #: Fraction of the way to the boundary of the cone that a step goes.
 STEP_FRACTION = 0.99

@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch.func import grad, jvp, vjp
 
-from losslab.errors import CurvatureError
+from losslab.errors import CurvatureError, reraise_interrupt
 from losslab.linalg.lanczos import ASYMMETRY_TOL
 
 Mode = Literal["forward-over-reverse", "reverse-over-reverse"]
@@ -57,14 +57,6 @@ class HessianVectorProduct:
                 reraise_interrupt(error)
                 self.mode = "reverse-over-reverse"
         return vjp(grad(self.function), theta)[1](vector)[0]
-
-
-def reraise_interrupt(error: RuntimeError) -> None:
-    """Raise ``KeyboardInterrupt`` if ``error`` is torch's wrapping of one (Ctrl-C inside a
-    ``torch.func`` transform can surface as ``RuntimeError: KeyboardInterrupt``): a fallback
-    that catches ``RuntimeError`` must not swallow the user's interrupt."""
-    if "KeyboardInterrupt" in str(error):
-        raise KeyboardInterrupt from error
 
 
 class CachedHessianVectorProduct:
